@@ -1,0 +1,175 @@
+"""The engine: one thread owns MLX; callers submit requests and read events from a TurnHandle.
+
+    caller threads                      engine thread (owns MLX)
+    --------------                      ------------------------
+    submit(request) --> inbox queue --> run_turn(...) --+
+    handle.events() <-- handle queue <------------------+  TurnStarted, TurnChunk..., TurnFinished
+    handle.cancel() --> threading.Event checked after every token
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from engine.errors import EngineClosed, EngineError, RequestError
+from engine.events import TurnEvent, TurnFailed, TurnFinished
+from engine.gguf_import import Progress
+from engine.loader import LoadedModel, ModelInfo, load
+from engine.requests import GenerationRequest
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class TurnHandle:
+    """The caller's side of one request: iterate its events, or cancel it."""
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self._events: queue.Queue[TurnEvent] = queue.Queue()
+        self._cancelled = threading.Event()
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    def cancel(self) -> None:
+        """Stop generating after the current token; the turn finishes with reason "cancelled"."""
+        self._cancelled.set()
+
+    def events(self, timeout: float | None = None) -> Iterator[TurnEvent]:
+        """Events until (and including) TurnFinished or TurnFailed."""
+        while True:
+            event = self._events.get(timeout=timeout)
+            yield event
+            if isinstance(event, TurnFinished | TurnFailed):
+                return
+
+    def result(self) -> TurnFinished:
+        """Wait for the end of the turn; raise RequestError/EngineError if it failed."""
+        for event in self.events():
+            if isinstance(event, TurnFinished):
+                return event
+            if isinstance(event, TurnFailed):
+                raise (RequestError if event.kind == "request" else EngineError)(event.message)
+        raise EngineError("the turn ended without a result")
+
+
+@dataclass
+class _Job:
+    handle: TurnHandle
+
+
+class Engine:
+    """Loads the model on its own thread and runs requests from a queue, one at a time for now."""
+
+    def __init__(self, settings: Settings, progress: Progress | None = None):
+        self.settings = settings
+        self._progress = progress
+        self._inbox: queue.Queue[_Job | object] = queue.Queue()
+        self._ready = threading.Event()
+        self._load_error: EngineError | None = None
+        self._loaded: LoadedModel | None = None
+        self._thread = threading.Thread(target=self._run, name="agent-memory-engine", daemon=True)
+        self._closed = False
+        self._stream = None  # an MLX stream owned by the engine thread
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, wait: bool = True) -> Engine:
+        self._thread.start()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> ModelInfo:
+        """Block until the model is loaded; re-raise the load error in the caller's thread."""
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the model is still loading")
+        if self._load_error is not None:
+            raise self._load_error
+        return self.info
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._loaded is None:
+            raise EngineError("the model is not loaded yet")
+        return self._loaded.info
+
+    @property
+    def tokenizer(self):
+        return self._loaded.tokenizer if self._loaded else None
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- requests --------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> TurnHandle:
+        if self._closed:
+            raise EngineClosed("the engine is shut down")
+        handle = TurnHandle(request)
+        self._inbox.put(_Job(handle))
+        return handle
+
+    def generate(self, request: GenerationRequest) -> TurnFinished:
+        return self.submit(request).result()
+
+    # -- engine thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            import mlx.core as mx
+
+            # Not mlx-lm's thread-local generation stream: used off the main thread, it aborts the
+            # process at exit ("terminate called without an active exception").
+            self._stream = mx.new_stream(mx.default_device())
+            self._loaded = load(self.settings.mlx_model_id, self.settings.models_path, self._progress)
+        except EngineError as exc:
+            self._load_error = exc
+        except Exception as exc:  # noqa: BLE001 - any loader failure must reach the caller, not kill the thread silently
+            log.exception("model load failed")
+            self._load_error = EngineError(f"loading {self.settings.mlx_model_id!r} failed: {exc}")
+        finally:
+            self._ready.set()
+        while True:
+            job = self._inbox.get()
+            if job is _STOP:
+                return
+            self._serve(job.handle)
+
+    def _serve(self, handle: TurnHandle) -> None:
+        from engine.generation import run_turn
+
+        put = handle._events.put
+        if self._loaded is None:
+            put(TurnFailed(handle.request_id, str(self._load_error or "no model loaded"), "internal"))
+            return
+        try:
+            for event in run_turn(
+                self._loaded,
+                handle.request,
+                handle._cancelled,
+                self.settings.mlx_prefill_step_size,
+                stream=self._stream,
+            ):
+                put(event)
+        except RequestError as exc:
+            put(TurnFailed(handle.request_id, str(exc), "request"))
+        except Exception as exc:  # noqa: BLE001 - report, keep the engine thread alive for others
+            log.exception("generation failed for %s", handle.request_id)
+            put(TurnFailed(handle.request_id, f"generation failed: {exc}", "internal"))

@@ -1,0 +1,82 @@
+"""All configuration in one place: env vars with the SEMANTIC_ prefix, a `.env` file, then CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "default"
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the variable and what is allowed."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SEMANTIC_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        default=Path("~/.agent_memory"),
+        description="Sessions, converted models and (by default) KV caches live here.",
+    )
+    mlx_model_id: str = Field(
+        default=DEFAULT_MODEL_ID,
+        description="'default' (embedded SmolLM2-135M-Instruct), a .gguf path, an mlx-lm directory "
+        "or a Hugging Face repo id.",
+    )
+    mlx_cache_budget_mb: int = Field(default=4096, ge=1, description="Hot KV cache budget (MB).")
+    mlx_max_batch_size: int = Field(default=8, ge=1, le=256, description="Requests decoded at once.")
+    mlx_prefill_step_size: int = Field(
+        default=512, ge=16, le=65536, description="Prompt tokens processed per prefill step."
+    )
+    agent_cache_dir: Path | None = Field(
+        default=None, description="Warm KV tier on disk; default <data_dir>/caches."
+    )
+    agent_max_agents_in_memory: int = Field(default=5, ge=1, description="Agents resident in the hot tier.")
+    api_key: str | None = Field(default=None, description="Key clients must send to the API.")
+    admin_key: str | None = Field(default=None, description="Key for /admin routes.")
+
+    @field_validator("mlx_model_id")
+    @classmethod
+    def _model_id_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser()
+
+    @property
+    def cache_path(self) -> Path:
+        return (self.agent_cache_dir or self.data_path / "caches").expanduser()
+
+    @property
+    def models_path(self) -> Path:
+        return self.data_path / "models"
+
+    @property
+    def sessions_path(self) -> Path:
+        return self.data_path / "sessions"
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from env/.env with CLI overrides (None means "not given"); raises SettingsError."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    variable = f"SEMANTIC_{field.upper()}"
+    info = Settings.model_fields.get(field)
+    allowed = f" ({info.description})" if info is not None and info.description else ""
+    return f"invalid {variable}={first.get('input')!r}: {first['msg']}{allowed}"
