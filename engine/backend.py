@@ -9,7 +9,7 @@ from importlib import metadata
 
 @lru_cache(maxsize=1)
 def installed_backend() -> str:
-    """"metal", "cuda" or "cpu", read from the installed MLX distributions (no MLX import)."""
+    """ "metal", "cuda" or "cpu", read from the installed MLX distributions (no MLX import)."""
     if sys.platform == "darwin":
         return "metal"
     for dist, backend in (("mlx-cuda-13", "cuda"), ("mlx-cuda-12", "cuda"), ("mlx-cuda", "cuda")):

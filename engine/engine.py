@@ -1,10 +1,10 @@
 """The engine: one thread owns MLX; callers submit requests and read events from a TurnHandle.
 
-    caller threads                      engine thread (owns MLX)
-    --------------                      ------------------------
-    submit(request) --> inbox queue --> run_turn(...) --+
-    handle.events() <-- handle queue <------------------+  TurnStarted, TurnChunk..., TurnFinished
-    handle.cancel() --> threading.Event checked after every token
+caller threads                      engine thread (owns MLX)
+--------------                      ------------------------
+submit(request) --> inbox queue --> run_turn(...) --+
+handle.events() <-- handle queue <------------------+  TurnStarted, TurnChunk..., TurnFinished
+handle.cancel() --> threading.Event checked after every token
 """
 
 from __future__ import annotations
@@ -132,25 +132,29 @@ class Engine:
 
     # -- engine thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        try:
-            import mlx.core as mx
+        import mlx.core as mx
 
-            # Not mlx-lm's thread-local generation stream: used off the main thread, it aborts the
-            # process at exit ("terminate called without an active exception").
-            self._stream = mx.new_stream(mx.default_device())
+        # Every MLX call on this thread runs on a stream it owns: evaluating on the default or on
+        # mlx-lm's thread-local stream off the main thread aborts the process at exit.
+        self._stream = mx.new_stream(mx.default_device())
+        with mx.stream(self._stream):
+            self._load()
+            while True:
+                job = self._inbox.get()
+                if job is _STOP:
+                    return
+                self._serve(job.handle)
+
+    def _load(self) -> None:
+        try:
             self._loaded = load(self.settings.mlx_model_id, self.settings.models_path, self._progress)
         except EngineError as exc:
             self._load_error = exc
-        except Exception as exc:  # noqa: BLE001 - any loader failure must reach the caller, not kill the thread silently
+        except Exception as exc:  # noqa: BLE001 - any loader failure must reach the caller
             log.exception("model load failed")
             self._load_error = EngineError(f"loading {self.settings.mlx_model_id!r} failed: {exc}")
         finally:
             self._ready.set()
-        while True:
-            job = self._inbox.get()
-            if job is _STOP:
-                return
-            self._serve(job.handle)
 
     def _serve(self, handle: TurnHandle) -> None:
         from engine.generation import run_turn

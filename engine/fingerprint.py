@@ -6,6 +6,7 @@ slow, so file digests are remembered by (path, size, mtime) in a small JSON file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -44,10 +45,9 @@ class DigestCache:
             return entry["sha256"]
         value = file_digest(file, progress)
         self._entries[key] = {"stamp": stamp, "sha256": value}
-        try:
+        # A read-only data dir only costs a re-hash next time.
+        with contextlib.suppress(OSError):
             atomic_write_text(self._path, json.dumps(self._entries))
-        except OSError:
-            pass  # a read-only data dir only costs a re-hash next time
         return value
 
 

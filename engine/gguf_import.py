@@ -260,9 +260,7 @@ def open_reader(path: Path):
     return reader
 
 
-def convert_gguf(
-    gguf_path: Path, out_dir: Path, quantize_bits: int | None, progress: Progress | None = None
-) -> Path:
+def convert_gguf(gguf_path: Path, out_dir: Path, quantize_bits: int | None, progress: Progress | None = None) -> Path:
     """Write an mlx-lm directory for `gguf_path` at `out_dir` (atomically: temp dir, then rename)."""
     from safetensors.numpy import save_file
 

@@ -109,6 +109,6 @@ def resolve(model_id: str, models_path: Path) -> ModelSource:
     if _REPO_ID.match(model_id) and not path.exists():
         return ModelSource(model_id, "hub", model_id)
     raise ModelLoadError(
-        f"unknown model {model_id!r}: use 'default', one of {', '.join(PACKAGED_MODELS)}, "
+        f"unknown model {model_id!r}: use a packaged model ({', '.join(PACKAGED_MODELS)}), "
         "a path to a .gguf file, an mlx-lm model directory, or a Hugging Face repo id (org/name)"
     )

@@ -33,9 +33,7 @@ class Settings(BaseSettings):
     mlx_prefill_step_size: int = Field(
         default=512, ge=16, le=65536, description="Prompt tokens processed per prefill step."
     )
-    agent_cache_dir: Path | None = Field(
-        default=None, description="Warm KV tier on disk; default <data_dir>/caches."
-    )
+    agent_cache_dir: Path | None = Field(default=None, description="Warm KV tier on disk; default <data_dir>/caches.")
     agent_max_agents_in_memory: int = Field(default=5, ge=1, description="Agents resident in the hot tier.")
     api_key: str | None = Field(default=None, description="Key clients must send to the API.")
     admin_key: str | None = Field(default=None, description="Key for /admin routes.")

