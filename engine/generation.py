@@ -78,6 +78,7 @@ def run_turn(
         progress.append(PrefillProgress(request.request_id, done, total))
 
     pieces: list[str] = []
+    raw_text = ""  # everything decoded, stop text included: to name the stop that matched
     finish_reason, stop_sequence = "length", None
     first_token_at = None
     generated = 0
@@ -98,10 +99,10 @@ def run_turn(
         if first_token_at is None:
             first_token_at = clock()
         generated = response.generation_tokens
+        raw_text += response.text
         stop_state, text, state_name = stops.step(stop_state, response.text)
         if state_name is None:
-            matched = _matched_stop(request.stop, "".join(pieces) + text + response.text)
-            finish_reason, stop_sequence = "stop_sequence", matched
+            finish_reason, stop_sequence = "stop_sequence", _matched_stop(request.stop, raw_text)
             if text:
                 pieces.append(text)
                 yield TurnChunk(request.request_id, text)

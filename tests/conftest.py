@@ -1,0 +1,95 @@
+"""Shared fixtures: a temporary data dir, the real default model (loaded once), a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import engine  # noqa: F401  (loads OpenBLAS before anything imports MLX)
+from engine.engine import Engine
+from engine.requests import ChatMessage, GenerationRequest, SamplingParams
+from engine.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("agent-memory-data")
+
+
+@pytest.fixture(scope="session")
+def default_engine(data_dir) -> Engine:
+    """The embedded default model, converted into the session's data dir and loaded once."""
+    with Engine(Settings(data_dir=data_dir)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(default_engine, tmp_path_factory) -> Path:
+    """A random-weight Llama with SmolLM2's tokenizer: fast, and its output is arbitrary tokens."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+
+    target = tmp_path_factory.mktemp("tiny-llama")
+    source = Path(default_engine.info.path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, target / name)
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": 49152,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+        "rope_theta": 10000.0,
+        "eos_token_id": [2],
+    }
+    mx.random.seed(0)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    mx.save_safetensors(str(target / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir, data_dir) -> Engine:
+    with Engine(Settings(data_dir=data_dir, mlx_model_id=str(tiny_model_dir))) as running:
+        yield running
+
+
+def ask(text: str, max_tokens: int = 48, **kwargs) -> GenerationRequest:
+    """A greedy single-message request."""
+    return GenerationRequest(
+        messages=[ChatMessage(role="user", content=text)],
+        max_tokens=max_tokens,
+        sampling=SamplingParams(temperature=0.0),
+        **kwargs,
+    )
+
+
+def run_cli(*args: str, data_dir: Path, env: dict | None = None, stdin: str | None = None, cwd=None):
+    """Run `agent-memory ARGS` in a fresh process with its data dir pointed at `data_dir`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMANTIC_")}
+    full_env.update({"SEMANTIC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"})
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "workbench.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or data_dir,
+        timeout=300,
+    )
