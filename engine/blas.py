@@ -8,6 +8,7 @@ dependencies. So this module must run before anything imports MLX; `engine/__ini
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import sys
@@ -68,13 +69,25 @@ def preload() -> BlasState:
     for path in OPENBLAS_CANDIDATES:
         if os.path.exists(path):
             try:
-                ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+                library = ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
             except OSError:
                 continue
+            _stop_workers_at_exit(library)
             _state = BlasState("openblas", path, True)
             return _state
     _state = BlasState("reference", None, False)
     return _state
+
+
+def _stop_workers_at_exit(library) -> None:
+    """Stop OpenBLAS's worker threads before C++ static destructors run at exit.
+
+    When MLX ran on a thread other than the main one, OpenBLAS's pool and MLX's teardown race at
+    process exit and abort ("terminate called without an active exception") or segfault.
+    """
+    shutdown = getattr(library, "blas_thread_shutdown_", None)
+    if shutdown is not None:
+        atexit.register(shutdown)
 
 
 def state() -> BlasState:

@@ -142,8 +142,9 @@ class Engine:
             while True:
                 job = self._inbox.get()
                 if job is _STOP:
-                    return
+                    break
                 self._serve(job.handle)
+            mx.synchronize()
 
     def _load(self) -> None:
         try:

@@ -83,7 +83,7 @@ def run_turn(
     first_token_at = None
     generated = 0
     response = None
-    for response in stream_generate(
+    responses = stream_generate(
         loaded.model,
         loaded.tokenizer,
         prompt,
@@ -93,31 +93,38 @@ def run_turn(
         prefill_step_size=prefill_step_size,
         prompt_progress_callback=on_prefill,
         **({"stream": stream} if stream is not None else {}),
-    ):
-        yield from progress
-        progress.clear()
-        if first_token_at is None:
-            first_token_at = clock()
-        generated = response.generation_tokens
-        raw_text += response.text
-        stop_state, text, state_name = stops.step(stop_state, response.text)
-        if state_name is None:
-            finish_reason, stop_sequence = "stop_sequence", _matched_stop(request.stop, raw_text)
+    )
+    try:
+        for response in responses:
+            yield from progress
+            progress.clear()
+            if first_token_at is None:
+                first_token_at = clock()
+            generated = response.generation_tokens
+            raw_text += response.text
+            stop_state, text, state_name = stops.step(stop_state, response.text)
+            if state_name is None:
+                finish_reason, stop_sequence = "stop_sequence", _matched_stop(request.stop, raw_text)
+                if text:
+                    pieces.append(text)
+                    yield TurnChunk(request.request_id, text)
+                break
+            if response.finish_reason is not None:
+                if response.finish_reason == "length":
+                    stop_state, rest, _ = stops.flush(stop_state)
+                    text += rest
+                finish_reason = response.finish_reason
             if text:
                 pieces.append(text)
                 yield TurnChunk(request.request_id, text)
-            break
-        if response.finish_reason is not None:
-            if response.finish_reason == "length":
-                stop_state, rest, _ = stops.flush(stop_state)
-                text += rest
-            finish_reason = response.finish_reason
-        if text:
-            pieces.append(text)
-            yield TurnChunk(request.request_id, text)
-        if cancelled.is_set():
-            finish_reason = "cancelled"
-            break
+            if cancelled.is_set():
+                finish_reason = "cancelled"
+                break
+    finally:
+        # Close the generator here, on the engine thread, and wait for its queued work: left to the
+        # garbage collector it may be finalized on another thread while MLX still runs it.
+        responses.close()
+        mx.synchronize()
 
     finished = clock()
     if response is not None and response.finish_reason == "stop":

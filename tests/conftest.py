@@ -90,6 +90,6 @@ def run_cli(*args: str, data_dir: Path, env: dict | None = None, stdin: str | No
         capture_output=True,
         text=True,
         env=full_env,
-        cwd=cwd or data_dir,
+        cwd=cwd or data_dir.parent,
         timeout=300,
     )

@@ -32,9 +32,8 @@ def perplexity(model, tokenizer, text: str = PARAGRAPH) -> float:
 
 
 def test_unpermute_is_the_inverse_of_mlx_lm_export():
-    from mlx_lm.gguf import permute_weights
-
     import mlx.core as mx
+    from mlx_lm.gguf import permute_weights
 
     rows = np.random.default_rng(0).standard_normal((3 * 64, 10)).astype(np.float32)
     exported = np.array(permute_weights(mx.array(rows), 3))
@@ -144,7 +143,7 @@ def test_truncated_gguf_is_a_clear_error_and_writes_nothing(tmp_path, default_en
 
     source = PACKAGED_MODELS["default"].gguf_path(tmp_path)
     truncated = tmp_path / "broken.gguf"
-    truncated.write_bytes(source.read_bytes()[: 20_000_000])
+    truncated.write_bytes(source.read_bytes()[:20_000_000])
     models = tmp_path / "models"
     with pytest.raises(ModelLoadError, match="truncated or corrupt"):
         load(str(truncated), models)

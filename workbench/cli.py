@@ -101,10 +101,13 @@ def models(model: ModelOption = None) -> None:
 
 
 @agents_app.callback()
-def agents_default(ctx: typer.Context) -> None:
+def agents_default(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+) -> None:
     """Without a subcommand: the same as `agents ls`."""
     if ctx.invoked_subcommand is None:
-        agents_ls()
+        agents_ls(json_output)
 
 
 @agents_app.command("ls")

@@ -1,0 +1,131 @@
+"""The `agent-memory` command in real subprocesses: sessions across processes, bad input, startup cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cli_data_dir(default_engine, tmp_path_factory):
+    """A data dir that already holds the converted default model (shared with the engine fixture)."""
+    return default_engine.settings.data_path
+
+
+def test_help_and_version_do_not_import_mlx():
+    code = (
+        "import sys\n"
+        "from workbench.cli import app\n"
+        "for args in (['--help'], ['version']):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), exc.code\n"
+        "heavy = [m for m in ('mlx.core', 'mlx_lm', 'textual', 'sanic', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "backend:" in result.stdout and "compute dtype:" in result.stdout and "blas:" in result.stdout
+
+
+def test_session_continues_in_a_new_process(cli_data_dir):
+    first = run_cli(
+        "chat", "-s", "alice", "--new", "-t", "0", "--json", "What is the capital of France?", data_dir=cli_data_dir
+    )
+    assert first.returncode == 0, first.stderr
+    one = json.loads(first.stdout)
+    assert one["session"] == "alice" and "Paris" in one["text"]
+    assert set(one) == {"session", "text", "finish_reason", "usage", "cache", "timing"}
+    assert one["cache"] == {"source": "cold", "reused_tokens": 0}
+    assert one["usage"]["cached_tokens"] == 0
+
+    second = run_cli("chat", "-s", "alice", "-t", "0", "--json", "And of Italy?", data_dir=cli_data_dir)
+    assert second.returncode == 0, second.stderr
+    two = json.loads(second.stdout)
+    assert "Rome" in two["text"]
+    # The second prompt carries the whole first exchange.
+    assert two["usage"]["prompt_tokens"] > one["usage"]["prompt_tokens"] + one["usage"]["completion_tokens"]
+
+    listing = run_cli("agents", "ls", "--json", data_dir=cli_data_dir)
+    rows = {row["id"]: row for row in json.loads(listing.stdout)}
+    assert rows["alice"]["turns"] == 2
+
+    shown = run_cli("agents", "show", "alice", data_dir=cli_data_dir)
+    assert "And of Italy?" in shown.stdout
+
+
+def test_new_starts_over_and_rm_deletes(cli_data_dir):
+    run_cli("chat", "-s", "carol", "-t", "0", "-n", "8", "Hello", data_dir=cli_data_dir)
+    again = run_cli("chat", "-s", "carol", "--new", "-t", "0", "-n", "8", "--json", "Hello", data_dir=cli_data_dir)
+    rows = {row["id"]: row for row in json.loads(run_cli("agents", "--json", data_dir=cli_data_dir).stdout or "[]")}
+    assert again.returncode == 0
+    assert rows["carol"]["turns"] == 1
+    removed = run_cli("agents", "rm", "carol", data_dir=cli_data_dir)
+    assert removed.returncode == 0
+    assert run_cli("agents", "show", "carol", data_dir=cli_data_dir).returncode == 2
+
+
+def test_interactive_chat_reads_stdin_and_quits(cli_data_dir):
+    result = run_cli(
+        "chat", "-s", "dave", "-t", "0", "-n", "12", data_dir=cli_data_dir, stdin="Hello there\n/quit\nnot sent\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    rows = {row["id"]: row for row in json.loads(run_cli("agents", "ls", "--json", data_dir=cli_data_dir).stdout)}
+    assert rows["dave"]["turns"] == 1
+
+
+def test_continue_flag_resumes_the_last_session(cli_data_dir):
+    run_cli("chat", "-s", "erin", "-t", "0", "-n", "8", "Hi", data_dir=cli_data_dir)
+    result = run_cli("chat", "-c", "-t", "0", "-n", "8", "--json", "Again", data_dir=cli_data_dir)
+    assert json.loads(result.stdout)["session"] == "erin"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["chat", "-s", "x", "   "], {}, "empty"),
+        (["chat", "-s", "x", "-m", "no-such-model", "hi"], {}, "unknown model"),
+        (["chat", "-s", "x", "-m", "nobody/nothing", "hi"], {}, "Hugging Face hub"),
+        (["chat", "-s", "x", "hi"], {"SEMANTIC_MLX_CACHE_BUDGET_MB": "lots"}, "SEMANTIC_MLX_CACHE_BUDGET_MB"),
+        (["chat", "-s", "x", "hi"], {"SEMANTIC_MLX_MAX_BATCH_SIZE": "0"}, "SEMANTIC_MLX_MAX_BATCH_SIZE"),
+        (["chat", "-c", "hi"], {}, "no session to continue"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, env, message):
+    result = run_cli(*args, data_dir=tmp_path / "data", env=env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "sessions").exists()
+
+
+def test_truncated_gguf_exits_2_and_writes_nothing(tmp_path, default_engine):
+    from engine.model_source import PACKAGED_MODELS
+
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(PACKAGED_MODELS["default"].gguf_path(tmp_path).read_bytes()[:30_000_000])
+    data = tmp_path / "data"
+    result = run_cli("chat", "-s", "x", "-m", str(truncated), "hi", data_dir=data)
+    assert result.returncode == 2
+    assert "truncated or corrupt" in result.stderr
+    assert not (data / "sessions").exists()
+    assert [p.name for p in (data / "models").glob("*")] in ([], ["digests.json"])
+
+
+def test_models_lists_packaged_and_prepared(cli_data_dir):
+    result = run_cli("models", data_dir=cli_data_dir)
+    assert result.returncode == 0
+    assert "default" in result.stdout and "gemma3-270m" in result.stdout
+    assert "SmolLM2-135M-Instruct" in result.stdout
+    assert "backend:" in result.stdout
