@@ -68,6 +68,7 @@ def run_turn(
     params = request.sampling
     if params.seed is not None:
         mx.random.seed(params.seed)
+    logits_processors = [_ban_tokens(loaded.tokenizer.eos_token_ids)] if params.ignore_eos else None
     sampler = make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
     stops = TextStateMachine({"normal": [(stop, None) for stop in request.stop]} if request.stop else None)
     stop_state = stops.make_state()
@@ -89,6 +90,7 @@ def run_turn(
         prompt,
         max_tokens=max_tokens,
         sampler=sampler,
+        logits_processors=logits_processors,
         prompt_cache=make_prompt_cache(loaded.model),
         prefill_step_size=prefill_step_size,
         prompt_progress_callback=on_prefill,
@@ -147,6 +149,18 @@ def run_turn(
         stop_sequence=stop_sequence,
         prompt_token_ids=prompt,
     )
+
+
+def _ban_tokens(token_ids):
+    import mlx.core as mx
+
+    banned = mx.array(sorted(token_ids))
+
+    def processor(tokens, logits):
+        logits[:, banned] = -float("inf")
+        return logits
+
+    return processor
 
 
 def _matched_stop(stops: list[str], text: str) -> str | None:

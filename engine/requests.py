@@ -25,6 +25,8 @@ class SamplingParams(BaseModel):
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = None
+    # Never end the turn on an end-of-turn token (benchmarks that need a fixed number of tokens).
+    ignore_eos: bool = False
 
 
 class GenerationRequest(BaseModel):

@@ -1,0 +1,62 @@
+"""MLX's CPU backend runs on OpenBLAS when the system has it, and says so when it does not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.backend import installed_backend
+from engine.blas import OPENBLAS_CANDIDATES
+from tests.conftest import REPO_ROOT, run_cli
+
+HAVE_OPENBLAS = any(Path(p).exists() for p in OPENBLAS_CANDIDATES)
+linux_cpu = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or installed_backend() != "cpu", reason="only the Linux CPU wheel"
+)
+
+PROBE = (
+    "import engine, mlx.core as mx\n"
+    "from engine import blas\n"
+    "a = mx.ones((64, 64)); mx.eval(a @ a)\n"
+    "maps = open('/proc/self/maps').read()\n"
+    "print(blas.state().name, 'libopenblas' in maps)\n"
+)
+
+
+def probe(env_extra: dict) -> str:
+    env = {**os.environ, **env_extra}
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@linux_cpu
+@pytest.mark.skipif(not HAVE_OPENBLAS, reason="OpenBLAS is not installed (make setup installs it)")
+def test_openblas_is_loaded_before_mlx():
+    assert probe({}) == "openblas True"
+
+
+@linux_cpu
+def test_without_openblas_the_reference_blas_is_reported():
+    assert probe({"AGENT_MEMORY_NO_OPENBLAS": "1"}) == "reference False"
+
+
+@linux_cpu
+def test_chat_warns_once_without_a_fast_blas(default_engine):
+    result = run_cli(
+        "chat",
+        "-s",
+        "blas",
+        "-n",
+        "2",
+        "hi",
+        data_dir=default_engine.settings.data_path,
+        env={"AGENT_MEMORY_NO_OPENBLAS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "libopenblas0-pthread" in warnings[0]
