@@ -78,6 +78,7 @@ class Engine:
         self._loaded: LoadedModel | None = None
         self._thread = threading.Thread(target=self._run, name="agent-memory-engine", daemon=True)
         self._closed = False
+        self._stopped = threading.Event()  # set once the engine thread has finished its work
         self._stream = None  # an MLX stream owned by the engine thread
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ class Engine:
         self._closed = True
         self._inbox.put(_STOP)
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._stopped.wait(timeout)
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -144,7 +145,23 @@ class Engine:
                 if job is _STOP:
                     break
                 self._serve(job.handle)
+            self._fail_waiting_requests()
+            self._loaded = None
             mx.synchronize()
+        self._stopped.set()
+        # The thread parks instead of exiting: exiting runs MLX's thread-local compile-cache
+        # destructor without the GIL, which crashes the process (mlx 0.32). As a daemon it never
+        # blocks interpreter exit.
+        threading.Event().wait()
+
+    def _fail_waiting_requests(self) -> None:
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP:
+                job.handle._events.put(TurnFailed(job.handle.request_id, "the engine shut down", "internal"))
 
     def _load(self) -> None:
         try:
