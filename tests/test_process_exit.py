@@ -1,7 +1,8 @@
-"""A process that used MLX on the engine thread and on its main thread exits with status 0.
+"""A process that used MLX on two engine threads and on its main thread exits with status 0.
 
 mlx 0.32 can crash at exit (compile-cache destructors after finalization, OpenBLAS workers racing
-MLX's teardown); engine/runtime.py and engine/blas.py prevent it. Each run is a fresh process.
+MLX's teardown); engine/runtime.py and engine/blas.py prevent it. Without the
+exit hook this script segfaults every time.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
 request = GenerationRequest(messages=[ChatMessage(role="user", content="Hello")], max_tokens=6,
                             sampling=SamplingParams(temperature=0.8))
-eng = Engine(Settings(data_dir=sys.argv[1])).start()
-eng.generate(request)
+first = Engine(Settings(data_dir=sys.argv[1])).start()
 from mlx_lm import generate, load
-model, tokenizer = load(eng.info.path)
+model, tokenizer = load(first.info.path)
 generate(model, tokenizer, "Hello", max_tokens=4)
-eng.close()
+second = Engine(Settings(data_dir=sys.argv[1])).start()
+second.generate(request)
+first.generate(request)
+second.close()
+first.close()
 print("done")
 """
 
