@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from engine.errors import EngineClosed, EngineError, RequestError
 from engine.events import TurnEvent, TurnFailed, TurnFinished
@@ -66,6 +67,16 @@ class _Job:
     handle: TurnHandle
 
 
+@dataclass
+class _Call:
+    """A function to run on the engine thread (it may touch MLX and the KV memory)."""
+
+    function: Callable[[Engine], Any]
+    done: threading.Event
+    result: Any = None
+    error: BaseException | None = None
+
+
 class Engine:
     """Loads the model on its own thread and runs requests from a queue, one at a time for now."""
 
@@ -80,6 +91,7 @@ class Engine:
         self._closed = False
         self._stopped = threading.Event()  # set once the engine thread has finished its work
         self._stream = None  # an MLX stream owned by the engine thread
+        self.memory = None  # KVMemory, created on the engine thread once the model is loaded
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, wait: bool = True) -> Engine:
@@ -131,6 +143,29 @@ class Engine:
     def generate(self, request: GenerationRequest) -> TurnFinished:
         return self.submit(request).result()
 
+    def call(self, function: Callable[[Engine], Any], timeout: float | None = None) -> Any:
+        """Run `function(engine)` on the engine thread between requests and return its result."""
+        if self._closed:
+            raise EngineClosed("the engine is shut down")
+        job = _Call(function, threading.Event())
+        self._inbox.put(job)
+        if not job.done.wait(timeout):
+            raise TimeoutError("the engine is busy")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def memory_stats(self) -> dict:
+        return self.call(lambda engine: engine.memory.stats() if engine.memory else {"enabled": False})
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a session's KV caches (hot and warm); shared blocks stay while others use them."""
+        self.call(lambda engine: engine.memory.forget(session_id) if engine.memory else None)
+
+    def flush(self) -> None:
+        """Wait until every finished turn's KV is on disk."""
+        self.call(lambda engine: engine.memory.flush() if engine.memory else None)
+
     # -- engine thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         import mlx.core as mx
@@ -144,8 +179,13 @@ class Engine:
                 job = self._inbox.get()
                 if job is _STOP:
                     break
-                self._serve(job.handle)
+                if isinstance(job, _Call):
+                    self._run_call(job)
+                else:
+                    self._serve(job.handle)
             self._fail_waiting_requests()
+            if self.memory is not None:
+                self.memory.close()
             self._loaded = None
             mx.synchronize()
         self._stopped.set()
@@ -154,18 +194,33 @@ class Engine:
         # blocks interpreter exit.
         threading.Event().wait()
 
+    def _run_call(self, job: _Call) -> None:
+        try:
+            job.result = job.function(self)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            job.error = exc
+        finally:
+            job.done.set()
+
     def _fail_waiting_requests(self) -> None:
         while True:
             try:
                 job = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if job is not _STOP:
+            if isinstance(job, _Call):
+                job.error = EngineClosed("the engine shut down")
+                job.done.set()
+            elif job is not _STOP:
                 job.handle._events.put(TurnFailed(job.handle.request_id, "the engine shut down", "internal"))
 
     def _load(self) -> None:
         try:
             self._loaded = load(self.settings.mlx_model_id, self.settings.models_path, self._progress)
+            if self.settings.kv_memory:
+                from engine.kv.memory import KVMemory
+
+                self.memory = KVMemory(self.settings, self._loaded.info.fingerprint, self._loaded.model)
         except EngineError as exc:
             self._load_error = exc
         except Exception as exc:  # noqa: BLE001 - any loader failure must reach the caller
@@ -188,6 +243,7 @@ class Engine:
                 handle._cancelled,
                 self.settings.mlx_prefill_step_size,
                 stream=self._stream,
+                memory=self.memory,
             ):
                 put(event)
         except RequestError as exc:

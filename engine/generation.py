@@ -50,19 +50,71 @@ def run_turn(
     cancelled: threading.Event,
     prefill_step_size: int,
     stream=None,
+    memory=None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Iterator[TurnEvent]:
-    """Yield events for one request; the last one is TurnFinished (RequestError is raised instead)."""
-    import mlx.core as mx
-    from mlx_lm.generate import TextStateMachine, stream_generate
+    """Yield events for one request; the last one is TurnFinished (RequestError is raised instead).
+
+    With `memory` (a KVMemory), the longest cached prefix of the prompt is restored and only the rest
+    is prefilled; the turn's cache is handed back to it after the last event.
+    """
     from mlx_lm.models.cache import make_prompt_cache
-    from mlx_lm.sample_utils import make_sampler
 
     started = clock()
     prompt = render_prompt(loaded, request)
     check_context(len(prompt), loaded.info.context_length)
     max_tokens = min(request.max_tokens, loaded.info.context_length - len(prompt))
-    cache_report = CacheReport()
+    if memory is not None:
+        restored = memory.acquire(request.session_id, prompt)
+        prompt_cache, reused, source, restore_s = (
+            restored.cache,
+            restored.reused_tokens,
+            restored.source,
+            restored.restore_s,
+        )
+    else:
+        prompt_cache, reused, source, restore_s = make_prompt_cache(loaded.model), 0, "cold", 0.0
+    try:
+        yield from _generate(
+            loaded,
+            request,
+            prompt,
+            prompt_cache,
+            reused,
+            CacheReport(source, reused, restore_s),
+            max_tokens,
+            cancelled,
+            prefill_step_size,
+            stream,
+            memory,
+            started,
+            clock,
+        )
+    except BaseException:
+        if memory is not None:
+            memory.abandon(request.session_id)
+        raise
+
+
+def _generate(
+    loaded,
+    request,
+    prompt,
+    prompt_cache,
+    reused,
+    cache_report,
+    max_tokens,
+    cancelled,
+    prefill_step_size,
+    stream,
+    memory,
+    started,
+    clock,
+) -> Iterator[TurnEvent]:
+    import mlx.core as mx
+    from mlx_lm.generate import TextStateMachine, stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
     yield TurnStarted(request.request_id, len(prompt), cache_report)
 
     params = request.sampling
@@ -84,14 +136,15 @@ def run_turn(
     first_token_at = None
     generated = 0
     response = None
+    generated_ids: list[int] = []
     responses = stream_generate(
         loaded.model,
         loaded.tokenizer,
-        prompt,
+        prompt[reused:],
         max_tokens=max_tokens,
         sampler=sampler,
         logits_processors=logits_processors,
-        prompt_cache=make_prompt_cache(loaded.model),
+        prompt_cache=prompt_cache,
         prefill_step_size=prefill_step_size,
         prompt_progress_callback=on_prefill,
         **({"stream": stream} if stream is not None else {}),
@@ -103,6 +156,7 @@ def run_turn(
             if first_token_at is None:
                 first_token_at = clock()
             generated = response.generation_tokens
+            generated_ids.append(response.token)
             raw_text += response.text
             stop_state, text, state_name = stops.step(stop_state, response.text)
             if state_name is None:
@@ -143,12 +197,15 @@ def run_turn(
         request_id=request.request_id,
         text="".join(pieces),
         finish_reason=finish_reason,
-        usage=Usage(prompt_tokens=len(prompt), completion_tokens=max(generated, 0)),
+        usage=Usage(prompt_tokens=len(prompt), completion_tokens=max(generated, 0), cached_tokens=reused),
         cache=cache_report,
         timing=timing,
         stop_sequence=stop_sequence,
         prompt_token_ids=prompt,
     )
+    if memory is not None:
+        # After the last event: the caller has its answer before the cache is kept.
+        memory.release(request.session_id, prompt + generated_ids, prompt_cache)
 
 
 def _ban_tokens(token_ids):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,12 @@ class Settings(BaseSettings):
     )
     agent_cache_dir: Path | None = Field(default=None, description="Warm KV tier on disk; default <data_dir>/caches.")
     agent_max_agents_in_memory: int = Field(default=5, ge=1, description="Agents resident in the hot tier.")
+    agent_disk_budget_mb: int = Field(default=20480, ge=1, description="Warm KV tier budget on disk (MB).")
+    kv_block_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens per KV block.")
+    kv_disk_dtype: Literal["float16", "float32"] = Field(
+        default="float16", description="dtype of KV on disk: float16 (half the bytes) or float32."
+    )
+    kv_memory: bool = Field(default=True, description="Reuse KV caches across turns (false: always recompute).")
     api_key: str | None = Field(default=None, description="Key clients must send to the API.")
     admin_key: str | None = Field(default=None, description="Key for /admin routes.")
 

@@ -1,0 +1,352 @@
+"""KV memory: find the longest cached prefix of a prompt, restore it, and keep every turn's cache.
+
+acquire(session, prompt) -- engine thread, before prefill
+    1. the session's own hot cache            (trimmed to the match, no copy)
+    2. another agent's hot cache               (prefix copied, theirs untouched)
+    3. the session's warm snapshot + blocks     (read from disk, checksums verified)
+    4. shared warm blocks, by chained name     (any agent's, same model and layout)
+    else a cold cache. At least one prompt token is always left to prefill.
+release(session, tokens, cache) -- engine thread, after the turn's last event
+    the cache becomes the session's hot entry; its new blocks, tail and sliding windows are
+    copied to numpy and handed to the writer thread (the client never waits for the disk).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.kv.blocks import block_names, common_prefix_length, root_name
+from engine.kv.hot import HotEntry, HotPool
+from engine.kv.layout import (
+    CacheLayout,
+    UnsupportedCache,
+    build_cache,
+    cache_offset,
+    full_layer_slice,
+    sliding_window_snapshot,
+)
+from engine.kv.warm import SessionSnapshot, WarmTier, WriteJob
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "\x00anonymous"  # hot slot for requests without a session id (not a valid user id)
+
+
+@dataclass
+class Restored:
+    cache: list
+    reused_tokens: int
+    source: str  # "cold" | "hot" | "warm"
+    restore_s: float
+
+
+class WarmWriter:
+    """The one thread that writes the warm tier, so disk time never delays a response."""
+
+    def __init__(self, warm: WarmTier):
+        self._warm = warm
+        self._jobs: queue.Queue[WriteJob | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="agent-memory-kv-writer", daemon=True)
+        self._thread.start()
+        self.failures = 0
+
+    def submit(self, job: WriteJob) -> None:
+        self._jobs.put(job)
+
+    def flush(self) -> None:
+        self._jobs.join()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    self._warm.close()
+                    return
+                self._warm.write(job)
+            except OSError as exc:
+                self.failures += 1
+                log.warning("could not write the warm KV tier (%s); serving continues hot-only", exc)
+            except Exception:  # noqa: BLE001 - a bad write must not kill the writer
+                self.failures += 1
+                log.exception("warm KV write failed")
+            finally:
+                self._jobs.task_done()
+
+
+class KVMemory:
+    def __init__(self, settings, fingerprint: str, model):
+        import mlx.core as mx
+
+        self.fingerprint = fingerprint
+        self.block_tokens = settings.kv_block_tokens
+        self.model = model
+        self.compute_dtype = next(iter(_parameters(model))).dtype if _parameters(model) else mx.float32
+        self.disk_dtype = mx.float16 if settings.kv_disk_dtype == "float16" else mx.float32
+        try:
+            self.layout = CacheLayout.of(model)
+            self.disabled_reason = None
+        except UnsupportedCache as exc:
+            self.layout = None
+            self.disabled_reason = f"KV memory is off for this model: cache kind {exc} cannot be stored"
+            log.warning(self.disabled_reason)
+        layout_text = self.layout.describe() if self.layout else "unsupported"
+        self.root = root_name(fingerprint, layout_text, self.block_tokens)
+        self.hot = HotPool(settings.mlx_cache_budget_mb * 1024 * 1024, settings.agent_max_agents_in_memory)
+        self.warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
+        self.writer = WarmWriter(self.warm)
+        self.hits = {"hot": 0, "warm": 0, "cold": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return self.layout is not None
+
+    def resume_mode(self) -> str:
+        """How this model's caches resume: at any block edge, or only at a session's exact end."""
+        if not self.enabled:
+            return "recompute (unsupported cache kind)"
+        if self.layout.resumable_everywhere():
+            return "any prefix (full-attention layers only)"
+        return (
+            f"sliding-window layers (window {self.layout.min_window}): hot caches resume at any prefix "
+            "until the window wraps, warm caches at a session's exact end; otherwise recompute"
+        )
+
+    # -- acquire ---------------------------------------------------------------------------------------
+    def acquire(self, session_id: str | None, prompt: list[int]) -> Restored:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        started = time.perf_counter()
+        key = session_id or ANONYMOUS
+        limit = len(prompt) - 1
+        if not self.enabled or limit <= 0:
+            return Restored(make_prompt_cache(self.model), 0, "cold", 0.0)
+
+        own = self.hot.checkout(key)
+        if own is not None:
+            matched = common_prefix_length(prompt[:limit], own.tokens)
+            if matched > 0 and _trim(own.cache, len(own.tokens) - matched):
+                self.hits["hot"] += 1
+                return Restored(own.cache, matched, "hot", time.perf_counter() - started)
+            # Unusable as is; its turns are on disk already.
+
+        candidates = [self._from_other_hot(key, prompt, limit), self._from_warm(session_id, prompt, limit)]
+        best = max((c for c in candidates if c is not None), key=lambda c: c[0], default=None)
+        if best is not None and best[0] > 0:
+            matched, source, build = best
+            try:
+                cache = build()
+            except Exception:  # noqa: BLE001 - a damaged entry means recompute, never a failed request
+                log.exception("restoring %s KV for %r failed; recomputing", source, key)
+                cache = None
+            if cache is not None:
+                self.hits[source] += 1
+                return Restored(cache, matched, source, time.perf_counter() - started)
+        self.hits["cold"] += 1
+        return Restored(make_prompt_cache(self.model), 0, "cold", time.perf_counter() - started)
+
+    def _from_other_hot(self, key: str, prompt: list[int], limit: int):
+        best_entry, best_match = None, 0
+        for entry in self.hot.entries():
+            if entry.session_id == key:
+                continue
+            matched = common_prefix_length(prompt[:limit], entry.tokens)
+            if matched > best_match and _copyable(entry.cache, matched):
+                best_entry, best_match = entry, matched
+        if best_entry is None:
+            return None
+        return best_match, "hot", lambda: _copy_prefix(best_entry.cache, self.layout, best_match)
+
+    def _from_warm(self, session_id: str | None, prompt: list[int], limit: int):
+        if not self.warm.enabled:
+            return None
+        snapshot = self.warm.session(self.fingerprint, session_id) if session_id else None
+        if snapshot is not None:
+            matched = common_prefix_length(prompt[:limit], snapshot.tokens)
+            end = len(snapshot.tokens)
+            window = self.layout.min_window
+            usable = window is None or matched == end or end < window
+            if matched > 0 and usable:
+                return matched, "warm", lambda: self._build_from_snapshot(snapshot, matched)
+        if not self.layout.resumable_everywhere():
+            return None
+        names = block_names(prompt[:limit], self.root, self.block_tokens)
+        count = self.warm.has_blocks(self.fingerprint, names)
+        if count == 0:
+            return None
+        return count * self.block_tokens, "warm", lambda: self._build_from_blocks(names[:count])
+
+    def _read_blocks(self, names: list[str]) -> list[dict] | None:
+        blocks = []
+        for name in names:
+            layers = self.warm.read_block(self.fingerprint, name)
+            if layers is None:
+                return None
+            blocks.append(layers)
+        return blocks
+
+    def _build_from_blocks(self, names: list[str]):
+        blocks = self._read_blocks(names)
+        if blocks is None:
+            return None
+        full = {layer: _concat([b[layer] for b in blocks]) for layer in self.layout.full_layers}
+        return build_cache(self.layout, full, {}, len(names) * self.block_tokens, self.compute_dtype)
+
+    def _build_from_snapshot(self, snapshot: SessionSnapshot, matched: int):
+        block_count = min(len(snapshot.chain), -(-matched // self.block_tokens))
+        blocks = self._read_blocks(snapshot.chain[:block_count])
+        if blocks is None:
+            return None
+        covered = block_count * self.block_tokens
+        full = {}
+        for layer in self.layout.full_layers:
+            parts = [b[layer] for b in blocks]
+            if matched > covered:
+                parts.append(snapshot.tail[layer])
+            keys, values = _concat(parts)
+            full[layer] = (keys[:, :matched], values[:, :matched])
+        sliding = {}
+        end = len(snapshot.tokens)
+        for layer in self.layout.sliding_layers:
+            keys, values = snapshot.windows[layer]
+            # Windows hold the last min(end, window) tokens; below the window they start at token 0.
+            drop = end - matched
+            sliding[layer] = (keys[:, : keys.shape[1] - drop], values[:, : values.shape[1] - drop])
+        return build_cache(self.layout, full, sliding, matched, self.compute_dtype)
+
+    # -- release ---------------------------------------------------------------------------------------
+    def release(self, session_id: str | None, tokens: list[int], cache: list) -> None:
+        """Keep a finished turn's cache: hot now, warm behind the response."""
+        key = session_id or ANONYMOUS
+        if not self.enabled:
+            self.hot.release_pin(key)
+            return
+        offset = cache_offset(cache)
+        tokens = list(tokens[:offset])
+        if len(tokens) != offset:
+            log.warning("KV cache of %r holds %d tokens but %d are known; not keeping it", key, offset, len(tokens))
+            self.hot.release_pin(key)
+            return
+        if session_id is not None and self.warm.enabled and not self.warm.read_only:
+            self.writer.submit(self._write_job(session_id, tokens, cache))
+        elif (
+            session_id is None and self.warm.enabled and not self.warm.read_only and self.layout.resumable_everywhere()
+        ):
+            # Anonymous requests still leave their blocks for others to share.
+            job = self._write_job(ANONYMOUS, tokens, cache)
+            job.snapshot = None
+            self.writer.submit(job)
+        nbytes = sum(c.nbytes for c in cache)
+        self.hot.put(HotEntry(key, tokens, cache, nbytes))
+
+    def _write_job(self, session_id: str, tokens: list[int], cache: list) -> WriteJob:
+        names = block_names(tokens, self.root, self.block_tokens)
+        stored = self.warm.has_blocks(self.fingerprint, names)
+        new_blocks = {}
+        full_layers = self.layout.full_layers
+        for index in range(stored, len(names)):
+            start, end = index * self.block_tokens, (index + 1) * self.block_tokens
+            new_blocks[names[index]] = {
+                layer: full_layer_slice(cache[layer], start, end, self.disk_dtype) for layer in full_layers
+            }
+        covered = len(names) * self.block_tokens
+        tail = {layer: full_layer_slice(cache[layer], covered, len(tokens), self.disk_dtype) for layer in full_layers}
+        windows = {
+            layer: sliding_window_snapshot(cache[layer], self.disk_dtype) for layer in self.layout.sliding_layers
+        }
+        snapshot = SessionSnapshot(session_id, tokens, names, tail, windows)
+        return WriteJob(self.fingerprint, snapshot, new_blocks)
+
+    def abandon(self, session_id: str | None) -> None:
+        """A request failed mid-way: its cache state is unknown, so it is not kept."""
+        self.hot.release_pin(session_id or ANONYMOUS)
+
+    def forget(self, session_id: str) -> None:
+        """Drop a session's hot cache and warm snapshot; shared blocks stay while others use them."""
+        self.hot.drop(session_id)
+        self.writer.flush()
+        self.warm.forget_session(None, session_id)
+
+    # -- inspection ------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+    def stats(self) -> dict:
+        self.writer.flush()
+        return {
+            "hot": {
+                "budget_bytes": self.hot.budget_bytes,
+                "used_bytes": self.hot.used_bytes,
+                "agents": len(self.hot),
+                "max_agents": self.hot.max_agents,
+                "evictions": self.hot.evictions,
+            },
+            "warm": {**self.warm.stats(), "dtype": self.disk_dtype_name},
+            "hits": dict(self.hits),
+            "block_tokens": self.block_tokens,
+            "resume": self.resume_mode(),
+        }
+
+    @property
+    def disk_dtype_name(self) -> str:
+        import mlx.core as mx
+
+        return "float16" if self.disk_dtype == mx.float16 else "float32"
+
+    def check_integrity(self) -> None:
+        self.hot.check_integrity()
+        self.writer.flush()
+        report = self.warm.check(repair=False)
+        if report["bad"] or report["missing"]:
+            raise AssertionError(f"warm tier damaged: {report}")
+
+
+def _parameters(model) -> list:
+    from mlx.utils import tree_flatten
+
+    return [value for _, value in tree_flatten(model.parameters())]
+
+
+def _trim(cache: list, count: int) -> bool:
+    if count == 0:
+        return True
+    if not all(c.is_trimmable() for c in cache):
+        return False
+    for c in cache:
+        c.trim(count)
+    return True
+
+
+def _copyable(cache: list, matched: int) -> bool:
+    """A prefix can be copied out of full layers always, out of sliding layers until they wrap."""
+    from mlx_lm.models.cache import RotatingKVCache
+
+    return all(not isinstance(c, RotatingKVCache) or c.offset < c.max_size for c in cache) and matched > 0
+
+
+def _copy_prefix(cache: list, layout: CacheLayout, matched: int) -> list:
+    full, sliding = {}, {}
+    for index, c in enumerate(cache):
+        target = full if layout.layers[index].sliding_window is None else sliding
+        target[index] = (c.keys[0, :, :matched, :], c.values[0, :, :matched, :])
+    return build_cache(layout, full, sliding, matched, cache[0].keys.dtype)
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)

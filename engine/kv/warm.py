@@ -1,0 +1,372 @@
+"""The warm tier: KV blocks and session snapshots on disk, indexed in SQLite.
+
+    <cache dir>/index.sqlite            blocks(name, fingerprint, file, sha256, bytes, last_used)
+                                        sessions(key, session_id, fingerprint, file, sha256, tokens, chain)
+    <cache dir>/<fingerprint>/blocks/<name[:2]>/<name>.safetensors     full-attention layers, one block
+    <cache dir>/<fingerprint>/sessions/<key>.safetensors                tail past the last block + windows
+
+Payloads are safetensors (never pickle), written to a temp file, fsynced and renamed; the index row is
+written after the file, so an indexed file is always complete. Every read checks the file's sha256
+against the index; a mismatch drops the entry and the caller recomputes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL, last_used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT NOT NULL, fingerprint TEXT NOT NULL, session_id TEXT NOT NULL, file TEXT NOT NULL,
+    sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, tokens INTEGER NOT NULL, chain TEXT NOT NULL,
+    last_used REAL NOT NULL, PRIMARY KEY (key, fingerprint));
+"""
+
+
+def session_key(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:40]
+
+
+@dataclass
+class SessionSnapshot:
+    """What a session needs to resume at the end of its sequence, besides its blocks."""
+
+    session_id: str
+    tokens: list[int]
+    chain: list[str]  # block names covering tokens[: len(chain) * block_tokens]
+    tail: dict[int, tuple[np.ndarray, np.ndarray]]  # full layers: tokens after the last block
+    windows: dict[int, tuple[np.ndarray, np.ndarray]]  # sliding layers: last window at the end
+
+
+@dataclass
+class WriteJob:
+    fingerprint: str
+    snapshot: SessionSnapshot | None  # None: blocks only (a request without a session)
+    # Blocks not yet on disk: name -> {layer: (keys, values)}
+    blocks: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+
+
+def _pack(layers: dict[int, tuple[np.ndarray, np.ndarray]], metadata: dict[str, str]) -> bytes:
+    from safetensors.numpy import save
+
+    tensors = {}
+    for layer, (keys, values) in layers.items():
+        tensors[f"k.{layer}"] = np.ascontiguousarray(keys)
+        tensors[f"v.{layer}"] = np.ascontiguousarray(values)
+    return save(tensors, metadata=metadata)
+
+
+def _unpack(payload: bytes) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    from safetensors.numpy import load
+
+    tensors = load(payload)
+    layers: dict[int, list] = {}
+    for name, value in tensors.items():
+        kind, layer = name.split(".")
+        layers.setdefault(int(layer), [None, None])[0 if kind == "k" else 1] = value
+    # safetensors.numpy.load drops metadata; read it from the header.
+    header_size = int.from_bytes(payload[:8], "little")
+    metadata = json.loads(payload[8 : 8 + header_size]).get("__metadata__", {})
+    return {k: (v[0], v[1]) for k, v in layers.items()}, metadata
+
+
+class WarmTier:
+    """Disk storage for one cache dir. Reads happen on the engine thread, writes on a writer thread."""
+
+    def __init__(self, root: Path, disk_budget_mb: int):
+        self.root = root
+        self.disk_budget_bytes = disk_budget_mb * 1024 * 1024
+        self.read_only = False
+        self.disabled_reason: str | None = None
+        self._lock_file = None
+        self._local = threading.local()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            with self._db() as db:
+                db.executescript(SCHEMA)
+        except OSError as exc:
+            self.disabled_reason = f"warm KV tier disabled: cannot use {root} ({exc}); serving hot-only"
+            log.warning(self.disabled_reason)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_reason is None
+
+    def _take_lock(self) -> None:
+        """One writing process per cache dir; a second one reads without writing."""
+        handle = open(self.root / "lock", "a+")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            self.read_only = True
+            log.warning("another process owns the KV cache dir %s; this one uses it read-only", self.root)
+            return
+        self._lock_file = handle
+
+    def _db(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "db", None)
+        if connection is None:
+            connection = sqlite3.connect(self.root / "index.sqlite", timeout=30, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = connection
+        return connection
+
+    def close(self) -> None:
+        connection = getattr(self._local, "db", None)
+        if connection is not None:
+            connection.close()
+            self._local.db = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- queries (engine thread) -------------------------------------------------------------------
+    def has_blocks(self, fingerprint: str, names: list[str]) -> int:
+        """How many of `names`, from the first, are stored."""
+        if not self.enabled or not names:
+            return 0
+        marks = ",".join("?" * len(names))
+        rows = self._db().execute(
+            f"SELECT name FROM blocks WHERE fingerprint=? AND name IN ({marks})", [fingerprint, *names]
+        )
+        stored = {row[0] for row in rows}
+        count = 0
+        for name in names:
+            if name not in stored:
+                break
+            count += 1
+        return count
+
+    def read_block(self, fingerprint: str, name: str):
+        row = (
+            self._db()
+            .execute("SELECT file, sha256 FROM blocks WHERE name=? AND fingerprint=?", (name, fingerprint))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        layers = self._read_verified(row[0], row[1], ("blocks", name))
+        if layers is not None:
+            self._touch("blocks", "name=?", (name,))
+        return layers
+
+    def session(self, fingerprint: str, session_id: str) -> SessionSnapshot | None:
+        if not self.enabled:
+            return None
+        key = session_key(session_id)
+        row = (
+            self._db()
+            .execute("SELECT file, sha256, chain FROM sessions WHERE key=? AND fingerprint=?", (key, fingerprint))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        unpacked = self._read_verified(row[0], row[1], ("sessions", key), with_metadata=True)
+        if unpacked is None:
+            return None
+        layers, metadata = unpacked
+        windows = {layer: kv for layer, kv in layers.items() if str(layer) in json.loads(metadata["windows"])}
+        tail = {layer: kv for layer, kv in layers.items() if layer not in windows}
+        self._touch("sessions", "key=? AND fingerprint=?", (key, fingerprint))
+        return SessionSnapshot(
+            session_id=session_id,
+            tokens=json.loads(metadata["tokens"]),
+            chain=json.loads(row[2]),
+            tail=tail,
+            windows=windows,
+        )
+
+    def _read_verified(self, file: str, sha256: str, entry: tuple[str, str], with_metadata: bool = False):
+        path = self.root / file
+        try:
+            payload = path.read_bytes()
+        except OSError as exc:
+            log.warning("KV cache file %s is missing (%s); dropping it and recomputing", path, exc)
+            self._drop(*entry)
+            return None
+        if hashlib.sha256(payload).hexdigest() != sha256:
+            log.warning("KV cache file %s failed its checksum; dropping it and recomputing", path)
+            self._drop(*entry)
+            return None
+        layers, metadata = _unpack(payload)
+        return (layers, metadata) if with_metadata else layers
+
+    def _drop(self, table: str, key: str) -> None:
+        if self.read_only:
+            return
+        column = "name" if table == "blocks" else "key"
+        rows = self._db().execute(f"SELECT file FROM {table} WHERE {column}=?", (key,)).fetchall()
+        self._db().execute(f"DELETE FROM {table} WHERE {column}=?", (key,))
+        for (file,) in rows:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / file)
+
+    def _touch(self, table: str, where: str, args: tuple) -> None:
+        if not self.read_only:
+            self._db().execute(f"UPDATE {table} SET last_used=? WHERE {where}", (time.time(), *args))
+
+    def forget_session(self, fingerprint: str | None, session_id: str) -> None:
+        """Delete a session's snapshot (every model's, when fingerprint is None); blocks stay."""
+        if not self.enabled or self.read_only:
+            return
+        key = session_key(session_id)
+        query = "SELECT file, fingerprint FROM sessions WHERE key=?"
+        for file, fp in self._db().execute(query, (key,)).fetchall():
+            if fingerprint is None or fp == fingerprint:
+                self._db().execute("DELETE FROM sessions WHERE key=? AND fingerprint=?", (key, fp))
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / file)
+
+    # -- writes (writer thread) --------------------------------------------------------------------
+    def write(self, job: WriteJob) -> None:
+        if not self.enabled or self.read_only:
+            return
+        db = self._db()
+        now = time.time()
+        for name, layers in job.blocks.items():
+            exists = db.execute("SELECT 1 FROM blocks WHERE name=?", (name,)).fetchone()
+            if exists:
+                continue
+            payload = _pack(layers, {"block": name, "fingerprint": job.fingerprint})
+            file = f"{job.fingerprint}/blocks/{name[:2]}/{name}.safetensors"
+            atomic_write_bytes(self.root / file, payload)
+            db.execute(
+                "INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)",
+                (name, job.fingerprint, file, hashlib.sha256(payload).hexdigest(), len(payload), now),
+            )
+        snapshot = job.snapshot
+        if snapshot is None:
+            self.enforce_budget()
+            return
+        key = session_key(snapshot.session_id)
+        layers = {**snapshot.tail, **snapshot.windows}
+        metadata = {
+            "session": snapshot.session_id,
+            "tokens": json.dumps(snapshot.tokens),
+            "windows": json.dumps([str(layer) for layer in snapshot.windows]),
+        }
+        payload = _pack(layers, metadata)
+        file = f"{job.fingerprint}/sessions/{key}.safetensors"
+        atomic_write_bytes(self.root / file, payload)
+        db.execute(
+            "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                key,
+                job.fingerprint,
+                snapshot.session_id,
+                file,
+                hashlib.sha256(payload).hexdigest(),
+                len(payload),
+                len(snapshot.tokens),
+                json.dumps(snapshot.chain),
+                now,
+            ),
+        )
+        self.enforce_budget()
+
+    def enforce_budget(self) -> int:
+        """Delete least recently used blocks that no session references until under budget."""
+        db = self._db()
+        total = self.total_bytes()
+        evicted = 0
+        if total <= self.disk_budget_bytes:
+            return 0
+        referenced = set()
+        for (chain,) in db.execute("SELECT chain FROM sessions"):
+            referenced.update(json.loads(chain))
+        for name, file, size in db.execute("SELECT name, file, bytes FROM blocks ORDER BY last_used").fetchall():
+            if total <= self.disk_budget_bytes:
+                break
+            if name in referenced:
+                continue
+            db.execute("DELETE FROM blocks WHERE name=?", (name,))
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / file)
+            total -= size
+            evicted += 1
+        return evicted
+
+    # -- inspection --------------------------------------------------------------------------------
+    def total_bytes(self) -> int:
+        if not self.enabled:
+            return 0
+        db = self._db()
+        blocks = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM blocks").fetchone()[0]
+        sessions = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM sessions").fetchone()[0]
+        return int(blocks + sessions)
+
+    def stats(self) -> dict:
+        if not self.enabled:
+            return {"enabled": False, "reason": self.disabled_reason}
+        db = self._db()
+        blocks, block_bytes = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes),0) FROM blocks").fetchone()
+        sessions, session_bytes = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes),0) FROM sessions").fetchone()
+        return {
+            "enabled": True,
+            "read_only": self.read_only,
+            "path": str(self.root),
+            "blocks": blocks,
+            "sessions": sessions,
+            "files": blocks + sessions,
+            "bytes": int(block_bytes + session_bytes),
+            "budget_bytes": self.disk_budget_bytes,
+        }
+
+    def session_blocks(self, fingerprint: str, session_id: str) -> list[str]:
+        row = (
+            self._db()
+            .execute("SELECT chain FROM sessions WHERE key=? AND fingerprint=?", (session_key(session_id), fingerprint))
+            .fetchone()
+        )
+        return json.loads(row[0]) if row else []
+
+    def check(self, repair: bool = True) -> dict:
+        """Verify every indexed file's checksum and look for files the index does not know."""
+        report = {"checked": 0, "bad": [], "missing": [], "orphans": []}
+        if not self.enabled:
+            return report
+        db = self._db()
+        known = set()
+        for table, column in (("blocks", "name"), ("sessions", "key")):
+            for key, file, sha256 in db.execute(f"SELECT {column}, file, sha256 FROM {table}").fetchall():
+                known.add(file)
+                report["checked"] += 1
+                path = self.root / file
+                if not path.exists():
+                    report["missing"].append(file)
+                    if repair:
+                        self._drop(table, key)
+                elif hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+                    report["bad"].append(file)
+                    if repair:
+                        self._drop(table, key)
+        for path in self.root.glob("*/*/**/*"):
+            if path.is_file():
+                relative = str(path.relative_to(self.root))
+                if relative not in known:
+                    report["orphans"].append(relative)
+                    if repair and not self.read_only:
+                        path.unlink()
+        return report
