@@ -162,6 +162,10 @@ class Engine:
         """Drop a session's KV caches (hot and warm); shared blocks stay while others use them."""
         self.call(lambda engine: engine.memory.forget(session_id) if engine.memory else None)
 
+    def check_integrity(self) -> None:
+        """Raise AssertionError if a KV memory invariant is broken (tests call it after each step)."""
+        self.call(lambda engine: engine.memory.check_integrity() if engine.memory else None)
+
     def flush(self) -> None:
         """Wait until every finished turn's KV is on disk."""
         self.call(lambda engine: engine.memory.flush() if engine.memory else None)

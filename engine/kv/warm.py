@@ -3,7 +3,7 @@
     <cache dir>/index.sqlite            blocks(name, fingerprint, file, sha256, bytes, last_used)
                                         sessions(key, session_id, fingerprint, file, sha256, tokens, chain)
     <cache dir>/<fingerprint>/blocks/<name[:2]>/<name>.safetensors     full-attention layers, one block
-    <cache dir>/<fingerprint>/sessions/<key>.safetensors                tail past the last block + windows
+    <cache dir>/<fingerprint>/sessions/<key>.<version>.safetensors      tail past the last block + windows
 
 Payloads are safetensors (never pickle), written to a temp file, fsynced and renamed; the index row is
 written after the file, so an indexed file is always complete. Every read checks the file's sha256
@@ -21,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,8 +269,12 @@ class WarmTier:
             "windows": json.dumps([str(layer) for layer in snapshot.windows]),
         }
         payload = _pack(layers, metadata)
-        file = f"{job.fingerprint}/sessions/{key}.safetensors"
+        # A new file name per write: a reader holding the old index row still finds the old file.
+        file = f"{job.fingerprint}/sessions/{key}.{uuid.uuid4().hex[:12]}.safetensors"
         atomic_write_bytes(self.root / file, payload)
+        previous = db.execute(
+            "SELECT file FROM sessions WHERE key=? AND fingerprint=?", (key, job.fingerprint)
+        ).fetchone()
         db.execute(
             "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)",
             (
@@ -284,6 +289,9 @@ class WarmTier:
                 now,
             ),
         )
+        if previous is not None and previous[0] != file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / previous[0])
         self.enforce_budget()
 
     def enforce_budget(self) -> int:

@@ -1,0 +1,253 @@
+"""KV memory: a resumed agent (hot, warm, after restart) says exactly what a cold run says."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from engine.engine import Engine
+from engine.requests import ChatMessage, GenerationRequest, SamplingParams
+from engine.settings import Settings
+
+FACTS = (
+    "The lighthouse on the northern cape was built in 1874. Its keeper, Ada, kept a log of every ship. "
+    "Tides there rise twice a day and the fog comes in from the west most mornings in autumn. "
+)
+
+
+def history(target_tokens: int, tokenizer) -> list[ChatMessage]:
+    """A system prompt, earlier turns, then a new question: about `target_tokens` tokens in all."""
+    messages = [ChatMessage(role="system", content="You are a careful assistant. " + FACTS * 4)]
+    turn = 0
+    while len(tokenizer.encode(" ".join(m.content for m in messages))) < target_tokens:
+        turn += 1
+        messages.append(ChatMessage(role="user", content=f"Tell me fact number {turn} about the cape. {FACTS}"))
+        messages.append(ChatMessage(role="assistant", content=f"Fact {turn}: {FACTS}"))
+    messages.append(ChatMessage(role="user", content="Summarise the facts in one sentence."))
+    return messages
+
+
+def greedy(messages, session_id=None, max_tokens=24) -> GenerationRequest:
+    return GenerationRequest(
+        messages=messages,
+        session_id=session_id,
+        max_tokens=max_tokens,
+        sampling=SamplingParams(temperature=0.0),
+    )
+
+
+def engine_for(data_dir: Path, cache_dir: Path, model: str = "default", **settings) -> Engine:
+    return Engine(Settings(data_dir=data_dir, agent_cache_dir=cache_dir, mlx_model_id=model, **settings)).start()
+
+
+@pytest.fixture(scope="module")
+def cold_engine(data_dir):
+    with Engine(Settings(data_dir=data_dir, mlx_model_id="default", kv_memory=False)) as running:
+        yield running
+
+
+def run_conversation(data_dir, cache_dir, cold_engine, model, target_tokens):
+    """Turn 1 cold, turn 2 resumed hot; a fresh engine (a restart) then takes turn 3 from the warm tier.
+
+    Returns (first, hot, cold_hot, warm, cold_warm): each resumed turn with the cold run of its prompt.
+    """
+    first_engine = engine_for(data_dir, cache_dir, model)
+    try:
+        messages = history(target_tokens, first_engine.tokenizer)
+        first = first_engine.generate(greedy(messages, "agent"))
+        assert first.cache.source == "cold"
+        first_engine.check_integrity()
+        second_turn = [
+            *messages,
+            ChatMessage(role="assistant", content=first.text),
+            ChatMessage(role="user", content="Who kept the log, and when was the lighthouse built?"),
+        ]
+        hot = first_engine.generate(greedy(second_turn, "agent"))
+        first_engine.check_integrity()
+        first_engine.flush()
+    finally:
+        first_engine.close()
+
+    third_turn = [
+        *second_turn,
+        ChatMessage(role="assistant", content=hot.text),
+        ChatMessage(role="user", content="Where does the fog come from?"),
+    ]
+    restarted = engine_for(data_dir, cache_dir, model)
+    try:
+        warm = restarted.generate(greedy(third_turn, "agent"))
+        restarted.check_integrity()
+    finally:
+        restarted.close()
+    cold_hot = cold_engine.generate(greedy(second_turn))
+    cold_warm = cold_engine.generate(greedy(third_turn))
+    return first, hot, cold_hot, warm, cold_warm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target_tokens", [1000, 3000])
+def test_smollm2_resume_matches_cold(data_dir, tmp_path, cold_engine, target_tokens):
+    first, hot, cold_hot, warm, cold_warm = run_conversation(
+        data_dir, tmp_path / "kv", cold_engine, "default", target_tokens
+    )
+    assert first.usage.prompt_tokens >= target_tokens * 0.8
+    assert hot.cache.source == "hot" and hot.usage.cached_tokens > first.usage.prompt_tokens
+    assert warm.cache.source == "warm" and warm.usage.cached_tokens > hot.usage.prompt_tokens
+    assert cold_hot.usage.cached_tokens == 0 and cold_warm.usage.cached_tokens == 0
+    assert hot.text == cold_hot.text
+    assert warm.text == cold_warm.text
+
+
+@pytest.fixture(scope="module")
+def gemma_cold_engine(data_dir):
+    with Engine(Settings(data_dir=data_dir, mlx_model_id="gemma3-270m", kv_memory=False)) as running:
+        yield running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target_tokens", [1000, 3000])
+def test_gemma3_resume_matches_cold(data_dir, tmp_path, gemma_cold_engine, target_tokens):
+    first, hot, cold_hot, warm, cold_warm = run_conversation(
+        data_dir, tmp_path / "kv", gemma_cold_engine, "gemma3-270m", target_tokens
+    )
+    assert hot.text == cold_hot.text
+    assert warm.text == cold_warm.text
+    # Gemma's sliding layers resume at the exact end of the cached turn.
+    assert hot.cache.source == "hot" and hot.usage.cached_tokens > first.usage.prompt_tokens
+    assert warm.cache.source == "warm" and warm.usage.cached_tokens > hot.usage.prompt_tokens
+
+
+@pytest.mark.slow
+def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine, caplog):
+    cache_dir = tmp_path / "kv"
+    eng = engine_for(data_dir, cache_dir)
+    messages = history(700, eng.tokenizer)
+    try:
+        eng.generate(greedy(messages, "victim"))
+        eng.flush()
+    finally:
+        eng.close()
+    for payload in cache_dir.rglob("*.safetensors"):
+        data = bytearray(payload.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        payload.write_bytes(bytes(data))
+    follow_up = [*messages, ChatMessage(role="assistant", content="Noted."), ChatMessage(role="user", content="Who?")]
+    eng = engine_for(data_dir, cache_dir)
+    try:
+        with caplog.at_level(logging.WARNING):
+            result = eng.generate(greedy(follow_up, "victim"))
+        assert result.cache.source == "cold"
+        assert any("checksum" in record.message for record in caplog.records)
+        assert result.text == cold_engine.generate(greedy(follow_up)).text
+        eng.check_integrity()
+    finally:
+        eng.close()
+
+
+@pytest.mark.slow
+def test_agents_share_a_system_prompt_by_block_name(data_dir, tmp_path):
+    cache_dir = tmp_path / "kv"
+    eng = engine_for(data_dir, cache_dir)
+    system = ChatMessage(role="system", content="Shared instructions. " + FACTS * 8)
+    try:
+        eng.generate(greedy([system, ChatMessage(role="user", content="Hi from one")], "one", max_tokens=4))
+        eng.flush()
+    finally:
+        eng.close()
+    eng = engine_for(data_dir, cache_dir)  # fresh engine: nothing hot, blocks on disk
+    try:
+        two = eng.generate(greedy([system, ChatMessage(role="user", content="Hi from two")], "two", max_tokens=4))
+        assert two.cache.source == "warm"
+        assert two.usage.cached_tokens >= 256 and two.usage.cached_tokens % 256 == 0
+        three = eng.generate(greedy([system, ChatMessage(role="user", content="Hi from three")], "three", max_tokens=4))
+        assert three.cache.source == "hot"  # copied from agent two's live cache
+        assert three.usage.cached_tokens > two.usage.cached_tokens
+        stats = eng.memory_stats()
+        assert stats["warm"]["blocks"] >= 1 and stats["warm"]["sessions"] == 3
+        eng.check_integrity()
+    finally:
+        eng.close()
+
+
+@pytest.mark.slow
+def test_hot_eviction_keeps_turns_on_disk(data_dir, tmp_path):
+    eng = engine_for(data_dir, tmp_path / "kv", agent_max_agents_in_memory=2)
+    try:
+        for name in ("a", "b", "c"):
+            eng.generate(greedy([ChatMessage(role="user", content=f"I am agent {name}. " + FACTS)], name, 4))
+            eng.check_integrity()
+        stats = eng.memory_stats()
+        assert stats["hot"]["agents"] == 2 and stats["hot"]["evictions"] == 1
+        again = eng.generate(
+            greedy(
+                [
+                    ChatMessage(role="user", content="I am agent a. " + FACTS),
+                    ChatMessage(role="assistant", content="ok"),
+                    ChatMessage(role="user", content="and?"),
+                ],
+                "a",
+                4,
+            )
+        )
+        assert again.cache.source == "warm"
+        eng.check_integrity()
+    finally:
+        eng.close()
+
+
+def test_cache_of_another_model_is_never_loaded(data_dir, tmp_path, tiny_model_dir):
+    cache_dir = tmp_path / "kv"
+    messages = [ChatMessage(role="user", content="Same words for two models. " + FACTS)]
+    eng = engine_for(data_dir, cache_dir)
+    try:
+        eng.generate(greedy(messages, "shared-id", 4))
+        eng.flush()
+    finally:
+        eng.close()
+    other = engine_for(data_dir, cache_dir, model=str(tiny_model_dir))
+    try:
+        result = other.generate(
+            greedy(
+                [*messages, ChatMessage(role="assistant", content="x"), ChatMessage(role="user", content="y")],
+                "shared-id",
+                4,
+            )
+        )
+        assert result.cache.source == "cold"
+    finally:
+        other.close()
+
+
+def test_unusable_cache_dir_serves_hot_only(data_dir, tmp_path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache dir should be")
+    with caplog.at_level(logging.WARNING):
+        eng = engine_for(data_dir, blocker / "kv")
+    try:
+        assert any("hot-only" in record.message for record in caplog.records)
+        messages = [ChatMessage(role="user", content="Hello there. " + FACTS)]
+        eng.generate(greedy(messages, "h", 4))
+        again = eng.generate(
+            greedy(
+                [*messages, ChatMessage(role="assistant", content="ok"), ChatMessage(role="user", content="more")],
+                "h",
+                4,
+            )
+        )
+        assert again.cache.source == "hot"
+    finally:
+        eng.close()
+
+
+def test_second_process_on_the_same_cache_dir_is_read_only(tmp_path):
+    from engine.kv.warm import WarmTier
+
+    first = WarmTier(tmp_path / "kv", 100)
+    second = WarmTier(tmp_path / "kv", 100)
+    try:
+        assert not first.read_only and second.read_only
+    finally:
+        first.close()
+        second.close()
