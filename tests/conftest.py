@@ -82,7 +82,14 @@ def ask(text: str, max_tokens: int = 48, **kwargs) -> GenerationRequest:
 def run_cli(*args: str, data_dir: Path, env: dict | None = None, stdin: str | None = None, cwd=None):
     """Run `agent-memory ARGS` in a fresh process with its data dir pointed at `data_dir`."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMANTIC_")}
-    full_env.update({"SEMANTIC_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"})
+    # Its own KV cache dir: the test process's engines own (lock) the data dir's default one.
+    full_env.update(
+        {
+            "SEMANTIC_DATA_DIR": str(data_dir),
+            "SEMANTIC_AGENT_CACHE_DIR": str(data_dir / "cli-caches"),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "workbench.cli", *args],

@@ -52,8 +52,10 @@ def test_session_continues_in_a_new_process(cli_data_dir):
     assert second.returncode == 0, second.stderr
     two = json.loads(second.stdout)
     assert "Rome" in two["text"]
-    # The second prompt carries the whole first exchange.
+    # The second prompt carries the whole first exchange, read back from disk in this new process.
     assert two["usage"]["prompt_tokens"] > one["usage"]["prompt_tokens"] + one["usage"]["completion_tokens"]
+    assert two["cache"]["source"] == "warm"
+    assert two["usage"]["cached_tokens"] == two["cache"]["reused_tokens"] > one["usage"]["prompt_tokens"]
 
     listing = run_cli("agents", "ls", "--json", data_dir=cli_data_dir)
     rows = {row["id"]: row for row in json.loads(listing.stdout)}
@@ -129,3 +131,34 @@ def test_models_lists_packaged_and_prepared(cli_data_dir):
     assert "default" in result.stdout and "gemma3-270m" in result.stdout
     assert "SmolLM2-135M-Instruct" in result.stdout
     assert "backend:" in result.stdout
+
+
+def test_cache_stats_check_and_repair(cli_data_dir, tmp_path):
+    env = {"SEMANTIC_AGENT_CACHE_DIR": str(tmp_path / "kv")}
+    for text in ("Hello there, tell me about the sea. " * 30, "And about rivers?"):
+        assert (
+            run_cli("chat", "-s", "frank", "-t", "0", "-n", "4", text, data_dir=cli_data_dir, env=env).returncode == 0
+        )
+    stats = json.loads(run_cli("cache", "stats", "--json", data_dir=cli_data_dir, env=env).stdout)
+    assert stats["warm"]["sessions"] == 1 and stats["warm"]["blocks"] >= 1 and stats["warm"]["dtype"] == "float16"
+    clean = run_cli("cache", "check", data_dir=cli_data_dir, env=env)
+    assert clean.returncode == 0 and "0 failed their checksum" in clean.stdout
+
+    block = sorted((tmp_path / "kv").rglob("blocks/*/*.safetensors"))[0]
+    data = bytearray(block.read_bytes())
+    data[-10] ^= 0x55
+    block.write_bytes(bytes(data))
+    (block.parent / "stray.safetensors").write_bytes(b"left over")
+    found = run_cli("cache", "check", "--no-repair", data_dir=cli_data_dir, env=env)
+    assert found.returncode == 1
+    assert "1 failed their checksum" in found.stdout and "1 not in the index" in found.stdout
+    repaired = run_cli("cache", "check", data_dir=cli_data_dir, env=env)
+    assert repaired.returncode == 0 and "repaired" in repaired.stdout
+    again = run_cli("cache", "check", "--no-repair", data_dir=cli_data_dir, env=env)
+    assert again.returncode == 0 and "0 failed their checksum, 0 missing, 0 not in the index" in again.stdout
+
+    listing = json.loads(run_cli("agents", "--json", data_dir=cli_data_dir, env=env).stdout)
+    assert {row["id"]: row for row in listing}["frank"]["kv"]["tokens"] > 0
+    assert run_cli("agents", "rm", "frank", data_dir=cli_data_dir, env=env).returncode == 0
+    stats = json.loads(run_cli("cache", "stats", "--json", data_dir=cli_data_dir, env=env).stdout)
+    assert stats["warm"]["sessions"] == 0

@@ -20,19 +20,48 @@ def _ago(timestamp: float) -> str:
     return f"{seconds}s ago"
 
 
+def _kv_summaries(settings: Settings) -> dict[str, dict]:
+    from engine.kv.warm import WarmTier
+
+    warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
+    try:
+        return warm.session_summaries()
+    finally:
+        warm.close()
+
+
 def list_agents(settings: Settings, json_output: bool) -> None:
     sessions = SessionStore(settings.sessions_path).all()
+    kv = _kv_summaries(settings)
     if json_output:
-        rows = [{"id": s.id, "turns": s.turns, "tokens": s.context_tokens, "last_used": s.updated_at} for s in sessions]
+        rows = [
+            {
+                "id": s.id,
+                "turns": s.turns,
+                "tokens": s.context_tokens,
+                "last_used": s.updated_at,
+                "kv": kv.get(s.id),
+            }
+            for s in sessions
+        ]
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
     if not sessions:
         typer.echo("No sessions yet. Start one with: agent-memory chat --session NAME")
         return
     width = max(len("ID"), *(len(s.id) for s in sessions))
-    typer.echo(f"{'ID':<{width}}  {'TURNS':>5}  {'TOKENS':>7}  LAST USED")
+    typer.echo(
+        f"{'ID':<{width}}  {'TURNS':>5}  {'TOKENS':>7}  {'WARM BLOCKS':>11}  {'SHARED':>6}  {'KV MB':>7}  LAST USED"
+    )
     for s in sessions:
-        typer.echo(f"{s.id:<{width}}  {s.turns:>5}  {s.context_tokens:>7}  {_ago(s.updated_at)}")
+        info = kv.get(s.id) or {}
+        blocks = info.get("blocks", "-")
+        shared = info.get("shared_blocks", "-")
+        size = f"{info['bytes'] / 1e6:.1f}" if info else "-"
+        typer.echo(
+            f"{s.id:<{width}}  {s.turns:>5}  {s.context_tokens:>7}  {blocks:>11}  {shared:>6}  {size:>7}  "
+            f"{_ago(s.updated_at)}"
+        )
 
 
 def show_agent(settings: Settings, session_id: str) -> int:
@@ -53,8 +82,17 @@ def show_agent(settings: Settings, session_id: str) -> int:
 
 
 def remove_agent(settings: Settings, session_id: str) -> int:
+    """Delete the transcript and the session's KV snapshots; blocks shared with others stay."""
+    from engine.kv.warm import WarmTier
+
     if not SessionStore(settings.sessions_path).delete(session_id):
         typer.echo(f"error: no session {session_id!r}; see `agent-memory agents`", err=True)
         return EXIT_BAD_INPUT
-    typer.echo(f"Deleted session {session_id!r}.")
+    warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
+    try:
+        warm.forget_session(None, session_id)
+        note = " (its KV cache is kept: another process owns the cache dir)" if warm.read_only else ""
+    finally:
+        warm.close()
+    typer.echo(f"Deleted session {session_id!r}{note}.")
     return 0

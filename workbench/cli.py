@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 agents_app = typer.Typer(help="List, show and delete agent sessions.", invoke_without_command=True)
 app.add_typer(agents_app, name="agents")
+cache_app = typer.Typer(help="Inspect, verify and clear the KV cache on disk.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 EXIT_BAD_INPUT = 2
 
@@ -132,6 +134,34 @@ def agents_rm(session_id: Annotated[str, typer.Argument(help="Session id.")]) ->
     from workbench.agents_cmd import remove_agent
 
     raise typer.Exit(remove_agent(settings_or_exit(), session_id))
+
+
+@cache_app.command("stats")
+def cache_stats(json_output: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+    """Hot pool limits and the warm tier: files, bytes, dtype, shared bytes saved."""
+    from workbench.cache_cmd import show_stats
+
+    show_stats(settings_or_exit(), json_output)
+
+
+@cache_app.command("check")
+def cache_check(
+    no_repair: Annotated[bool, typer.Option("--no-repair", help="Only report, change nothing.")] = False,
+) -> None:
+    """Verify every warm file's checksum and the index against the files; repair the index."""
+    from workbench.cache_cmd import run_check
+
+    raise typer.Exit(run_check(settings_or_exit(), repair=not no_repair))
+
+
+@cache_app.command("clear")
+def cache_clear(yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+    """Delete every KV block and snapshot on disk (transcripts are kept)."""
+    from workbench.cache_cmd import run_clear
+
+    if not yes and not typer.confirm("Delete all stored KV caches?"):
+        raise typer.Exit(1)
+    raise typer.Exit(run_clear(settings_or_exit()))
 
 
 def main() -> None:

@@ -103,7 +103,7 @@ class KVMemory:
         layout_text = self.layout.describe() if self.layout else "unsupported"
         self.root = root_name(fingerprint, layout_text, self.block_tokens)
         self.hot = HotPool(settings.mlx_cache_budget_mb * 1024 * 1024, settings.agent_max_agents_in_memory)
-        self.warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
+        self.warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb, clean_up=True)
         self.writer = WarmWriter(self.warm)
         self.hits = {"hot": 0, "warm": 0, "cold": 0}
 

@@ -92,7 +92,8 @@ def _unpack(payload: bytes) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], d
 class WarmTier:
     """Disk storage for one cache dir. Reads happen on the engine thread, writes on a writer thread."""
 
-    def __init__(self, root: Path, disk_budget_mb: int):
+    def __init__(self, root: Path, disk_budget_mb: int, clean_up: bool = False):
+        """Open (and create) the tier; `clean_up` removes what a killed writer left half-done."""
         self.root = root
         self.disk_budget_bytes = disk_budget_mb * 1024 * 1024
         self.read_only = False
@@ -104,7 +105,10 @@ class WarmTier:
             self._take_lock()
             with self._db() as db:
                 db.executescript(SCHEMA)
-        except OSError as exc:
+            if clean_up and not self.read_only:
+                # Whatever a killed process left half-written: temp files, files never indexed.
+                self.check(repair=True, verify=False)
+        except (OSError, sqlite3.Error) as exc:
             self.disabled_reason = f"warm KV tier disabled: cannot use {root} ({exc}); serving hot-only"
             log.warning(self.disabled_reason)
 
@@ -342,6 +346,45 @@ class WarmTier:
             "budget_bytes": self.disk_budget_bytes,
         }
 
+    def session_summaries(self) -> dict[str, dict]:
+        """Per session id (latest model): tokens, blocks, blocks shared with other sessions, bytes."""
+        if not self.enabled:
+            return {}
+        db = self._db()
+        sizes = dict(db.execute("SELECT name, bytes FROM blocks").fetchall())
+        rows = db.execute(
+            "SELECT session_id, fingerprint, tokens, chain, bytes, last_used FROM sessions ORDER BY last_used"
+        ).fetchall()
+        users: dict[str, int] = {}
+        for row in rows:
+            for name in set(json.loads(row[3])):
+                users[name] = users.get(name, 0) + 1
+        summaries = {}
+        for session_id, fingerprint, tokens, chain_text, nbytes, last_used in rows:
+            chain = json.loads(chain_text)
+            summaries[session_id] = {
+                "fingerprint": fingerprint,
+                "tokens": tokens,
+                "blocks": len(chain),
+                "shared_blocks": sum(1 for name in chain if users.get(name, 0) > 1),
+                "bytes": nbytes + sum(sizes.get(name, 0) for name in chain),
+                "last_used": last_used,
+            }
+        return summaries
+
+    def clear(self) -> int:
+        """Delete every stored block and snapshot; returns the number of files removed."""
+        if not self.enabled or self.read_only:
+            return 0
+        db = self._db()
+        files = [row[0] for row in db.execute("SELECT file FROM blocks UNION ALL SELECT file FROM sessions")]
+        db.execute("DELETE FROM blocks")
+        db.execute("DELETE FROM sessions")
+        for file in files:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / file)
+        return len(files)
+
     def session_blocks(self, fingerprint: str, session_id: str) -> list[str]:
         row = (
             self._db()
@@ -350,8 +393,8 @@ class WarmTier:
         )
         return json.loads(row[0]) if row else []
 
-    def check(self, repair: bool = True) -> dict:
-        """Verify every indexed file's checksum and look for files the index does not know."""
+    def check(self, repair: bool = True, verify: bool = True) -> dict:
+        """Verify every indexed file (its checksum too with `verify`) and find files the index lacks."""
         report = {"checked": 0, "bad": [], "missing": [], "orphans": []}
         if not self.enabled:
             return report
@@ -366,7 +409,7 @@ class WarmTier:
                     report["missing"].append(file)
                     if repair:
                         self._drop(table, key)
-                elif hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+                elif verify and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
                     report["bad"].append(file)
                     if repair:
                         self._drop(table, key)
