@@ -96,8 +96,8 @@ def build_cache(layout: CacheLayout, full: dict[int, tuple], sliding: dict[int, 
     for index, kind in enumerate(layout.layers):
         source = full if kind.sliding_window is None else sliding
         keys, values = source[index]
-        keys = mx.array(keys)[None].astype(dtype)
-        values = mx.array(values)[None].astype(dtype)
+        keys = (keys if isinstance(keys, mx.array) else mx.array(keys))[None].astype(dtype)
+        values = (values if isinstance(values, mx.array) else mx.array(values))[None].astype(dtype)
         if kind.sliding_window is None:
             cache = KVCache()
             cache.state = (keys, values, offset)

@@ -19,8 +19,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from engine.kv.blocks import block_names, common_prefix_length, root_name
 from engine.kv.hot import HotEntry, HotPool
 from engine.kv.layout import (
@@ -170,7 +168,7 @@ class KVMemory:
     def _from_warm(self, session_id: str | None, prompt: list[int], limit: int):
         if not self.warm.enabled:
             return None
-        snapshot = self.warm.session(self.fingerprint, session_id) if session_id else None
+        snapshot = self.warm.session(self.fingerprint, session_id, decode=decode_mlx) if session_id else None
         if snapshot is not None:
             matched = common_prefix_length(prompt[:limit], snapshot.tokens)
             end = len(snapshot.tokens)
@@ -187,13 +185,7 @@ class KVMemory:
         return count * self.block_tokens, "warm", lambda: self._build_from_blocks(names[:count])
 
     def _read_blocks(self, names: list[str]) -> list[dict] | None:
-        blocks = []
-        for name in names:
-            layers = self.warm.read_block(self.fingerprint, name)
-            if layers is None:
-                return None
-            blocks.append(layers)
-        return blocks
+        return self.warm.read_blocks(self.fingerprint, names, decode=decode_mlx)
 
     def _build_from_blocks(self, names: list[str]):
         blocks = self._read_blocks(names)
@@ -346,7 +338,24 @@ def _copy_prefix(cache: list, layout: CacheLayout, matched: int) -> list:
     return build_cache(layout, full, sliding, matched, cache[0].keys.dtype)
 
 
-def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def _concat(parts: list[tuple]) -> tuple:
+    """Join per-block (keys, values) along the token axis, in MLX (one copy, lazily)."""
+    import mlx.core as mx
+
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
+    return mx.concatenate([p[0] for p in parts], axis=1), mx.concatenate([p[1] for p in parts], axis=1)
+
+
+def decode_mlx(payload: bytes):
+    """A warm payload's layers as MLX arrays (read by MLX itself), and its metadata."""
+    import io
+
+    import mlx.core as mx
+
+    arrays, metadata = mx.load(io.BytesIO(payload), format="safetensors", return_metadata=True)
+    layers: dict[int, list] = {}
+    for name, value in arrays.items():
+        kind, layer = name.split(".")
+        layers.setdefault(int(layer), [None, None])[0 if kind == "k" else 1] = value
+    return {k: (v[0], v[1]) for k, v in layers.items()}, metadata

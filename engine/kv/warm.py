@@ -22,6 +22,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def _pack(layers: dict[int, tuple[np.ndarray, np.ndarray]], metadata: dict[str, 
     return save(tensors, metadata=metadata)
 
 
-def _unpack(payload: bytes) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+def decode_numpy(payload: bytes) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """A payload's layers as numpy arrays, and its metadata."""
     from safetensors.numpy import load
 
     tensors = load(payload)
@@ -164,20 +166,49 @@ class WarmTier:
             count += 1
         return count
 
-    def read_block(self, fingerprint: str, name: str):
-        row = (
-            self._db()
-            .execute("SELECT file, sha256 FROM blocks WHERE name=? AND fingerprint=?", (name, fingerprint))
-            .fetchone()
-        )
-        if row is None:
-            return None
-        layers = self._read_verified(row[0], row[1], ("blocks", name))
-        if layers is not None:
-            self._touch("blocks", "name=?", (name,))
-        return layers
+    def read_blocks(self, fingerprint: str, names: list[str], decode=decode_numpy) -> list[dict] | None:
+        """The layers of each named block, or None if any is missing or damaged (it is dropped).
 
-    def session(self, fingerprint: str, session_id: str) -> SessionSnapshot | None:
+        Files are read and checksummed on two threads (both release the GIL); decoding stays on the
+        calling thread, which may be the one that owns MLX.
+        """
+        rows = {}
+        for name in names:
+            row = (
+                self._db()
+                .execute("SELECT file, sha256 FROM blocks WHERE name=? AND fingerprint=?", (name, fingerprint))
+                .fetchone()
+            )
+            if row is None:
+                return None
+            rows[name] = row
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            payloads = list(pool.map(lambda n: self._read_payload(rows[n][0], rows[n][1]), names))
+        blocks = []
+        for name, payload in zip(names, payloads, strict=True):
+            if payload is None:
+                self._drop("blocks", name)
+                return None
+            blocks.append(decode(payload)[0])
+        if not self.read_only and names:
+            marks = ",".join("?" * len(names))
+            self._db().execute(f"UPDATE blocks SET last_used=? WHERE name IN ({marks})", (time.time(), *names))
+        return blocks
+
+    def _read_payload(self, file: str, sha256: str) -> bytes | None:
+        """The file's bytes if they match their checksum; logs and returns None otherwise."""
+        path = self.root / file
+        try:
+            payload = path.read_bytes()
+        except OSError as exc:
+            log.warning("KV cache file %s is missing (%s); dropping it and recomputing", path, exc)
+            return None
+        if hashlib.sha256(payload).hexdigest() != sha256:
+            log.warning("KV cache file %s failed its checksum; dropping it and recomputing", path)
+            return None
+        return payload
+
+    def session(self, fingerprint: str, session_id: str, decode=decode_numpy) -> SessionSnapshot | None:
         if not self.enabled:
             return None
         key = session_key(session_id)
@@ -188,10 +219,11 @@ class WarmTier:
         )
         if row is None:
             return None
-        unpacked = self._read_verified(row[0], row[1], ("sessions", key), with_metadata=True)
-        if unpacked is None:
+        payload = self._read_payload(row[0], row[1])
+        if payload is None:
+            self._drop("sessions", key)
             return None
-        layers, metadata = unpacked
+        layers, metadata = decode(payload)
         windows = {layer: kv for layer, kv in layers.items() if str(layer) in json.loads(metadata["windows"])}
         tail = {layer: kv for layer, kv in layers.items() if layer not in windows}
         self._touch("sessions", "key=? AND fingerprint=?", (key, fingerprint))
@@ -202,21 +234,6 @@ class WarmTier:
             tail=tail,
             windows=windows,
         )
-
-    def _read_verified(self, file: str, sha256: str, entry: tuple[str, str], with_metadata: bool = False):
-        path = self.root / file
-        try:
-            payload = path.read_bytes()
-        except OSError as exc:
-            log.warning("KV cache file %s is missing (%s); dropping it and recomputing", path, exc)
-            self._drop(*entry)
-            return None
-        if hashlib.sha256(payload).hexdigest() != sha256:
-            log.warning("KV cache file %s failed its checksum; dropping it and recomputing", path)
-            self._drop(*entry)
-            return None
-        layers, metadata = _unpack(payload)
-        return (layers, metadata) if with_metadata else layers
 
     def _drop(self, table: str, key: str) -> None:
         if self.read_only:

@@ -1,0 +1,258 @@
+"""Time to first token with and without the KV memory, side by side in one run.
+
+For conversation histories of 1k, 2k and 4k tokens and a new 32-token user turn, on the default model:
+cold (full prefill, memory off), hot resume (same process), warm resume in a fresh process (restored
+from disk, page cache dropped first), and the new turn alone as if there were no history. Also warm
+restore bandwidth against the disk's sequential read speed measured here, KV bytes per token hot and on
+disk, and how many bytes 8 agents sharing a 2k-token system prompt occupy.
+
+`--json` prints one line: per length the figures plus cold_over_hot, cold_over_warm, hot_over_new_turn,
+restore_mb_s, disk_read_mb_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
+from engine.engine import Engine  # noqa: E402
+from engine.requests import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
+from engine.settings import Settings, load_settings  # noqa: E402
+
+FILLER = (
+    "The archive holds letters from sailors, merchants and scholars, each describing the weather, the prices "
+    "in the harbour and the news from distant towns along the coast. "
+)
+NEW_TURN = "Given all of that, which three letters should a historian read first, and why? Answer briefly."
+
+
+def history(tokenizer, target_tokens: int) -> list[ChatMessage]:
+    messages = [ChatMessage(role="system", content="You are a helpful archivist.")]
+    turn = 0
+    while len(tokenizer.encode(" ".join(m.content for m in messages))) < target_tokens - 60:
+        turn += 1
+        messages.append(ChatMessage(role="user", content=f"Letter {turn}: {FILLER * 2}"))
+        messages.append(ChatMessage(role="assistant", content=f"Noted letter {turn}. {FILLER}"))
+    messages.append(ChatMessage(role="user", content="Summarise the letters in one line."))
+    return messages
+
+
+def request(messages, session_id=None, max_tokens=1) -> GenerationRequest:
+    return GenerationRequest(
+        messages=messages, session_id=session_id, max_tokens=max_tokens, sampling=SamplingParams(temperature=0.0)
+    )
+
+
+def drop_page_cache(paths) -> None:
+    """Make the next read come from the disk, not the page cache (no root needed)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def disk_read_mb_s(directory: Path, size_mb: int = 256) -> float:
+    """Sequential read speed of a freshly written file with its pages dropped from the cache."""
+    path = directory / "disk-probe.bin"
+    block = os.urandom(8 << 20)
+    with path.open("wb") as handle:
+        for _ in range(size_mb // 8):
+            handle.write(block)
+    drop_page_cache([path])
+    started = time.perf_counter()
+    with path.open("rb", buffering=0) as handle:
+        while handle.read(8 << 20):
+            pass
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return size_mb * (1 << 20) / 1e6 / seconds
+
+
+WARM_CHILD = """
+import json, sys
+import engine
+from engine.engine import Engine
+from engine.requests import ChatMessage, GenerationRequest, SamplingParams
+from engine.settings import Settings
+settings = Settings(**json.loads(sys.argv[1]))
+messages = [ChatMessage(**m) for m in json.loads(sys.stdin.read())]
+with Engine(settings) as eng:
+    done = eng.generate(GenerationRequest(messages=messages, session_id="bench", max_tokens=1,
+                                          sampling=SamplingParams(temperature=0.0)))
+print(json.dumps({"ttft_s": done.timing.ttft_s, "source": done.cache.source,
+                  "reused": done.cache.reused_tokens, "restore_s": done.cache.restore_s}))
+"""
+
+
+def warm_resume(settings: Settings, messages) -> dict:
+    payload = json.dumps(
+        {
+            "data_dir": str(settings.data_path),
+            "agent_cache_dir": str(settings.cache_path),
+            "mlx_model_id": settings.mlx_model_id,
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", WARM_CHILD, payload],
+        input=json.dumps([m.model_dump() for m in messages]),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def shared_prompt_bytes(settings: Settings, tokenizer_engine: Engine) -> dict:
+    """8 agents with one 2k-token system prompt and their own short question: bytes on each tier."""
+    system = ChatMessage(role="system", content=FILLER * 60)
+    with Engine(settings.model_copy(update={"agent_cache_dir": settings.cache_path / "shared"})) as eng:
+        tokens_system = len(eng.tokenizer.encode(system.content))
+        for index in range(8):
+            eng.generate(
+                request(
+                    [system, ChatMessage(role="user", content=f"Agent {index} asks about letter {index}.")],
+                    f"agent-{index}",
+                )
+            )
+        eng.flush()
+        stats = eng.memory_stats()
+        kv_per_token_hot = eng.info.kv_bytes_per_token
+        hot_used = stats["hot"]["used_bytes"]
+        warm_bytes = stats["warm"]["bytes"]
+        entries = eng.call(lambda e: [len(x.tokens) for x in e.memory.hot.entries()])
+    one_agent_tokens = max(entries)
+    distinct = sum(n - tokens_system for n in entries) - (one_agent_tokens - tokens_system)
+    ideal_hot = (one_agent_tokens + distinct) * kv_per_token_hot
+    ideal_disk = (one_agent_tokens + distinct) * kv_per_token_hot // 2
+    return {
+        "agents": 8,
+        "system_prompt_tokens": tokens_system,
+        "hot_bytes": hot_used,
+        "hot_over_one_plus_suffixes": round(hot_used / ideal_hot, 2),
+        "warm_bytes": warm_bytes,
+        "warm_over_one_plus_suffixes": round(warm_bytes / ideal_disk, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--lengths", default="1000,2000,4000")
+    parser.add_argument("--data-dir", default=None, help="default: SEMANTIC_DATA_DIR or a temp dir")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    base = load_settings(mlx_model_id=args.model, **({"data_dir": args.data_dir} if args.data_dir else {}))
+    if args.data_dir is None and str(base.data_dir) == "~/.agent_memory":
+        base = load_settings(mlx_model_id=args.model, data_dir=tempfile.mkdtemp(prefix="agent-memory-bench-"))
+    scratch = Path(tempfile.mkdtemp(prefix="resume-", dir=base.data_path))
+    settings = base.model_copy(update={"agent_cache_dir": scratch / "kv"})
+
+    results: dict = {}
+    with Engine(settings.model_copy(update={"kv_memory": False})) as cold_engine:
+        tokenizer = cold_engine.tokenizer
+        info = cold_engine.info
+        context = info.context_length
+        cold_engine.generate(request([ChatMessage(role="user", content="warm up")]))
+        new_alone = [ChatMessage(role="user", content=NEW_TURN)]
+        cold_engine.generate(request(new_alone))
+        new_turn_s = min(cold_engine.generate(request(new_alone)).timing.ttft_s for _ in range(3))
+        for length in [int(n) for n in args.lengths.split(",")]:
+            length = min(length, context - 200)
+            messages = history(tokenizer, length)
+            session = f"bench-{length}"
+            run_settings = settings.model_copy(update={"agent_cache_dir": scratch / f"kv-{length}"})
+            with Engine(run_settings) as eng:
+                first = eng.generate(request(messages, session, max_tokens=16))
+                follow = [
+                    *messages,
+                    ChatMessage(role="assistant", content=first.text),
+                    ChatMessage(role="user", content=NEW_TURN),
+                ]
+                hot = eng.generate(request(follow, session))
+                # The follow-up is now cached too: take the warm measurement on a fresh turn.
+                eng.flush()
+            final = [
+                *follow,
+                ChatMessage(role="assistant", content="(no answer)"),
+                ChatMessage(role="user", content=NEW_TURN + " Once more."),
+            ]
+            cold_s = cold_engine.generate(request(final)).timing.ttft_s
+            files = [p for p in (scratch / f"kv-{length}").rglob("*.safetensors")]
+            drop_page_cache(files)
+            warm = warm_resume(run_settings, final)
+            restored_bytes = warm["reused"] * info.kv_bytes_per_token // 2
+            results[str(length)] = {
+                "prompt_tokens": hot.usage.prompt_tokens,
+                "cold_ttft_s": round(cold_s, 4),
+                "hot_ttft_s": round(hot.timing.ttft_s, 4),
+                "hot_reused_tokens": hot.usage.cached_tokens,
+                "warm_ttft_s": round(warm["ttft_s"], 4),
+                "warm_source": warm["source"],
+                "warm_reused_tokens": warm["reused"],
+                "warm_restore_s": round(warm["restore_s"], 4),
+                "new_turn_alone_ttft_s": round(new_turn_s, 4),
+                "cold_over_hot": round(cold_s / hot.timing.ttft_s, 1),
+                "cold_over_warm": round(cold_s / warm["ttft_s"], 1),
+                "hot_over_new_turn": round(hot.timing.ttft_s / new_turn_s, 2),
+                "restore_mb_s": round(restored_bytes / 1e6 / warm["restore_s"], 1) if warm["restore_s"] else None,
+            }
+        disk_mb_s = disk_read_mb_s(scratch)
+        for row in results.values():
+            row["disk_read_mb_s"] = round(disk_mb_s, 1)
+        shared = shared_prompt_bytes(settings, cold_engine)
+
+    summary = {
+        "model": info.model_id,
+        "backend": info.backend,
+        "blas": info.blas,
+        "lengths": results,
+        "bytes_per_token": {
+            "hot": info.kv_bytes_per_token,
+            "disk_fp16": info.kv_bytes_per_token // 2,
+            "disk_8bit": None,
+        },
+        "shared_system_prompt": shared,
+        "disk_read_mb_s": round(disk_mb_s, 1),
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(
+        f"model {info.model_id} ({info.backend}, {info.compute_dtype}, BLAS {info.blas}); disk read {disk_mb_s:.0f} MB/s"
+    )
+    header = (
+        f"{'history':>8} {'prompt':>7} {'cold s':>8} {'hot s':>7} {'warm s':>7} {'alone s':>8} "
+        f"{'cold/hot':>9} {'cold/warm':>10} {'hot/alone':>10} {'restore MB/s':>13}"
+    )
+    print(header)
+    for length, row in results.items():
+        print(
+            f"{length:>8} {row['prompt_tokens']:>7} {row['cold_ttft_s']:>8.3f} {row['hot_ttft_s']:>7.3f} "
+            f"{row['warm_ttft_s']:>7.3f} {row['new_turn_alone_ttft_s']:>8.3f} {row['cold_over_hot']:>9} "
+            f"{row['cold_over_warm']:>10} {row['hot_over_new_turn']:>10} {row['restore_mb_s']!s:>13}"
+        )
+    print(f"KV bytes per token: hot {info.kv_bytes_per_token}, disk fp16 {info.kv_bytes_per_token // 2}")
+    print(
+        f"8 agents sharing a {shared['system_prompt_tokens']}-token system prompt: hot "
+        f"{shared['hot_over_one_plus_suffixes']}x, warm {shared['warm_over_one_plus_suffixes']}x "
+        "the bytes of one agent plus the distinct suffixes"
+    )
+
+
+if __name__ == "__main__":
+    main()
