@@ -88,16 +88,17 @@ from engine.engine import Engine
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
 settings = Settings(**json.loads(sys.argv[1]))
+session_id = sys.argv[2]
 messages = [ChatMessage(**m) for m in json.loads(sys.stdin.read())]
 with Engine(settings) as eng:
-    done = eng.generate(GenerationRequest(messages=messages, session_id="bench", max_tokens=1,
+    done = eng.generate(GenerationRequest(messages=messages, session_id=session_id, max_tokens=1,
                                           sampling=SamplingParams(temperature=0.0)))
 print(json.dumps({"ttft_s": done.timing.ttft_s, "source": done.cache.source,
                   "reused": done.cache.reused_tokens, "restore_s": done.cache.restore_s}))
 """
 
 
-def warm_resume(settings: Settings, messages) -> dict:
+def warm_resume(settings: Settings, messages, session_id: str) -> dict:
     payload = json.dumps(
         {
             "data_dir": str(settings.data_path),
@@ -106,7 +107,7 @@ def warm_resume(settings: Settings, messages) -> dict:
         }
     )
     result = subprocess.run(
-        [sys.executable, "-c", WARM_CHILD, payload],
+        [sys.executable, "-c", WARM_CHILD, payload, session_id],
         input=json.dumps([m.model_dump() for m in messages]),
         capture_output=True,
         text=True,
@@ -194,7 +195,7 @@ def main() -> None:
             cold_s = cold_engine.generate(request(final)).timing.ttft_s
             files = [p for p in (scratch / f"kv-{length}").rglob("*.safetensors")]
             drop_page_cache(files)
-            warm = warm_resume(run_settings, final)
+            warm = warm_resume(run_settings, final, session)
             restored_bytes = warm["reused"] * info.kv_bytes_per_token // 2
             results[str(length)] = {
                 "prompt_tokens": hot.usage.prompt_tokens,

@@ -10,6 +10,13 @@ from engine.settings import Settings
 from workbench.platform_info import platform_summary
 
 
+def resume_mode(config: dict) -> str:
+    """How this model's KV caches resume (see docs/architecture.md, "Cache kinds")."""
+    if config.get("sliding_window") and config.get("model_type", "").startswith("gemma3"):
+        return f"sliding window {config['sliding_window']}: any prefix until it wraps, then exact end or recompute"
+    return "any prefix"
+
+
 def show_models(settings: Settings) -> None:
     from engine.model_source import PACKAGED_MODELS
 
@@ -29,7 +36,8 @@ def show_models(settings: Settings) -> None:
     for config_path in prepared:
         model_dir = config_path.parent
         size_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e6
-        model_type = json.loads(config_path.read_text()).get("model_type", "?")
-        typer.echo(f"  {model_dir.name:<48} {model_type:<12} {size_mb:8.0f} MB")
+        config = json.loads(config_path.read_text())
+        model_type = config.get("model_type", "?")
+        typer.echo(f"  {model_dir.name:<48} {model_type:<12} {size_mb:8.0f} MB  KV resume: {resume_mode(config)}")
     typer.echo("")
     typer.echo("Also accepted: a path to a .gguf file, an mlx-lm model directory, a Hugging Face repo id.")
