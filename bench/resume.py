@@ -234,7 +234,8 @@ def main() -> None:
         print(json.dumps(summary))
         return
     print(
-        f"model {info.model_id} ({info.backend}, {info.compute_dtype}, BLAS {info.blas}); disk read {disk_mb_s:.0f} MB/s"
+        f"model {info.model_id} ({info.backend}, {info.compute_dtype}, BLAS {info.blas}); "
+        f"disk read {disk_mb_s:.0f} MB/s"
     )
     header = (
         f"{'history':>8} {'prompt':>7} {'cold s':>8} {'hot s':>7} {'warm s':>7} {'alone s':>8} "
