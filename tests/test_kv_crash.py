@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -68,3 +69,31 @@ def test_kill_9_during_writes_leaves_a_clean_cache(data_dir, tmp_path, tiny_mode
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 failed their checksum, 0 missing, 0 not in the index" in result.stdout
+
+
+DISK_FULL_CHILD = """
+import json, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+import engine
+from engine.engine import Engine
+from engine.settings import Settings
+from tests.kv_writer_child import request
+with Engine(Settings(data_dir=sys.argv[1], agent_cache_dir=sys.argv[2])) as eng:
+    sources = [eng.generate(request("full", turns)).cache.source for turns in (1, 2, 3)]
+    eng.flush()
+print(json.dumps(sources))
+"""
+
+
+def test_full_disk_keeps_serving_hot_only(default_engine, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_CHILD, str(default_engine.settings.data_path), str(tmp_path / "kv")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["cold", "hot", "hot"]
+    assert "serving continues hot-only" in result.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class WarmWriter:
                     self._warm.close()
                     return
                 self._warm.write(job)
-            except OSError as exc:
+            except (OSError, sqlite3.Error) as exc:
                 self.failures += 1
                 log.warning("could not write the warm KV tier (%s); serving continues hot-only", exc)
             except Exception:  # noqa: BLE001 - a bad write must not kill the writer
