@@ -120,7 +120,12 @@ def warm_resume(settings: Settings, messages, session_id: str) -> dict:
 def shared_prompt_bytes(settings: Settings, tokenizer_engine: Engine) -> dict:
     """8 agents with one 2k-token system prompt and their own short question: bytes on each tier."""
     system = ChatMessage(role="system", content=FILLER * 60)
-    with Engine(settings.model_copy(update={"agent_cache_dir": settings.cache_path / "shared"})) as eng:
+    # Every idle agent compacted into shared blocks (SEMANTIC_KV_HOT_LIVE_AGENTS=0); with the default 1,
+    # the most recent agent also keeps its own contiguous copy.
+    shared_settings = settings.model_copy(
+        update={"agent_cache_dir": settings.cache_path / "shared", "kv_hot_live_agents": 0}
+    )
+    with Engine(shared_settings) as eng:
         tokens_system = len(eng.tokenizer.encode(system.content))
         for index in range(8):
             eng.generate(

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     kv_disk_dtype: Literal["float16", "float32"] = Field(
         default="float16", description="dtype of KV on disk: float16 (half the bytes) or float32."
     )
+    kv_hot_live_agents: int = Field(
+        default=1,
+        ge=0,
+        description="Most recent idle agents kept as live caches (fastest resume); older ones share blocks.",
+    )
     kv_memory: bool = Field(default=True, description="Reuse KV caches across turns (false: always recompute).")
     api_key: str | None = Field(default=None, description="Key clients must send to the API.")
     admin_key: str | None = Field(default=None, description="Key for /admin routes.")

@@ -253,3 +253,39 @@ def test_second_process_on_the_same_cache_dir_is_read_only(tmp_path):
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("live_agents", [0, 1])
+def test_idle_agents_share_prefix_blocks_in_memory(data_dir, tmp_path, cold_engine, live_agents):
+    eng = engine_for(
+        data_dir, tmp_path / "kv", agent_max_agents_in_memory=8, kv_block_tokens=32, kv_hot_live_agents=live_agents
+    )
+    system = ChatMessage(role="system", content="Shared instructions. " + FACTS * 10)
+    asks = [[system, ChatMessage(role="user", content=f"Agent {i}: which year?")] for i in range(4)]
+    try:
+        results = [eng.generate(greedy(messages, f"agent-{i}", 6)) for i, messages in enumerate(asks)]
+        eng.check_integrity()
+        stats = eng.memory_stats()["hot"]
+        per_token = eng.info.kv_bytes_per_token
+        tokens = [r.usage.prompt_tokens + r.usage.completion_tokens for r in results]
+        system_tokens = min(r.usage.cached_tokens for r in results[1:])
+        one_plus_suffixes = (max(tokens) + sum(t - system_tokens for t in tokens)) * per_token
+        assert stats["agents"] == 4
+        # A live agent holds its own contiguous copy of the prefix (with room to grow) besides the blocks.
+        live_bytes = eng.call(lambda e: sum(x.nbytes for x in e.memory.hot.entries() if not x.compact))
+        assert (live_bytes > 0) == (live_agents > 0)
+        assert stats["used_bytes"] - live_bytes <= 1.3 * one_plus_suffixes
+        assert stats["shared_bytes_saved"] > 0
+        # Agent 0 is compacted now; resuming it gives what a cold run gives.
+        follow = [
+            *asks[0],
+            ChatMessage(role="assistant", content=results[0].text),
+            ChatMessage(role="user", content="And who kept the log?"),
+        ]
+        resumed = eng.generate(greedy(follow, "agent-0"))
+        assert resumed.cache.source == "hot"
+        assert resumed.text == cold_engine.generate(greedy(follow)).text
+        eng.check_integrity()
+    finally:
+        eng.close()

@@ -1,31 +1,71 @@
-"""The hot tier: live mlx-lm caches of recent agents in device memory, under a byte budget.
+"""The hot tier: recent agents' KV caches in device memory, under a byte budget and an agent limit.
 
-An agent's cache is kept as the contiguous mlx-lm cache its last turn left (no copy per turn). While a
-request runs, its entry is checked out of the pool (pinned): eviction only ever sees idle entries.
-Evicting drops memory only; the warm tier already has, or is writing, every finished turn.
+    most recent idle agent : its live, contiguous mlx-lm cache, as its last turn left it (no copy;
+                             SEMANTIC_KV_HOT_LIVE_AGENTS, default 1, 0 compacts every idle agent)
+    older idle agents      : compacted into shared blocks + a private tail
+    running agents         : checked out (pinned): eviction never sees them
+
+    blocks (by chained name, reference counted)        agent A: [b0][b1][b2] + tail A
+    ┌────┬────┬────┬────┐                               agent B: [b0][b1][b3] + tail B
+    │ b0 │ b1 │ b2 │ b3 │                               agent C: live cache (most recent)
+    └────┴────┴────┴────┘
+
+Agents with a common prefix (a shared system prompt) hold its blocks once. Full-attention layers are
+compacted; sliding-window layers are small (one window) and stay as they are. Evicting drops memory
+only: every finished turn is already on its way to the warm tier.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from engine.kv.layout import CacheLayout
 
 
 @dataclass
 class HotEntry:
     session_id: str
-    tokens: list[int]  # exactly the tokens whose KV the cache holds
-    cache: list
-    nbytes: int
+    tokens: list[int]  # exactly the tokens whose KV the entry holds
+    cache: list | None  # live mlx-lm caches, or None when compacted
+    nbytes: int  # bytes this entry holds alone (shared blocks are counted by the pool)
     last_used: float = field(default_factory=time.time)
+    chain: list[str] = field(default_factory=list)  # compacted: shared blocks of full layers
+    tail: dict = field(default_factory=dict)  # compacted: layer -> (keys, values) after the blocks
+    kept: dict = field(default_factory=dict)  # compacted: layer -> cache object kept as is
+
+    @property
+    def compact(self) -> bool:
+        return self.cache is None
+
+
+@dataclass
+class _Block:
+    layers: dict  # layer -> (keys, values), shape (1, heads, block_tokens, dim)
+    nbytes: int
+    users: int = 0
 
 
 class HotPool:
-    def __init__(self, budget_bytes: int, max_agents: int):
+    def __init__(
+        self,
+        budget_bytes: int,
+        max_agents: int,
+        layout: CacheLayout | None = None,
+        block_tokens: int = 256,
+        namer: Callable[[list[int]], list[str]] | None = None,
+        live_agents: int = 1,
+    ):
         self.budget_bytes = budget_bytes
         self.max_agents = max_agents
+        self.layout = layout
+        self.block_tokens = block_tokens
+        self.namer = namer
+        self.live_agents = live_agents  # most recent idle agents kept as live caches
         self._entries: OrderedDict[str, HotEntry] = OrderedDict()  # least recently used first
+        self._blocks: dict[str, _Block] = {}
         self._pinned: set[str] = set()
         self.evictions = 0
 
@@ -37,34 +77,147 @@ class HotPool:
 
     @property
     def used_bytes(self) -> int:
-        return sum(entry.nbytes for entry in self._entries.values())
+        return sum(entry.nbytes for entry in self._entries.values()) + sum(b.nbytes for b in self._blocks.values())
 
+    @property
+    def shared_bytes_saved(self) -> int:
+        """Bytes the pool would hold more if every agent kept its own copy of shared blocks."""
+        return sum(block.nbytes * (block.users - 1) for block in self._blocks.values() if block.users > 1)
+
+    # -- checkout / put ----------------------------------------------------------------------------
     def checkout(self, session_id: str) -> HotEntry | None:
-        """Take a session's entry out of the pool and pin the session until `put` or `release_pin`."""
+        """Take a session's entry out (live form) and pin the session until `put` or `release_pin`."""
         self._pinned.add(session_id)
-        return self._entries.pop(session_id, None)
+        entry = self._entries.pop(session_id, None)
+        if entry is not None and entry.compact:
+            entry.cache = self._materialize(entry, len(entry.tokens))
+            self._release_blocks(entry.chain)
+            entry.chain, entry.tail, entry.kept = [], {}, {}
+            entry.nbytes = sum(c.nbytes for c in entry.cache)
+        return entry
 
     def release_pin(self, session_id: str) -> None:
         self._pinned.discard(session_id)
 
     def put(self, entry: HotEntry) -> list[str]:
-        """Insert as most recent, unpin, then evict idle entries over the limits; returns evicted ids."""
+        """Insert as most recent and unpin; compact older idle agents; evict over the limits."""
         self._pinned.discard(entry.session_id)
         entry.last_used = time.time()
-        self._entries.pop(entry.session_id, None)
+        self.drop(entry.session_id)
         self._entries[entry.session_id] = entry
+        idle = list(self._entries.values())
+        for older in idle[: max(0, len(idle) - self.live_agents)]:
+            if not older.compact:
+                self._compact(older)
         return self._evict()
 
     def drop(self, session_id: str) -> bool:
-        return self._entries.pop(session_id, None) is not None
+        entry = self._entries.pop(session_id, None)
+        if entry is None:
+            return False
+        self._release_blocks(entry.chain)
+        return True
 
     def entries(self) -> list[HotEntry]:
         return list(self._entries.values())
 
+    def prefix_cache(self, entry: HotEntry, matched: int) -> list | None:
+        """New caches holding the first `matched` tokens of an idle entry; the entry is unchanged."""
+        from mlx_lm.models.cache import RotatingKVCache
+
+        sources = entry.cache if not entry.compact else list(entry.kept.values())
+        if any(isinstance(c, RotatingKVCache) and c.offset >= c.max_size for c in sources):
+            return None  # a wrapped window cannot be cut
+        return self._materialize(entry, matched)
+
+    # -- compaction ----------------------------------------------------------------------------------
+    def _compact(self, entry: HotEntry) -> None:
+        import mlx.core as mx
+
+        if self.layout is None or self.namer is None:
+            return
+        names = self.namer(entry.tokens)
+        full_layers = self.layout.full_layers
+        new_arrays = []
+        for index, name in enumerate(names):
+            block = self._blocks.get(name)
+            if block is None:
+                start, end = index * self.block_tokens, (index + 1) * self.block_tokens
+                layers = {
+                    layer: (
+                        mx.contiguous(entry.cache[layer].keys[..., start:end, :]),
+                        mx.contiguous(entry.cache[layer].values[..., start:end, :]),
+                    )
+                    for layer in full_layers
+                }
+                new_arrays.extend(array for pair in layers.values() for array in pair)
+                block = self._blocks[name] = _Block(layers, sum(k.nbytes + v.nbytes for k, v in layers.values()))
+            block.users += 1
+        covered = len(names) * self.block_tokens
+        offset = len(entry.tokens)
+        tail = {
+            layer: (
+                mx.contiguous(entry.cache[layer].keys[..., covered:offset, :]),
+                mx.contiguous(entry.cache[layer].values[..., covered:offset, :]),
+            )
+            for layer in full_layers
+        }
+        new_arrays.extend(array for pair in tail.values() for array in pair)
+        mx.eval(new_arrays)
+        entry.kept = {layer: entry.cache[layer] for layer in self.layout.sliding_layers}
+        entry.chain, entry.tail, entry.cache = names, tail, None
+        entry.nbytes = sum(k.nbytes + v.nbytes for k, v in tail.values()) + sum(c.nbytes for c in entry.kept.values())
+
+    def _materialize(self, entry: HotEntry, matched: int) -> list:
+        """Contiguous mlx-lm caches for the first `matched` tokens of an entry (live or compact)."""
+        import mlx.core as mx
+        from mlx_lm.models.cache import KVCache, RotatingKVCache
+
+        caches = []
+        for layer, kind in enumerate(self.layout.layers if self.layout else []):
+            if entry.compact:
+                if kind.sliding_window is not None:
+                    source = entry.kept[layer]
+                    keys, values = source.keys, source.values
+                else:
+                    parts = [self._blocks[name].layers[layer] for name in entry.chain]
+                    parts.append(entry.tail[layer])
+                    keys = mx.concatenate([p[0] for p in parts], axis=2)
+                    values = mx.concatenate([p[1] for p in parts], axis=2)
+            else:
+                keys, values = entry.cache[layer].keys, entry.cache[layer].values
+            if kind.sliding_window is None:
+                cache = KVCache()
+                cache.state = (keys[..., :matched, :], values[..., :matched, :], matched)
+            elif entry.compact and matched == len(entry.tokens):
+                cache = _clone_rotating(entry.kept[layer])
+            else:  # not wrapped (checked by the caller): positions are token indexes
+                cache = RotatingKVCache(max_size=kind.sliding_window, keep=kind.keep)
+                cache.state = (
+                    keys[..., :matched, :],
+                    values[..., :matched, :],
+                    matched,
+                    kind.keep,
+                    kind.sliding_window,
+                    matched,
+                )
+            caches.append(cache)
+        return caches
+
+    def _release_blocks(self, names: list[str]) -> None:
+        for name in names:
+            block = self._blocks.get(name)
+            if block is None:
+                continue
+            block.users -= 1
+            if block.users <= 0:
+                del self._blocks[name]
+
     def _evict(self) -> list[str]:
         evicted = []
         while self._entries and (len(self._entries) > self.max_agents or self.used_bytes > self.budget_bytes):
-            session_id, _ = self._entries.popitem(last=False)
+            session_id = next(iter(self._entries))
+            self.drop(session_id)
             evicted.append(session_id)
             self.evictions += 1
         return evicted
@@ -78,9 +231,29 @@ class HotPool:
         for session_id in self._pinned:
             if session_id in self._entries:
                 raise AssertionError(f"pinned session {session_id!r} is also idle in the pool")
+        users: dict[str, int] = {}
         for entry in self._entries.values():
-            offset = int(entry.cache[0].offset) if entry.cache else 0
+            for name in entry.chain:
+                users[name] = users.get(name, 0) + 1
+            held = len(entry.chain) * self.block_tokens + (
+                int(next(iter(entry.tail.values()))[0].shape[2]) if entry.tail else 0
+            )
+            offset = int(entry.cache[0].offset) if not entry.compact else held
+            if entry.compact and not entry.tail:
+                offset = len(entry.tokens)  # a model with sliding layers only keeps its caches as is
             if offset != len(entry.tokens):
-                raise AssertionError(
-                    f"{entry.session_id!r}: cache holds {offset} tokens, record says {len(entry.tokens)}"
-                )
+                raise AssertionError(f"{entry.session_id!r}: holds {offset} tokens, record says {len(entry.tokens)}")
+        for name, block in self._blocks.items():
+            if users.get(name, 0) != block.users:
+                raise AssertionError(f"block {name}: ref count {block.users}, used by {users.get(name, 0)} agents")
+
+
+def _clone_rotating(cache):
+    """A rotating cache with its own array objects: writing to it must not change the original."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import RotatingKVCache
+
+    clone = RotatingKVCache(max_size=cache.max_size, keep=cache.keep)
+    keys, values, offset, keep, max_size, index = cache.state
+    clone.state = (mx.array(keys), mx.array(values), offset, keep, max_size, index)
+    return clone

@@ -101,7 +101,14 @@ class KVMemory:
             log.warning(self.disabled_reason)
         layout_text = self.layout.describe() if self.layout else "unsupported"
         self.root = root_name(fingerprint, layout_text, self.block_tokens)
-        self.hot = HotPool(settings.mlx_cache_budget_mb * 1024 * 1024, settings.agent_max_agents_in_memory)
+        self.hot = HotPool(
+            settings.mlx_cache_budget_mb * 1024 * 1024,
+            settings.agent_max_agents_in_memory,
+            layout=self.layout,
+            block_tokens=self.block_tokens,
+            namer=lambda tokens: block_names(tokens, self.root, self.block_tokens),
+            live_agents=settings.kv_hot_live_agents,
+        )
         self.warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb, clean_up=True)
         self.writer = WarmWriter(self.warm)
         self.hits = {"hot": 0, "warm": 0, "cold": 0}
@@ -160,11 +167,11 @@ class KVMemory:
             if entry.session_id == key:
                 continue
             matched = common_prefix_length(prompt[:limit], entry.tokens)
-            if matched > best_match and _copyable(entry.cache, matched):
+            if matched > best_match:
                 best_entry, best_match = entry, matched
         if best_entry is None:
             return None
-        return best_match, "hot", lambda: _copy_prefix(best_entry.cache, self.layout, best_match)
+        return best_match, "hot", lambda: self.hot.prefix_cache(best_entry, best_match)
 
     def _from_warm(self, session_id: str | None, prompt: list[int], limit: int):
         if not self.warm.enabled:
@@ -287,6 +294,7 @@ class KVMemory:
                 "agents": len(self.hot),
                 "max_agents": self.hot.max_agents,
                 "evictions": self.hot.evictions,
+                "shared_bytes_saved": self.hot.shared_bytes_saved,
             },
             "warm": {**self.warm.stats(), "dtype": self.disk_dtype_name},
             "hits": dict(self.hits),
@@ -322,21 +330,6 @@ def _trim(cache: list, count: int) -> bool:
     for c in cache:
         c.trim(count)
     return True
-
-
-def _copyable(cache: list, matched: int) -> bool:
-    """A prefix can be copied out of full layers always, out of sliding layers until they wrap."""
-    from mlx_lm.models.cache import RotatingKVCache
-
-    return all(not isinstance(c, RotatingKVCache) or c.offset < c.max_size for c in cache) and matched > 0
-
-
-def _copy_prefix(cache: list, layout: CacheLayout, matched: int) -> list:
-    full, sliding = {}, {}
-    for index, c in enumerate(cache):
-        target = full if layout.layers[index].sliding_window is None else sliding
-        target[index] = (c.keys[0, :, :matched, :], c.values[0, :, :matched, :])
-    return build_cache(layout, full, sliding, matched, cache[0].keys.dtype)
 
 
 def _concat(parts: list[tuple]) -> tuple:
