@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 
 from engine.errors import RequestError
 from engine.events import (
@@ -44,6 +45,23 @@ def check_context(prompt_tokens: int, context_length: int) -> None:
         raise RequestError(f"prompt is too long: {prompt_tokens} tokens > {context_length - 1} maximum")
 
 
+@dataclass
+class _Turn:
+    """One request on its way through prefill and decode."""
+
+    loaded: LoadedModel
+    request: GenerationRequest
+    prompt: list[int]
+    cache: list  # mlx-lm caches already holding `reused` tokens of the prompt
+    report: CacheReport
+    max_tokens: int
+    cancelled: threading.Event
+    prefill_step_size: int
+    stream: object | None
+    started: float
+    clock: Callable[[], float]
+
+
 def run_turn(
     loaded: LoadedModel,
     request: GenerationRequest,
@@ -63,59 +81,43 @@ def run_turn(
     started = clock()
     prompt = render_prompt(loaded, request)
     check_context(len(prompt), loaded.info.context_length)
-    max_tokens = min(request.max_tokens, loaded.info.context_length - len(prompt))
     if memory is not None:
         restored = memory.acquire(request.session_id, prompt)
-        prompt_cache, reused, source, restore_s = (
-            restored.cache,
-            restored.reused_tokens,
-            restored.source,
-            restored.restore_s,
-        )
+        cache, report = restored.cache, CacheReport(restored.source, restored.reused_tokens, restored.restore_s)
     else:
-        prompt_cache, reused, source, restore_s = make_prompt_cache(loaded.model), 0, "cold", 0.0
+        cache, report = make_prompt_cache(loaded.model), CacheReport()
+    turn = _Turn(
+        loaded=loaded,
+        request=request,
+        prompt=prompt,
+        cache=cache,
+        report=report,
+        max_tokens=min(request.max_tokens, loaded.info.context_length - len(prompt)),
+        cancelled=cancelled,
+        prefill_step_size=prefill_step_size,
+        stream=stream,
+        started=started,
+        clock=clock,
+    )
     try:
-        yield from _generate(
-            loaded,
-            request,
-            prompt,
-            prompt_cache,
-            reused,
-            CacheReport(source, reused, restore_s),
-            max_tokens,
-            cancelled,
-            prefill_step_size,
-            stream,
-            memory,
-            started,
-            clock,
-        )
+        generated_ids = yield from _generate(turn)
     except BaseException:
         if memory is not None:
             memory.abandon(request.session_id)
         raise
+    if memory is not None:
+        # After the last event: the caller has its answer before the cache is kept.
+        memory.release(request.session_id, prompt + generated_ids, cache)
 
 
-def _generate(
-    loaded,
-    request,
-    prompt,
-    prompt_cache,
-    reused,
-    cache_report,
-    max_tokens,
-    cancelled,
-    prefill_step_size,
-    stream,
-    memory,
-    started,
-    clock,
-) -> Iterator[TurnEvent]:
+def _generate(turn: _Turn) -> Generator[TurnEvent, None, list[int]]:
+    """Prefill what is not cached, decode, and return the generated token ids."""
     import mlx.core as mx
     from mlx_lm.generate import TextStateMachine, stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    yield TurnStarted(request.request_id, len(prompt), cache_report)
+    request, loaded, reused = turn.request, turn.loaded, turn.report.reused_tokens
+    yield TurnStarted(request.request_id, len(turn.prompt), turn.report)
 
     params = request.sampling
     if params.seed is not None:
@@ -140,21 +142,21 @@ def _generate(
     responses = stream_generate(
         loaded.model,
         loaded.tokenizer,
-        prompt[reused:],
-        max_tokens=max_tokens,
+        turn.prompt[reused:],
+        max_tokens=turn.max_tokens,
         sampler=sampler,
         logits_processors=logits_processors,
-        prompt_cache=prompt_cache,
-        prefill_step_size=prefill_step_size,
+        prompt_cache=turn.cache,
+        prefill_step_size=turn.prefill_step_size,
         prompt_progress_callback=on_prefill,
-        **({"stream": stream} if stream is not None else {}),
+        **({"stream": turn.stream} if turn.stream is not None else {}),
     )
     try:
         for response in responses:
             yield from progress
             progress.clear()
             if first_token_at is None:
-                first_token_at = clock()
+                first_token_at = turn.clock()
             generated = response.generation_tokens
             generated_ids.append(response.token)
             raw_text += response.text
@@ -173,7 +175,7 @@ def _generate(
             if text:
                 pieces.append(text)
                 yield TurnChunk(request.request_id, text)
-            if cancelled.is_set():
+            if turn.cancelled.is_set():
                 finish_reason = "cancelled"
                 break
     finally:
@@ -182,30 +184,27 @@ def _generate(
         responses.close()
         mx.synchronize()
 
-    finished = clock()
+    finished = turn.clock()
     if response is not None and response.finish_reason == "stop":
         generated -= 1  # the end-of-turn token is not part of the answer
-    ttft = (first_token_at or finished) - started
-    decode_s = finished - (first_token_at or finished)
-    timing = Timing(
-        ttft_s=ttft,
-        prefill_tokens_per_s=(response.prompt_tps if response is not None else 0.0),
-        decode_tokens_per_s=(max(generated - 1, 0) / decode_s if decode_s > 0 else 0.0),
-        total_s=finished - started,
-    )
+    first = first_token_at or finished
+    decode_s = finished - first
     yield TurnFinished(
         request_id=request.request_id,
         text="".join(pieces),
         finish_reason=finish_reason,
-        usage=Usage(prompt_tokens=len(prompt), completion_tokens=max(generated, 0), cached_tokens=reused),
-        cache=cache_report,
-        timing=timing,
+        usage=Usage(prompt_tokens=len(turn.prompt), completion_tokens=max(generated, 0), cached_tokens=reused),
+        cache=turn.report,
+        timing=Timing(
+            ttft_s=first - turn.started,
+            prefill_tokens_per_s=(response.prompt_tps if response is not None else 0.0),
+            decode_tokens_per_s=(max(generated - 1, 0) / decode_s if decode_s > 0 else 0.0),
+            total_s=finished - turn.started,
+        ),
         stop_sequence=stop_sequence,
-        prompt_token_ids=prompt,
+        prompt_token_ids=turn.prompt,
     )
-    if memory is not None:
-        # After the last event: the caller has its answer before the cache is kept.
-        memory.release(request.session_id, prompt + generated_ids, prompt_cache)
+    return generated_ids
 
 
 def _ban_tokens(token_ids):

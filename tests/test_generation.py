@@ -41,7 +41,9 @@ def test_event_order_and_streamed_text_equals_final_text(default_engine):
     assert "".join(chunks) == finished.text
     assert finished.usage.prompt_tokens == events[0].prompt_tokens
     assert finished.timing.ttft_s > 0
-    assert finished.cache.source == "cold"
+    # Earlier tests on this engine share the chat template's system prompt: a prefix may be reused.
+    assert finished.cache.source in {"cold", "hot"}
+    assert finished.usage.cached_tokens == finished.cache.reused_tokens < finished.usage.prompt_tokens
 
 
 def test_greedy_output_matches_bare_mlx_lm(default_engine):
