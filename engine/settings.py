@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     agent_max_agents_in_memory: int = Field(default=5, ge=1, description="Agents resident in the hot tier.")
     agent_disk_budget_mb: int = Field(default=20480, ge=1, description="Warm KV tier budget on disk (MB).")
     kv_block_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens per KV block.")
-    kv_disk_dtype: Literal["float16", "float32"] = Field(
-        default="float16", description="dtype of KV on disk: float16 (half the bytes) or float32."
+    kv_disk_dtype: Literal["float16", "float32", "int8"] = Field(
+        default="float16",
+        description="KV on disk: float16 (half the bytes, exact resume), float32, or int8 (8-bit, lossy).",
     )
     kv_hot_live_agents: int = Field(
         default=1,

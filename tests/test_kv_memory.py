@@ -289,3 +289,33 @@ def test_idle_agents_share_prefix_blocks_in_memory(data_dir, tmp_path, cold_engi
         eng.check_integrity()
     finally:
         eng.close()
+
+
+@pytest.mark.slow
+def test_int8_disk_tier_resumes_with_about_half_the_bytes(data_dir, tmp_path, cold_engine):
+    sizes = {}
+    for disk_dtype in ("float16", "int8"):
+        cache_dir = tmp_path / disk_dtype
+        eng = engine_for(data_dir, cache_dir, kv_disk_dtype=disk_dtype)
+        messages = history(700, eng.tokenizer)
+        try:
+            first = eng.generate(greedy(messages, "eight", 8))
+            eng.flush()
+            sizes[disk_dtype] = eng.memory_stats()["warm"]["bytes"]
+            assert eng.memory_stats()["warm"]["dtype"] == disk_dtype
+        finally:
+            eng.close()
+        follow = [
+            *messages,
+            ChatMessage(role="assistant", content=first.text),
+            ChatMessage(role="user", content="Who?"),
+        ]
+        eng = engine_for(data_dir, cache_dir, kv_disk_dtype=disk_dtype)
+        try:
+            resumed = eng.generate(greedy(follow, "eight", 8))
+            assert resumed.cache.source == "warm" and resumed.usage.cached_tokens > 600
+            assert resumed.text.strip()
+            eng.check_integrity()
+        finally:
+            eng.close()
+    assert 0.45 < sizes["int8"] / sizes["float16"] < 0.62

@@ -66,25 +66,53 @@ def cache_offset(cache_list) -> int:
     return int(cache_list[0].offset) if cache_list else 0
 
 
-def full_layer_slice(cache, start: int, end: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Keys and values of tokens [start, end) of a full-attention layer as numpy (heads, tokens, dim)."""
-    import mlx.core as mx
-
-    keys = cache.keys[0, :, start:end, :].astype(dtype)
-    values = cache.values[0, :, start:end, :].astype(dtype)
-    mx.eval(keys, values)
-    return np.array(keys), np.array(values)
+def full_layer_slice(cache, start: int, end: int):
+    """Keys and values of tokens [start, end) of a full-attention layer, shape (heads, tokens, dim)."""
+    return cache.keys[0, :, start:end, :], cache.values[0, :, start:end, :]
 
 
-def sliding_window_snapshot(cache, dtype) -> tuple[np.ndarray, np.ndarray]:
+def sliding_window_snapshot(cache):
     """The last min(offset, window) tokens of a rotating layer, oldest first."""
+    size = min(int(cache.offset), cache.max_size)
+    keys = cache._temporal_order(cache.keys)[0, :, -size:, :]
+    values = cache._temporal_order(cache.values)[0, :, -size:, :]
+    return keys, values
+
+
+DISK_DTYPES = ("float16", "float32", "int8")
+INT8_GROUP = 64
+
+
+def encode_for_disk(keys, values, disk_dtype: str) -> dict[str, np.ndarray]:
+    """(heads, tokens, dim) MLX keys/values as named numpy parts: `k`/`v`, or 8-bit `kq ks kb vq vs vb`."""
     import mlx.core as mx
 
-    size = min(int(cache.offset), cache.max_size)
-    keys = cache._temporal_order(cache.keys)[0, :, -size:, :].astype(dtype)
-    values = cache._temporal_order(cache.values)[0, :, -size:, :].astype(dtype)
-    mx.eval(keys, values)
-    return np.array(keys), np.array(values)
+    if disk_dtype == "int8" and keys.shape[-1] % INT8_GROUP == 0:
+        parts = {}
+        for name, array in (("k", keys), ("v", values)):
+            packed, scales, biases = mx.quantize(array, group_size=INT8_GROUP, bits=8)
+            parts.update(
+                {f"{name}q": packed, f"{name}s": scales.astype(mx.float16), f"{name}b": biases.astype(mx.float16)}
+            )
+    else:
+        dtype = mx.float32 if disk_dtype == "float32" else mx.float16
+        parts = {"k": keys.astype(dtype), "v": values.astype(dtype)}
+    mx.eval(list(parts.values()))
+    return {name: np.array(array) for name, array in parts.items()}
+
+
+def decode_from_disk(parts: dict, dtype):
+    """Named parts (MLX arrays) back to (keys, values) in the compute dtype."""
+    import mlx.core as mx
+
+    if "k" in parts:
+        return parts["k"].astype(dtype), parts["v"].astype(dtype)
+    return tuple(
+        mx.dequantize(parts[f"{name}q"], parts[f"{name}s"], parts[f"{name}b"], group_size=INT8_GROUP, bits=8).astype(
+            dtype
+        )
+        for name in ("k", "v")
+    )
 
 
 def build_cache(layout: CacheLayout, full: dict[int, tuple], sliding: dict[int, tuple], offset: int, dtype):

@@ -27,6 +27,8 @@ from engine.kv.layout import (
     UnsupportedCache,
     build_cache,
     cache_offset,
+    decode_from_disk,
+    encode_for_disk,
     full_layer_slice,
     sliding_window_snapshot,
 )
@@ -91,7 +93,7 @@ class KVMemory:
         self.block_tokens = settings.kv_block_tokens
         self.model = model
         self.compute_dtype = next(iter(_parameters(model))).dtype if _parameters(model) else mx.float32
-        self.disk_dtype = mx.float16 if settings.kv_disk_dtype == "float16" else mx.float32
+        self.disk_dtype = settings.kv_disk_dtype
         try:
             self.layout = CacheLayout.of(model)
             self.disabled_reason = None
@@ -99,7 +101,8 @@ class KVMemory:
             self.layout = None
             self.disabled_reason = f"KV memory is off for this model: cache kind {exc} cannot be stored"
             log.warning(self.disabled_reason)
-        layout_text = self.layout.describe() if self.layout else "unsupported"
+        # The disk encoding is part of every block name: blocks of another encoding never match.
+        layout_text = f"{self.layout.describe() if self.layout else 'unsupported'}|{self.disk_dtype}"
         self.root = root_name(fingerprint, layout_text, self.block_tokens)
         self.hot = HotPool(
             settings.mlx_cache_budget_mb * 1024 * 1024,
@@ -199,8 +202,11 @@ class KVMemory:
         blocks = self._read_blocks(names)
         if blocks is None:
             return None
-        full = {layer: _concat([b[layer] for b in blocks]) for layer in self.layout.full_layers}
+        full = {layer: _concat([self._kv(b[layer]) for b in blocks]) for layer in self.layout.full_layers}
         return build_cache(self.layout, full, {}, len(names) * self.block_tokens, self.compute_dtype)
+
+    def _kv(self, parts: dict):
+        return decode_from_disk(parts, self.compute_dtype)
 
     def _build_from_snapshot(self, snapshot: SessionSnapshot, matched: int):
         block_count = min(len(snapshot.chain), -(-matched // self.block_tokens))
@@ -210,15 +216,15 @@ class KVMemory:
         covered = block_count * self.block_tokens
         full = {}
         for layer in self.layout.full_layers:
-            parts = [b[layer] for b in blocks]
+            parts = [self._kv(b[layer]) for b in blocks]
             if matched > covered:
-                parts.append(snapshot.tail[layer])
+                parts.append(self._kv(snapshot.tail[layer]))
             keys, values = _concat(parts)
             full[layer] = (keys[:, :matched], values[:, :matched])
         sliding = {}
         end = len(snapshot.tokens)
         for layer in self.layout.sliding_layers:
-            keys, values = snapshot.windows[layer]
+            keys, values = self._kv(snapshot.windows[layer])
             # Windows hold the last min(end, window) tokens; below the window they start at token 0.
             drop = end - matched
             sliding[layer] = (keys[:, : keys.shape[1] - drop], values[:, : values.shape[1] - drop])
@@ -257,12 +263,17 @@ class KVMemory:
         for index in range(stored, len(names)):
             start, end = index * self.block_tokens, (index + 1) * self.block_tokens
             new_blocks[names[index]] = {
-                layer: full_layer_slice(cache[layer], start, end, self.disk_dtype) for layer in full_layers
+                layer: encode_for_disk(*full_layer_slice(cache[layer], start, end), self.disk_dtype)
+                for layer in full_layers
             }
         covered = len(names) * self.block_tokens
-        tail = {layer: full_layer_slice(cache[layer], covered, len(tokens), self.disk_dtype) for layer in full_layers}
+        tail = {
+            layer: encode_for_disk(*full_layer_slice(cache[layer], covered, len(tokens)), self.disk_dtype)
+            for layer in full_layers
+        }
         windows = {
-            layer: sliding_window_snapshot(cache[layer], self.disk_dtype) for layer in self.layout.sliding_layers
+            layer: encode_for_disk(*sliding_window_snapshot(cache[layer]), self.disk_dtype)
+            for layer in self.layout.sliding_layers
         }
         snapshot = SessionSnapshot(session_id, tokens, names, tail, windows)
         return WriteJob(self.fingerprint, snapshot, new_blocks)
@@ -296,17 +307,11 @@ class KVMemory:
                 "evictions": self.hot.evictions,
                 "shared_bytes_saved": self.hot.shared_bytes_saved,
             },
-            "warm": {**self.warm.stats(), "dtype": self.disk_dtype_name},
+            "warm": {**self.warm.stats(), "dtype": self.disk_dtype},
             "hits": dict(self.hits),
             "block_tokens": self.block_tokens,
             "resume": self.resume_mode(),
         }
-
-    @property
-    def disk_dtype_name(self) -> str:
-        import mlx.core as mx
-
-        return "float16" if self.disk_dtype == mx.float16 else "float32"
 
     def check_integrity(self) -> None:
         self.hot.check_integrity()
@@ -342,14 +347,12 @@ def _concat(parts: list[tuple]) -> tuple:
 
 
 def decode_mlx(payload: bytes):
-    """A warm payload's layers as MLX arrays (read by MLX itself), and its metadata."""
+    """A warm payload's layers as MLX parts (read by MLX itself), and its metadata."""
     import io
 
     import mlx.core as mx
 
+    from engine.kv.warm import group_layers
+
     arrays, metadata = mx.load(io.BytesIO(payload), format="safetensors", return_metadata=True)
-    layers: dict[int, list] = {}
-    for name, value in arrays.items():
-        kind, layer = name.split(".")
-        layers.setdefault(int(layer), [None, None])[0 if kind == "k" else 1] = value
-    return {k: (v[0], v[1]) for k, v in layers.items()}, metadata
+    return group_layers(arrays), metadata

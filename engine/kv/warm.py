@@ -54,41 +54,46 @@ class SessionSnapshot:
     session_id: str
     tokens: list[int]
     chain: list[str]  # block names covering tokens[: len(chain) * block_tokens]
-    tail: dict[int, tuple[np.ndarray, np.ndarray]]  # full layers: tokens after the last block
-    windows: dict[int, tuple[np.ndarray, np.ndarray]]  # sliding layers: last window at the end
+    tail: dict[int, dict[str, np.ndarray]]  # full layers: tokens after the last block, as disk parts
+    windows: dict[int, dict[str, np.ndarray]]  # sliding layers: last window at the end, as disk parts
 
 
 @dataclass
 class WriteJob:
     fingerprint: str
     snapshot: SessionSnapshot | None  # None: blocks only (a request without a session)
-    # Blocks not yet on disk: name -> {layer: (keys, values)}
-    blocks: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    # Blocks not yet on disk: name -> {layer: {part: array}} (parts: see layout.encode_for_disk)
+    blocks: dict[str, dict[int, dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
-def _pack(layers: dict[int, tuple[np.ndarray, np.ndarray]], metadata: dict[str, str]) -> bytes:
+def _pack(layers: dict[int, dict[str, np.ndarray]], metadata: dict[str, str]) -> bytes:
+    """Tensors named `<part>.<layer>` (e.g. `k.3`, `vq.3`) in one safetensors payload."""
     from safetensors.numpy import save
 
-    tensors = {}
-    for layer, (keys, values) in layers.items():
-        tensors[f"k.{layer}"] = np.ascontiguousarray(keys)
-        tensors[f"v.{layer}"] = np.ascontiguousarray(values)
+    tensors = {
+        f"{part}.{layer}": np.ascontiguousarray(array)
+        for layer, parts in layers.items()
+        for part, array in parts.items()
+    }
     return save(tensors, metadata=metadata)
 
 
-def decode_numpy(payload: bytes) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
-    """A payload's layers as numpy arrays, and its metadata."""
+def group_layers(tensors: dict) -> dict[int, dict]:
+    layers: dict[int, dict] = {}
+    for name, value in tensors.items():
+        part, layer = name.rsplit(".", 1)
+        layers.setdefault(int(layer), {})[part] = value
+    return layers
+
+
+def decode_numpy(payload: bytes) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, str]]:
+    """A payload's layers as numpy parts, and its metadata."""
     from safetensors.numpy import load
 
-    tensors = load(payload)
-    layers: dict[int, list] = {}
-    for name, value in tensors.items():
-        kind, layer = name.split(".")
-        layers.setdefault(int(layer), [None, None])[0 if kind == "k" else 1] = value
     # safetensors.numpy.load drops metadata; read it from the header.
     header_size = int.from_bytes(payload[:8], "little")
     metadata = json.loads(payload[8 : 8 + header_size]).get("__metadata__", {})
-    return {k: (v[0], v[1]) for k, v in layers.items()}, metadata
+    return group_layers(load(payload)), metadata
 
 
 class WarmTier:
