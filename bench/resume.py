@@ -230,7 +230,8 @@ def main() -> None:
         "bytes_per_token": {
             "hot": info.kv_bytes_per_token,
             "disk_fp16": info.kv_bytes_per_token // 2,
-            "disk_8bit": None,
+            # 8 bits per value plus a float16 scale and bias per group of 64 values.
+            "disk_8bit": info.kv_bytes_per_token // 4 * (64 + 4) // 64,
         },
         "shared_system_prompt": shared,
         "disk_read_mb_s": round(disk_mb_s, 1),
@@ -253,7 +254,11 @@ def main() -> None:
             f"{row['warm_ttft_s']:>7.3f} {row['new_turn_alone_ttft_s']:>8.3f} {row['cold_over_hot']:>9} "
             f"{row['cold_over_warm']:>10} {row['hot_over_new_turn']:>10} {row['restore_mb_s']!s:>13}"
         )
-    print(f"KV bytes per token: hot {info.kv_bytes_per_token}, disk fp16 {info.kv_bytes_per_token // 2}")
+    per_token = summary["bytes_per_token"]
+    print(
+        f"KV bytes per token: hot {per_token['hot']}, disk fp16 {per_token['disk_fp16']}, "
+        f"8-bit {per_token['disk_8bit']}"
+    )
     print(
         f"8 agents sharing a {shared['system_prompt_tokens']}-token system prompt: hot "
         f"{shared['hot_over_one_plus_suffixes']}x, warm {shared['warm_over_one_plus_suffixes']}x "
