@@ -150,13 +150,12 @@ class KVMemory:
             # Unusable as is; its turns are on disk already.
 
         candidates = [self._from_other_hot(key, prompt, limit), self._from_warm(session_id, prompt, limit)]
-        best = max((c for c in candidates if c is not None), key=lambda c: c[0], default=None)
-        if best is not None and best[0] > 0:
-            matched, source, build = best
+        # Longest match first; one that cannot be built (damaged, wrapped window) yields to the next.
+        for matched, source, build in sorted((c for c in candidates if c), key=lambda c: c[0], reverse=True):
             try:
                 cache = build()
             except Exception:  # noqa: BLE001 - a damaged entry means recompute, never a failed request
-                log.exception("restoring %s KV for %r failed; recomputing", source, key)
+                log.exception("restoring %s KV for %r failed; trying the next source", source, key)
                 cache = None
             if cache is not None:
                 self.hits[source] += 1
