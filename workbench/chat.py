@@ -30,8 +30,8 @@ class ChatOptions:
     system: str | None = None
     json_output: bool = False
     max_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 1.0
+    temperature: float = 0.2
+    top_p: float = 0.9
     top_k: int = 0
     min_p: float = 0.0
     seed: int | None = None

@@ -64,8 +64,9 @@ def chat(
     system: Annotated[str | None, typer.Option("--system", help="System prompt (kept with the session).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON result object.")] = False,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate.")] = 512,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, max=5.0)] = 0.7,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    # Small models wander at higher temperatures; 0.2 / 0.9 is what SmolLM2's authors recommend.
+    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, max=5.0, help="0 is greedy.")] = 0.2,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 0.9,
     top_k: Annotated[int, typer.Option("--top-k", min=0)] = 0,
     min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0)] = 0.0,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible sampling.")] = None,
