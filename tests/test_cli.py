@@ -162,3 +162,18 @@ def test_cache_stats_check_and_repair(cli_data_dir, tmp_path):
     assert run_cli("agents", "rm", "frank", data_dir=cli_data_dir, env=env).returncode == 0
     stats = json.loads(run_cli("cache", "stats", "--json", data_dir=cli_data_dir, env=env).stdout)
     assert stats["warm"]["sessions"] == 0
+
+
+def test_turn_footer_reports_cache_and_speed():
+    from engine.events import CacheReport, Timing, TurnFinished, Usage
+    from workbench.chat import turn_footer
+
+    finished = TurnFinished(
+        request_id="r",
+        text="hi",
+        finish_reason="stop",
+        usage=Usage(600, 5, 590),
+        cache=CacheReport("warm", 590, 0.05),
+        timing=Timing(0.25, 40.0, 16.0, 0.6),
+    )
+    assert turn_footer(finished) == "[warm cache 590 tokens, prefilled 10, first token 0.25s, 16.0 tok/s]"

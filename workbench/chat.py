@@ -166,6 +166,16 @@ def json_result(session_id: str, finished: TurnFinished) -> dict:
     }
 
 
+def turn_footer(finished: TurnFinished) -> str:
+    """One line under a reply: where its cache came from, what was prefilled, how fast."""
+    usage, timing = finished.usage, finished.timing
+    cached = f"{finished.cache.source} cache {usage.cached_tokens} tokens" if usage.cached_tokens else "cold"
+    prefilled = usage.prompt_tokens - usage.cached_tokens
+    return (
+        f"[{cached}, prefilled {prefilled}, first token {timing.ttft_s:.2f}s, {timing.decode_tokens_per_s:.1f} tok/s]"
+    )
+
+
 def interactive(engine, store: SessionStore, session: Session, options: ChatOptions) -> int:
     tty = sys.stdin.isatty()
     if tty:
@@ -194,6 +204,9 @@ def interactive(engine, store: SessionStore, session: Session, options: ChatOpti
             typer.echo(HELP_TEXT, err=True)
             continue
         try:
-            stream_turn(engine, store, session, text, options)
+            finished = stream_turn(engine, store, session, text, options)
         except EngineError as exc:
             typer.echo(f"error: {exc}", err=True)
+            continue
+        if tty:
+            typer.secho(turn_footer(finished), err=True, dim=True)
