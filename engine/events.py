@@ -5,7 +5,7 @@ The engine thread produces them; consumers read them from a TurnHandle. They car
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,6 @@ class TurnFinished:
     timing: Timing
     stop_sequence: str | None = None
     prompt_token_ids: list[int] = field(default_factory=list, repr=False)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("prompt_token_ids")
-        return data
 
 
 @dataclass(frozen=True)

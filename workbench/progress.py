@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 
 from rich.console import Console
@@ -43,7 +42,3 @@ class ModelProgress:
             if self._tasks:
                 self._progress.stop()
                 self._tasks.clear()
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

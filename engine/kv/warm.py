@@ -407,14 +407,6 @@ class WarmTier:
                 os.unlink(self.root / file)
         return len(files)
 
-    def session_blocks(self, fingerprint: str, session_id: str) -> list[str]:
-        row = (
-            self._db()
-            .execute("SELECT chain FROM sessions WHERE key=? AND fingerprint=?", (session_key(session_id), fingerprint))
-            .fetchone()
-        )
-        return json.loads(row[0]) if row else []
-
     def check(self, repair: bool = True, verify: bool = True) -> dict:
         """Verify every indexed file (its checksum too with `verify`) and find files the index lacks."""
         report = {"checked": 0, "bad": [], "missing": [], "orphans": []}
