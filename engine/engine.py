@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import EngineClosed, EngineError, RequestError
+from engine.errors import EngineClosed, EngineError, ModelLoadError, RequestError
 from engine.events import TurnEvent, TurnFailed, TurnFinished
 from engine.gguf_import import Progress
 from engine.loader import LoadedModel, ModelInfo, load
@@ -219,8 +219,17 @@ class Engine:
                 job.handle._events.put(TurnFailed(job.handle.request_id, "the engine shut down", "internal"))
 
     def _load(self) -> None:
+        from mlx_lm.models.cache import make_prompt_cache
+
         try:
             self._loaded = load(self.settings.mlx_model_id, self.settings.models_path, self._progress)
+            if self.settings.kv_bits and any(
+                type(cache).__name__ == "RotatingKVCache" for cache in make_prompt_cache(self._loaded.model)
+            ):
+                raise ModelLoadError(
+                    f"SEMANTIC_KV_BITS is not supported for {self._loaded.info.model_type}: its sliding-window "
+                    "layers cannot be quantized by mlx-lm; unset SEMANTIC_KV_BITS"
+                )
             if self.settings.kv_memory:
                 from engine.kv.memory import KVMemory
 
@@ -248,6 +257,8 @@ class Engine:
                 self.settings.mlx_prefill_step_size,
                 stream=self._stream,
                 memory=self.memory,
+                kv_bits=self.settings.kv_bits,
+                kv_group_size=self.settings.kv_group_size,
             ):
                 put(event)
         except RequestError as exc:

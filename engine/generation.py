@@ -60,6 +60,8 @@ class _Turn:
     stream: object | None
     started: float
     clock: Callable[[], float]
+    kv_bits: int | None = None
+    kv_group_size: int = 64
 
 
 def run_turn(
@@ -70,6 +72,8 @@ def run_turn(
     stream=None,
     memory=None,
     clock: Callable[[], float] = time.perf_counter,
+    kv_bits: int | None = None,
+    kv_group_size: int = 64,
 ) -> Iterator[TurnEvent]:
     """Yield events for one request; the last one is TurnFinished (RequestError is raised instead).
 
@@ -98,6 +102,8 @@ def run_turn(
         stream=stream,
         started=started,
         clock=clock,
+        kv_bits=kv_bits,
+        kv_group_size=kv_group_size,
     )
     try:
         generated_ids = yield from _generate(turn)
@@ -150,6 +156,12 @@ def _generate(turn: _Turn) -> Generator[TurnEvent, None, list[int]]:
         prefill_step_size=turn.prefill_step_size,
         prompt_progress_callback=on_prefill,
         **({"stream": turn.stream} if turn.stream is not None else {}),
+        # Quantize from the first token, so a restored QuantizedKVCache and a cold one agree.
+        **(
+            {"kv_bits": turn.kv_bits, "kv_group_size": turn.kv_group_size, "quantized_kv_start": 0}
+            if turn.kv_bits
+            else {}
+        ),
     )
     try:
         for response in responses:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
         ge=0,
         description="Most recent idle agents kept as live caches (fastest resume); older ones share blocks.",
     )
+    kv_bits: Literal[4, 8] | None = Field(
+        default=None, description="Quantize the KV cache to 4 or 8 bits (mlx-lm's QuantizedKVCache); unset: off."
+    )
+    kv_group_size: Literal[32, 64, 128] = Field(default=64, description="Group size of the quantized KV cache.")
     kv_memory: bool = Field(default=True, description="Reuse KV caches across turns (false: always recompute).")
     api_key: str | None = Field(default=None, description="Key clients must send to the API.")
     admin_key: str | None = Field(default=None, description="Key for /admin routes.")

@@ -48,12 +48,12 @@ def cold_engine(data_dir):
         yield running
 
 
-def run_conversation(data_dir, cache_dir, cold_engine, model, target_tokens):
+def run_conversation(data_dir, cache_dir, cold_engine, model, target_tokens, **settings):
     """Turn 1 cold, turn 2 resumed hot; a fresh engine (a restart) then takes turn 3 from the warm tier.
 
     Returns (first, hot, cold_hot, warm, cold_warm): each resumed turn with the cold run of its prompt.
     """
-    first_engine = engine_for(data_dir, cache_dir, model)
+    first_engine = engine_for(data_dir, cache_dir, model, **settings)
     try:
         messages = history(target_tokens, first_engine.tokenizer)
         first = first_engine.generate(greedy(messages, "agent"))
@@ -75,7 +75,7 @@ def run_conversation(data_dir, cache_dir, cold_engine, model, target_tokens):
         ChatMessage(role="assistant", content=hot.text),
         ChatMessage(role="user", content="Where does the fog come from?"),
     ]
-    restarted = engine_for(data_dir, cache_dir, model)
+    restarted = engine_for(data_dir, cache_dir, model, **settings)
     try:
         warm = restarted.generate(greedy(third_turn, "agent"))
         restarted.check_integrity()
@@ -319,3 +319,22 @@ def test_int8_disk_tier_resumes_with_about_half_the_bytes(data_dir, tmp_path, co
         finally:
             eng.close()
     assert 0.45 < sizes["int8"] / sizes["float16"] < 0.62
+
+
+@pytest.mark.slow
+def test_quantized_kv_resumes_like_a_quantized_cold_run(data_dir, tmp_path):
+    settings = dict(data_dir=data_dir, kv_bits=8)
+    with Engine(Settings(**settings, kv_memory=False)) as cold:
+        first, hot, cold_hot, warm, cold_warm = run_conversation(
+            data_dir, tmp_path / "kv", cold, "default", 800, kv_bits=8, kv_hot_live_agents=0
+        )
+    assert hot.cache.source == "hot" and warm.cache.source == "warm"
+    assert hot.text == cold_hot.text
+    assert warm.text == cold_warm.text
+
+
+def test_quantized_kv_is_refused_for_sliding_window_models(data_dir):
+    from engine.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="SEMANTIC_KV_BITS"):
+        Engine(Settings(data_dir=data_dir, mlx_model_id="gemma3-270m", kv_bits=8)).start()

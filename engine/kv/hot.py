@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.kv.layout import CacheLayout
+from engine.kv.layout import CacheLayout, arrays_of, join_tokens, take_tokens, token_count
 
 
 @dataclass
@@ -145,33 +145,34 @@ class HotPool:
                 start, end = index * self.block_tokens, (index + 1) * self.block_tokens
                 layers = {
                     layer: (
-                        mx.contiguous(entry.cache[layer].keys[..., start:end, :]),
-                        mx.contiguous(entry.cache[layer].values[..., start:end, :]),
+                        _copy(take_tokens(entry.cache[layer].keys, start, end, axis=2)),
+                        _copy(take_tokens(entry.cache[layer].values, start, end, axis=2)),
                     )
                     for layer in full_layers
                 }
-                new_arrays.extend(array for pair in layers.values() for array in pair)
-                block = self._blocks[name] = _Block(layers, sum(k.nbytes + v.nbytes for k, v in layers.values()))
+                new_arrays.extend(arrays_of(list(layers.values())))
+                block = self._blocks[name] = _Block(layers, sum(a.nbytes for a in arrays_of(list(layers.values()))))
             block.users += 1
         covered = len(names) * self.block_tokens
         offset = len(entry.tokens)
         tail = {
             layer: (
-                mx.contiguous(entry.cache[layer].keys[..., covered:offset, :]),
-                mx.contiguous(entry.cache[layer].values[..., covered:offset, :]),
+                _copy(take_tokens(entry.cache[layer].keys, covered, offset, axis=2)),
+                _copy(take_tokens(entry.cache[layer].values, covered, offset, axis=2)),
             )
             for layer in full_layers
         }
-        new_arrays.extend(array for pair in tail.values() for array in pair)
+        new_arrays.extend(arrays_of(list(tail.values())))
         mx.eval(new_arrays)
         entry.kept = {layer: entry.cache[layer] for layer in self.layout.sliding_layers}
         entry.chain, entry.tail, entry.cache = names, tail, None
-        entry.nbytes = sum(k.nbytes + v.nbytes for k, v in tail.values()) + sum(c.nbytes for c in entry.kept.values())
+        entry.nbytes = sum(a.nbytes for a in arrays_of(list(tail.values()))) + sum(
+            c.nbytes for c in entry.kept.values()
+        )
 
     def _materialize(self, entry: HotEntry, matched: int) -> list:
         """Contiguous mlx-lm caches for the first `matched` tokens of an entry (live or compact)."""
-        import mlx.core as mx
-        from mlx_lm.models.cache import KVCache, RotatingKVCache
+        from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
         caches = []
         for layer, kind in enumerate(self.layout.layers if self.layout else []):
@@ -182,11 +183,20 @@ class HotPool:
                 else:
                     parts = [self._blocks[name].layers[layer] for name in entry.chain]
                     parts.append(entry.tail[layer])
-                    keys = mx.concatenate([p[0] for p in parts], axis=2)
-                    values = mx.concatenate([p[1] for p in parts], axis=2)
+                    keys = join_tokens([p[0] for p in parts], axis=2)
+                    values = join_tokens([p[1] for p in parts], axis=2)
             else:
                 keys, values = entry.cache[layer].keys, entry.cache[layer].values
-            if kind.sliding_window is None:
+            if kind.sliding_window is None and self.layout.kv_bits:
+                cache = QuantizedKVCache(group_size=self.layout.kv_group_size, bits=self.layout.kv_bits)
+                cache.state = (
+                    take_tokens(keys, 0, matched, axis=2),
+                    take_tokens(values, 0, matched, axis=2),
+                    matched,
+                    self.layout.kv_group_size,
+                    self.layout.kv_bits,
+                )
+            elif kind.sliding_window is None:
                 cache = KVCache()
                 cache.state = (keys[..., :matched, :], values[..., :matched, :], matched)
             elif entry.compact and matched == len(entry.tokens):
@@ -236,7 +246,7 @@ class HotPool:
             for name in entry.chain:
                 users[name] = users.get(name, 0) + 1
             held = len(entry.chain) * self.block_tokens + (
-                int(next(iter(entry.tail.values()))[0].shape[2]) if entry.tail else 0
+                token_count(next(iter(entry.tail.values()))[0], axis=2) if entry.tail else 0
             )
             offset = int(entry.cache[0].offset) if not entry.compact else held
             if entry.compact and not entry.tail:
@@ -246,6 +256,13 @@ class HotPool:
         for name, block in self._blocks.items():
             if users.get(name, 0) != block.users:
                 raise AssertionError(f"block {name}: ref count {block.users}, used by {users.get(name, 0)} agents")
+
+
+def _copy(x):
+    """A copy that owns its memory (a slice would keep the whole source buffer alive)."""
+    import mlx.core as mx
+
+    return tuple(_copy(part) for part in x) if isinstance(x, tuple | list) else mx.contiguous(x)
 
 
 def _clone_rotating(cache):

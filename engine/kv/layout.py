@@ -21,9 +21,13 @@ class LayerKind:
 @dataclass(frozen=True)
 class CacheLayout:
     layers: tuple[LayerKind, ...]
+    # Full-attention layers as mlx-lm's QuantizedKVCache (SEMANTIC_KV_BITS): keys and values are then
+    # (packed, scales, biases) triples, every one with tokens on the same axis.
+    kv_bits: int | None = None
+    kv_group_size: int = 64
 
     @classmethod
-    def of(cls, model) -> CacheLayout:
+    def of(cls, model, kv_bits: int | None = None, kv_group_size: int = 64) -> CacheLayout:
         from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
         kinds = []
@@ -34,7 +38,9 @@ class CacheLayout:
                 kinds.append(LayerKind(None))
             else:
                 raise UnsupportedCache(type(cache).__name__)
-        return cls(tuple(kinds))
+        if kv_bits and any(kind.sliding_window is not None for kind in kinds):
+            raise UnsupportedCache("RotatingKVCache with SEMANTIC_KV_BITS (mlx-lm cannot quantize it)")
+        return cls(tuple(kinds), kv_bits, kv_group_size)
 
     @property
     def full_layers(self) -> list[int]:
@@ -52,7 +58,8 @@ class CacheLayout:
     def describe(self) -> str:
         """A stable text used in block names, so blocks of another layout never match."""
         parts = ["full" if k.sliding_window is None else f"window{k.sliding_window}/keep{k.keep}" for k in self.layers]
-        return ",".join(parts)
+        quantized = f"|kv{self.kv_bits}g{self.kv_group_size}" if self.kv_bits else ""
+        return ",".join(parts) + quantized
 
     def resumable_everywhere(self) -> bool:
         return not self.sliding_layers
@@ -66,9 +73,41 @@ def cache_offset(cache_list) -> int:
     return int(cache_list[0].offset) if cache_list else 0
 
 
+def take_tokens(x, start: int, end: int, axis: int):
+    """Tokens [start, end) along `axis` of an array or of a quantized (packed, scales, biases) triple."""
+    if isinstance(x, tuple | list):
+        return tuple(take_tokens(part, start, end, axis) for part in x)
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, end)
+    return x[tuple(index)]
+
+
+def join_tokens(parts: list, axis: int):
+    """Concatenate arrays (or quantized triples, part by part) along the token axis."""
+    import mlx.core as mx
+
+    if isinstance(parts[0], tuple | list):
+        return tuple(join_tokens([p[i] for p in parts], axis) for i in range(len(parts[0])))
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=axis)
+
+
+def arrays_of(x) -> list:
+    return [a for part in x for a in arrays_of(part)] if isinstance(x, tuple | list) else [x]
+
+
+def token_count(x, axis: int) -> int:
+    return int(arrays_of(x)[0].shape[axis])
+
+
 def full_layer_slice(cache, start: int, end: int):
     """Keys and values of tokens [start, end) of a full-attention layer, shape (heads, tokens, dim)."""
-    return cache.keys[0, :, start:end, :], cache.values[0, :, start:end, :]
+    keys = take_tokens(cache.keys, start, end, axis=2)
+    values = take_tokens(cache.values, start, end, axis=2)
+    return _drop_batch(keys), _drop_batch(values)
+
+
+def _drop_batch(x):
+    return tuple(_drop_batch(p) for p in x) if isinstance(x, tuple | list) else x[0]
 
 
 def sliding_window_snapshot(cache):
@@ -84,10 +123,19 @@ INT8_GROUP = 64
 
 
 def encode_for_disk(keys, values, disk_dtype: str) -> dict[str, np.ndarray]:
-    """(heads, tokens, dim) MLX keys/values as named numpy parts: `k`/`v`, or 8-bit `kq ks kb vq vs vb`."""
+    """(heads, tokens, dim) MLX keys/values as named numpy parts: `k`/`v`, or 8-bit `kq ks kb vq vs vb`.
+
+    Keys already quantized by the model (SEMANTIC_KV_BITS) are stored as they are.
+    """
     import mlx.core as mx
 
-    if disk_dtype == "int8" and keys.shape[-1] % INT8_GROUP == 0:
+    if isinstance(keys, tuple | list):
+        parts = {
+            f"{name}{suffix}": array
+            for name, triple in (("k", keys), ("v", values))
+            for suffix, array in zip("qsb", triple, strict=True)
+        }
+    elif disk_dtype == "int8" and keys.shape[-1] % INT8_GROUP == 0:
         parts = {}
         for name, array in (("k", keys), ("v", values)):
             packed, scales, biases = mx.quantize(array, group_size=INT8_GROUP, bits=8)
@@ -101,10 +149,14 @@ def encode_for_disk(keys, values, disk_dtype: str) -> dict[str, np.ndarray]:
     return {name: np.array(array) for name, array in parts.items()}
 
 
-def decode_from_disk(parts: dict, dtype):
-    """Named parts (MLX arrays) back to (keys, values) in the compute dtype."""
+def decode_from_disk(parts: dict, dtype, quantized: bool = False):
+    """Named parts (MLX arrays) back to (keys, values) in the compute dtype, or as quantized triples."""
     import mlx.core as mx
 
+    if quantized:
+        return tuple(
+            (parts[f"{name}q"], parts[f"{name}s"].astype(dtype), parts[f"{name}b"].astype(dtype)) for name in ("k", "v")
+        )
     if "k" in parts:
         return parts["k"].astype(dtype), parts["v"].astype(dtype)
     return tuple(
@@ -116,22 +168,29 @@ def decode_from_disk(parts: dict, dtype):
 
 
 def build_cache(layout: CacheLayout, full: dict[int, tuple], sliding: dict[int, tuple], offset: int, dtype):
-    """mlx-lm cache objects at `offset` tokens from numpy (or mlx) keys/values per layer."""
+    """mlx-lm cache objects at `offset` tokens from (heads, tokens, dim) keys/values per layer."""
     import mlx.core as mx
-    from mlx_lm.models.cache import KVCache, RotatingKVCache
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
+
+    def batched(x):
+        if isinstance(x, tuple | list):
+            return tuple(batched(part) for part in x)
+        array = x if isinstance(x, mx.array) else mx.array(x)
+        return array[None] if array.dtype == mx.uint32 else array[None].astype(dtype)
 
     caches = []
     for index, kind in enumerate(layout.layers):
         source = full if kind.sliding_window is None else sliding
-        keys, values = source[index]
-        keys = (keys if isinstance(keys, mx.array) else mx.array(keys))[None].astype(dtype)
-        values = (values if isinstance(values, mx.array) else mx.array(values))[None].astype(dtype)
-        if kind.sliding_window is None:
-            cache = KVCache()
-            cache.state = (keys, values, offset)
-        else:
+        keys, values = (batched(x) for x in source[index])
+        if kind.sliding_window is not None:
             cache = RotatingKVCache(max_size=kind.sliding_window, keep=kind.keep)
             cache.state = (keys, values, offset, kind.keep, kind.sliding_window, keys.shape[2])
+        elif layout.kv_bits:
+            cache = QuantizedKVCache(group_size=layout.kv_group_size, bits=layout.kv_bits)
+            cache.state = (keys, values, offset, layout.kv_group_size, layout.kv_bits)
+        else:
+            cache = KVCache()
+            cache.state = (keys, values, offset)
         caches.append(cache)
-    mx.eval([c.keys for c in caches] + [c.values for c in caches])
+    mx.eval([array for c in caches for array in arrays_of((c.keys, c.values))])
     return caches

@@ -30,7 +30,9 @@ from engine.kv.layout import (
     decode_from_disk,
     encode_for_disk,
     full_layer_slice,
+    join_tokens,
     sliding_window_snapshot,
+    take_tokens,
 )
 from engine.kv.warm import SessionSnapshot, WarmTier, WriteJob
 
@@ -93,9 +95,11 @@ class KVMemory:
         self.block_tokens = settings.kv_block_tokens
         self.model = model
         self.compute_dtype = next(iter(_parameters(model))).dtype if _parameters(model) else mx.float32
-        self.disk_dtype = settings.kv_disk_dtype
+        self.kv_bits = settings.kv_bits
+        # Quantized KV (SEMANTIC_KV_BITS) is stored as the model holds it; otherwise as configured.
+        self.disk_dtype = f"kv{settings.kv_bits}" if settings.kv_bits else settings.kv_disk_dtype
         try:
-            self.layout = CacheLayout.of(model)
+            self.layout = CacheLayout.of(model, settings.kv_bits, settings.kv_group_size)
             self.disabled_reason = None
         except UnsupportedCache as exc:
             self.layout = None
@@ -205,7 +209,7 @@ class KVMemory:
         return build_cache(self.layout, full, {}, len(names) * self.block_tokens, self.compute_dtype)
 
     def _kv(self, parts: dict):
-        return decode_from_disk(parts, self.compute_dtype)
+        return decode_from_disk(parts, self.compute_dtype, quantized=bool(self.kv_bits))
 
     def _build_from_snapshot(self, snapshot: SessionSnapshot, matched: int):
         block_count = min(len(snapshot.chain), -(-matched // self.block_tokens))
@@ -219,7 +223,7 @@ class KVMemory:
             if matched > covered:
                 parts.append(self._kv(snapshot.tail[layer]))
             keys, values = _concat(parts)
-            full[layer] = (keys[:, :matched], values[:, :matched])
+            full[layer] = (take_tokens(keys, 0, matched, axis=1), take_tokens(values, 0, matched, axis=1))
         sliding = {}
         end = len(snapshot.tokens)
         for layer in self.layout.sliding_layers:
@@ -338,11 +342,7 @@ def _trim(cache: list, count: int) -> bool:
 
 def _concat(parts: list[tuple]) -> tuple:
     """Join per-block (keys, values) along the token axis, in MLX (one copy, lazily)."""
-    import mlx.core as mx
-
-    if len(parts) == 1:
-        return parts[0]
-    return mx.concatenate([p[0] for p in parts], axis=1), mx.concatenate([p[1] for p in parts], axis=1)
+    return join_tokens([p[0] for p in parts], axis=1), join_tokens([p[1] for p in parts], axis=1)
 
 
 def decode_mlx(payload: bytes):
