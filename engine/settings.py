@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         return value.strip()
 
     @property
+    def kv_disk_encoding(self) -> str:
+        """How KV is stored on disk: quantized KV (SEMANTIC_KV_BITS) as it is, else SEMANTIC_KV_DISK_DTYPE."""
+        return f"kv{self.kv_bits}" if self.kv_bits else self.kv_disk_dtype
+
+    @property
     def data_path(self) -> Path:
         return self.data_dir.expanduser()
 

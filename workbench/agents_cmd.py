@@ -9,7 +9,7 @@ import typer
 
 from engine.sessions import SessionCorrupt, SessionStore
 from engine.settings import Settings
-from workbench.cli import EXIT_BAD_INPUT
+from workbench.cli import report_error
 
 
 def _ago(timestamp: float) -> str:
@@ -68,11 +68,9 @@ def show_agent(settings: Settings, session_id: str) -> int:
     try:
         session = SessionStore(settings.sessions_path).get(session_id)
     except SessionCorrupt as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return EXIT_BAD_INPUT
+        return report_error(str(exc))
     if session is None:
-        typer.echo(f"error: no session {session_id!r}; see `agent-memory agents`", err=True)
-        return EXIT_BAD_INPUT
+        return report_error(f"no session {session_id!r}; see `agent-memory agents`")
     typer.echo(f"session {session.id}: {session.turns} turns, {session.context_tokens} tokens")
     if session.system:
         typer.echo(f"[system] {session.system}")
@@ -86,8 +84,7 @@ def remove_agent(settings: Settings, session_id: str) -> int:
     from engine.kv.warm import WarmTier
 
     if not SessionStore(settings.sessions_path).delete(session_id):
-        typer.echo(f"error: no session {session_id!r}; see `agent-memory agents`", err=True)
-        return EXIT_BAD_INPUT
+        return report_error(f"no session {session_id!r}; see `agent-memory agents`")
     warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
     try:
         warm.forget_session(None, session_id)

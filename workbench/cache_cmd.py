@@ -7,6 +7,7 @@ import json
 import typer
 
 from engine.settings import Settings
+from workbench.cli import report_error
 
 
 def _warm(settings: Settings):
@@ -24,10 +25,10 @@ def show_stats(settings: Settings, json_output: bool) -> None:
     try:
         stats = warm.stats()
         summaries = warm.session_summaries()
+        shared_saved = warm.shared_bytes_saved()
     finally:
         warm.close()
-    stats["dtype"] = settings.kv_disk_dtype
-    shared_saved = _shared_bytes_saved(settings)
+    stats["dtype"] = settings.kv_disk_encoding
     pool = {
         "budget_bytes": settings.mlx_cache_budget_mb * 1024 * 1024,
         "max_agents": settings.agent_max_agents_in_memory,
@@ -59,30 +60,11 @@ def show_stats(settings: Settings, json_output: bool) -> None:
         typer.echo("  another process owns this cache dir: read-only here")
 
 
-def _shared_bytes_saved(settings: Settings) -> int:
-    """Bytes that sessions would need if each stored its own copy of the blocks it shares."""
-    warm = _warm(settings)
-    try:
-        summaries = warm.session_summaries()
-        if not summaries:
-            return 0
-        db = warm._db()
-        sizes = dict(db.execute("SELECT name, bytes FROM blocks").fetchall())
-        uses: dict[str, int] = {}
-        for (chain,) in db.execute("SELECT chain FROM sessions"):
-            for name in json.loads(chain):
-                uses[name] = uses.get(name, 0) + 1
-        return sum(sizes.get(name, 0) * (count - 1) for name, count in uses.items() if count > 1)
-    finally:
-        warm.close()
-
-
 def run_check(settings: Settings, repair: bool) -> int:
     warm = _warm(settings)
     try:
         if not warm.enabled:
-            typer.echo(f"error: {warm.disabled_reason}", err=True)
-            return 2
+            return report_error(warm.disabled_reason)
         report = warm.check(repair=repair and not warm.read_only)
     finally:
         warm.close()
@@ -103,8 +85,7 @@ def run_clear(settings: Settings) -> int:
     warm = _warm(settings)
     try:
         if warm.read_only:
-            typer.echo("error: another process owns the cache dir; stop it first", err=True)
-            return 2
+            return report_error("another process owns the cache dir; stop it first")
         removed = warm.clear()
     finally:
         warm.close()

@@ -13,7 +13,7 @@ from engine.errors import EngineError
 from engine.events import TurnChunk, TurnFailed, TurnFinished
 from engine.sessions import Session, SessionCorrupt, SessionStore
 from engine.settings import Settings
-from workbench.cli import EXIT_BAD_INPUT
+from workbench.cli import report_error
 from workbench.platform_info import blas_warning
 from workbench.progress import ModelProgress
 
@@ -38,19 +38,14 @@ class ChatOptions:
     stop: list[str] = field(default_factory=list)
 
 
-def error(message: str) -> int:
-    typer.echo(f"error: {message}", err=True)
-    return EXIT_BAD_INPUT
-
-
 def run_chat(settings: Settings, options: ChatOptions) -> int:
     if options.message is not None and not options.message.strip():
-        return error("the message is empty; type something to send")
+        return report_error("the message is empty; type something to send")
     store = SessionStore(settings.sessions_path)
     try:
         session = open_session(store, options)
     except (SessionCorrupt, LookupError) as exc:
-        return error(str(exc))
+        return report_error(str(exc))
 
     from engine.engine import Engine
 
@@ -60,7 +55,7 @@ def run_chat(settings: Settings, options: ChatOptions) -> int:
         engine.start()
     except EngineError as exc:
         progress.close()
-        return error(str(exc))
+        return report_error(str(exc))
     finally:
         progress.close()
     if warning := blas_warning():
@@ -141,7 +136,7 @@ def one_turn(engine, store: SessionStore, session: Session, text: str, options: 
     try:
         finished = stream_turn(engine, store, session, text, options)
     except EngineError as exc:
-        return error(str(exc))
+        return report_error(str(exc))
     if options.json_output:
         typer.echo(json.dumps(json_result(session.id, finished), ensure_ascii=False))
     return 0
@@ -206,7 +201,7 @@ def interactive(engine, store: SessionStore, session: Session, options: ChatOpti
         try:
             finished = stream_turn(engine, store, session, text, options)
         except EngineError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            report_error(str(exc))
             continue
         if tty:
             typer.secho(turn_footer(finished), err=True, dim=True)

@@ -31,8 +31,14 @@ ModelOption = Annotated[
 ]
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+def report_error(message: str) -> int:
+    """Print one `error:` line on stderr; returns the bad-input exit status."""
     typer.echo(f"error: {message}", err=True)
+    return EXIT_BAD_INPUT
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    report_error(message)
     return typer.Exit(code)
 
 

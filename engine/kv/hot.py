@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.kv.layout import CacheLayout, arrays_of, join_tokens, take_tokens, token_count
+from engine.kv.layout import CacheLayout, arrays_of, join_tokens, take_tokens, token_count, token_range
 
 
 @dataclass
@@ -143,32 +143,19 @@ class HotPool:
             block = self._blocks.get(name)
             if block is None:
                 start, end = index * self.block_tokens, (index + 1) * self.block_tokens
-                layers = {
-                    layer: (
-                        _copy(take_tokens(entry.cache[layer].keys, start, end, axis=2)),
-                        _copy(take_tokens(entry.cache[layer].values, start, end, axis=2)),
-                    )
-                    for layer in full_layers
-                }
-                new_arrays.extend(arrays_of(list(layers.values())))
-                block = self._blocks[name] = _Block(layers, sum(a.nbytes for a in arrays_of(list(layers.values()))))
+                layers = {layer: _copy(token_range(entry.cache[layer], start, end)) for layer in full_layers}
+                arrays = arrays_of(list(layers.values()))
+                new_arrays.extend(arrays)
+                block = self._blocks[name] = _Block(layers, sum(a.nbytes for a in arrays))
             block.users += 1
         covered = len(names) * self.block_tokens
         offset = len(entry.tokens)
-        tail = {
-            layer: (
-                _copy(take_tokens(entry.cache[layer].keys, covered, offset, axis=2)),
-                _copy(take_tokens(entry.cache[layer].values, covered, offset, axis=2)),
-            )
-            for layer in full_layers
-        }
-        new_arrays.extend(arrays_of(list(tail.values())))
-        mx.eval(new_arrays)
+        tail = {layer: _copy(token_range(entry.cache[layer], covered, offset)) for layer in full_layers}
+        tail_arrays = arrays_of(list(tail.values()))
+        mx.eval(new_arrays + tail_arrays)
         entry.kept = {layer: entry.cache[layer] for layer in self.layout.sliding_layers}
         entry.chain, entry.tail, entry.cache = names, tail, None
-        entry.nbytes = sum(a.nbytes for a in arrays_of(list(tail.values()))) + sum(
-            c.nbytes for c in entry.kept.values()
-        )
+        entry.nbytes = sum(a.nbytes for a in tail_arrays) + sum(c.nbytes for c in entry.kept.values())
 
     def _materialize(self, entry: HotEntry, matched: int) -> list:
         """Contiguous mlx-lm caches for the first `matched` tokens of an entry (live or compact)."""

@@ -99,10 +99,14 @@ def token_count(x, axis: int) -> int:
     return int(arrays_of(x)[0].shape[axis])
 
 
+def token_range(cache, start: int, end: int) -> tuple:
+    """Keys and values of tokens [start, end) of a full-attention layer, shape (1, heads, tokens, dim)."""
+    return take_tokens(cache.keys, start, end, axis=2), take_tokens(cache.values, start, end, axis=2)
+
+
 def full_layer_slice(cache, start: int, end: int):
     """Keys and values of tokens [start, end) of a full-attention layer, shape (heads, tokens, dim)."""
-    keys = take_tokens(cache.keys, start, end, axis=2)
-    values = take_tokens(cache.values, start, end, axis=2)
+    keys, values = token_range(cache, start, end)
     return _drop_batch(keys), _drop_batch(values)
 
 
@@ -118,7 +122,6 @@ def sliding_window_snapshot(cache):
     return keys, values
 
 
-DISK_DTYPES = ("float16", "float32", "int8")
 INT8_GROUP = 64
 
 

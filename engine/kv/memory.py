@@ -94,10 +94,10 @@ class KVMemory:
         self.fingerprint = fingerprint
         self.block_tokens = settings.kv_block_tokens
         self.model = model
-        self.compute_dtype = next(iter(_parameters(model))).dtype if _parameters(model) else mx.float32
+        parameters = _parameters(model)
+        self.compute_dtype = parameters[0].dtype if parameters else mx.float32
         self.kv_bits = settings.kv_bits
-        # Quantized KV (SEMANTIC_KV_BITS) is stored as the model holds it; otherwise as configured.
-        self.disk_dtype = f"kv{settings.kv_bits}" if settings.kv_bits else settings.kv_disk_dtype
+        self.disk_dtype = settings.kv_disk_encoding
         try:
             self.layout = CacheLayout.of(model, settings.kv_bits, settings.kv_group_size)
             self.disabled_reason = None
@@ -246,11 +246,9 @@ class KVMemory:
             log.warning("KV cache of %r holds %d tokens but %d are known; not keeping it", key, offset, len(tokens))
             self.hot.release_pin(key)
             return
-        if session_id is not None and self.warm.enabled and not self.warm.read_only:
+        if session_id is not None and self.warm.writable:
             self.writer.submit(self._write_job(session_id, tokens, cache))
-        elif (
-            session_id is None and self.warm.enabled and not self.warm.read_only and self.layout.resumable_everywhere()
-        ):
+        elif session_id is None and self.warm.writable and self.layout.resumable_everywhere():
             # Anonymous requests still leave their blocks for others to share.
             job = self._write_job(ANONYMOUS, tokens, cache)
             job.snapshot = None

@@ -124,6 +124,10 @@ class WarmTier:
     def enabled(self) -> bool:
         return self.disabled_reason is None
 
+    @property
+    def writable(self) -> bool:
+        return self.enabled and not self.read_only
+
     def _take_lock(self) -> None:
         """One writing process per cache dir; a second one reads without writing."""
         handle = open(self.root / "lock", "a+")  # noqa: SIM115 - held for the process lifetime
@@ -195,9 +199,8 @@ class WarmTier:
                 self._drop("blocks", name)
                 return None
             blocks.append(decode(payload)[0])
-        if not self.read_only and names:
-            marks = ",".join("?" * len(names))
-            self._db().execute(f"UPDATE blocks SET last_used=? WHERE name IN ({marks})", (time.time(), *names))
+        if names:
+            self._touch("blocks", f"name IN ({','.join('?' * len(names))})", tuple(names))
         return blocks
 
     def _read_payload(self, file: str, sha256: str) -> bytes | None:
@@ -256,7 +259,7 @@ class WarmTier:
 
     def forget_session(self, fingerprint: str | None, session_id: str) -> None:
         """Delete a session's snapshot (every model's, when fingerprint is None); blocks stay."""
-        if not self.enabled or self.read_only:
+        if not self.writable:
             return
         key = session_key(session_id)
         query = "SELECT file, fingerprint FROM sessions WHERE key=?"
@@ -268,7 +271,7 @@ class WarmTier:
 
     # -- writes (writer thread) --------------------------------------------------------------------
     def write(self, job: WriteJob) -> None:
-        if not self.enabled or self.read_only:
+        if not self.writable:
             return
         db = self._db()
         now = time.time()
@@ -327,9 +330,7 @@ class WarmTier:
         evicted = 0
         if total <= self.disk_budget_bytes:
             return 0
-        referenced = set()
-        for (chain,) in db.execute("SELECT chain FROM sessions"):
-            referenced.update(json.loads(chain))
+        referenced = self._block_users()
         for name, file, size in db.execute("SELECT name, file, bytes FROM blocks ORDER BY last_used").fetchall():
             if total <= self.disk_budget_bytes:
                 break
@@ -343,20 +344,36 @@ class WarmTier:
         return evicted
 
     # -- inspection --------------------------------------------------------------------------------
+    def _totals(self, table: str) -> tuple[int, int]:
+        """(rows, bytes) of one index table."""
+        count, size = self._db().execute(f"SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM {table}").fetchone()
+        return int(count), int(size)
+
+    def _block_users(self) -> dict[str, int]:
+        """How many session snapshots reference each block."""
+        users: dict[str, int] = {}
+        for (chain,) in self._db().execute("SELECT chain FROM sessions"):
+            for name in set(json.loads(chain)):
+                users[name] = users.get(name, 0) + 1
+        return users
+
     def total_bytes(self) -> int:
         if not self.enabled:
             return 0
-        db = self._db()
-        blocks = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM blocks").fetchone()[0]
-        sessions = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM sessions").fetchone()[0]
-        return int(blocks + sessions)
+        return self._totals("blocks")[1] + self._totals("sessions")[1]
+
+    def shared_bytes_saved(self) -> int:
+        """Bytes sessions would need more if each stored its own copy of the blocks it shares."""
+        if not self.enabled:
+            return 0
+        sizes = dict(self._db().execute("SELECT name, bytes FROM blocks").fetchall())
+        return sum(sizes.get(name, 0) * (count - 1) for name, count in self._block_users().items() if count > 1)
 
     def stats(self) -> dict:
         if not self.enabled:
             return {"enabled": False, "reason": self.disabled_reason}
-        db = self._db()
-        blocks, block_bytes = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes),0) FROM blocks").fetchone()
-        sessions, session_bytes = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes),0) FROM sessions").fetchone()
+        blocks, block_bytes = self._totals("blocks")
+        sessions, session_bytes = self._totals("sessions")
         return {
             "enabled": True,
             "read_only": self.read_only,
@@ -364,7 +381,7 @@ class WarmTier:
             "blocks": blocks,
             "sessions": sessions,
             "files": blocks + sessions,
-            "bytes": int(block_bytes + session_bytes),
+            "bytes": block_bytes + session_bytes,
             "budget_bytes": self.disk_budget_bytes,
         }
 
@@ -377,10 +394,7 @@ class WarmTier:
         rows = db.execute(
             "SELECT session_id, fingerprint, tokens, chain, bytes, last_used FROM sessions ORDER BY last_used"
         ).fetchall()
-        users: dict[str, int] = {}
-        for row in rows:
-            for name in set(json.loads(row[3])):
-                users[name] = users.get(name, 0) + 1
+        users = self._block_users()
         summaries = {}
         for session_id, fingerprint, tokens, chain_text, nbytes, last_used in rows:
             chain = json.loads(chain_text)
@@ -396,7 +410,7 @@ class WarmTier:
 
     def clear(self) -> int:
         """Delete every stored block and snapshot; returns the number of files removed."""
-        if not self.enabled or self.read_only:
+        if not self.writable:
             return 0
         db = self._db()
         files = [row[0] for row in db.execute("SELECT file FROM blocks UNION ALL SELECT file FROM sessions")]
