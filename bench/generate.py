@@ -97,7 +97,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args()
 
-    overrides = {"mlx_model_id": args.model}
+    # KV memory off: repeated prompts would otherwise be served from the cache, not prefilled.
+    overrides = {"mlx_model_id": args.model, "kv_memory": False}
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     settings = load_settings(**overrides)
