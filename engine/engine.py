@@ -31,10 +31,20 @@ _STOP = object()
 class TurnHandle:
     """The caller's side of one request: iterate its events, or cancel it."""
 
-    def __init__(self, request: GenerationRequest):
+    def __init__(self, request: GenerationRequest, on_event: Callable[[TurnEvent], None] | None = None):
         self.request = request
         self._events: queue.Queue[TurnEvent] = queue.Queue()
         self._cancelled = threading.Event()
+        # Called on the engine thread with every event (an asyncio server wakes its loop with it).
+        self._on_event = on_event
+
+    def _put(self, event: TurnEvent) -> None:
+        self._events.put(event)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:  # noqa: BLE001 - a consumer that went away must not stop the engine
+                log.debug("event listener of %s failed", self.request_id, exc_info=True)
 
     @property
     def request_id(self) -> str:
@@ -92,6 +102,12 @@ class Engine:
         self._stopped = threading.Event()  # set once the engine thread has finished its work
         self._stream = None  # an MLX stream owned by the engine thread
         self.memory = None  # KVMemory, created on the engine thread once the model is loaded
+        self.model_id = settings.mlx_model_id
+        self.state = "loading"  # "loading" | "ready" | "swapping" | "failed" | "closed"
+        self._busy = False  # a request is running on the engine thread
+        self._swap_lock = threading.Lock()
+        self._loader: _Loader | None = None
+        self._hot_view: dict | None = None  # the hot tier as the engine thread last saw it
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, wait: bool = True) -> Engine:
@@ -99,6 +115,10 @@ class Engine:
         if wait:
             self.wait_ready()
         return self
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
 
     def wait_ready(self, timeout: float | None = None) -> ModelInfo:
         """Block until the model is loaded; re-raise the load error in the caller's thread."""
@@ -122,6 +142,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        self.state = "closed"
         self._inbox.put(_STOP)
         if self._thread.is_alive():
             self._stopped.wait(timeout)
@@ -133,10 +154,11 @@ class Engine:
         self.close()
 
     # -- requests --------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> TurnHandle:
+    def submit(self, request: GenerationRequest, on_event: Callable[[TurnEvent], None] | None = None) -> TurnHandle:
+        """Queue a request; `on_event` (optional) is called on the engine thread with each event."""
         if self._closed:
             raise EngineClosed("the engine is shut down")
-        handle = TurnHandle(request)
+        handle = TurnHandle(request, on_event)
         self._inbox.put(_Job(handle))
         return handle
 
@@ -154,6 +176,59 @@ class Engine:
         if job.error is not None:
             raise job.error
         return job.result
+
+    @property
+    def kv_enabled(self) -> bool:
+        """Turns are kept for reuse (KV memory on and this model's cache kind storable)."""
+        return self.memory is not None and self.memory.enabled
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting or running."""
+        return self._inbox.qsize() + (1 if self._busy else 0)
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        """Prompt tokens of `request` as the current model would see them (no MLX: any thread)."""
+        from engine.generation import render_prompt
+
+        if self._loaded is None:
+            raise EngineError("the model is not loaded yet")
+        return len(render_prompt(self._loaded, request))
+
+    def kv_overview(self) -> dict:
+        """The KV memory without waiting for the engine thread: hot tier as of the last turn, warm from disk."""
+        memory = self.memory
+        if memory is None or not memory.enabled:
+            return {"enabled": False, "hot": None, "warm": None, "warm_sessions": {}}
+        return {
+            "enabled": True,
+            "hot": self._hot_view,
+            "warm": {**memory.warm.stats(), "dtype": memory.disk_dtype},
+            "warm_sessions": memory.warm.session_summaries(),
+            "fingerprint": memory.fingerprint,
+        }
+
+    def swap(self, model_id: str, progress: Progress | None = None) -> ModelInfo:
+        """Load `model_id` beside the serving model, then switch to it between two requests.
+
+        Requests submitted before the switch finish on the old model; later ones run on the new.
+        KV caches stay keyed by model fingerprint, so swapping back finds them again. A failed load
+        raises ModelLoadError and leaves the old model serving.
+        """
+        if self._closed:
+            raise EngineClosed("the engine is shut down")
+        if not self._swap_lock.acquire(blocking=False):
+            raise EngineError("another model swap is in progress; try again when it is done")
+        try:
+            self.state = "swapping"
+            if self._loader is None:
+                self._loader = _Loader()
+            loaded = self._loader.load(model_id, self.settings, progress)
+            self.call(lambda engine: engine._install(loaded, model_id))
+            return loaded.info
+        finally:
+            self.state = "ready" if self._loaded is not None else "failed"
+            self._swap_lock.release()
 
     def memory_stats(self) -> dict:
         return self.call(lambda engine: engine.memory.stats() if engine.memory else {"enabled": False})
@@ -204,6 +279,7 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             job.error = exc
         finally:
+            self._publish()
             job.done.set()
 
     def _fail_waiting_requests(self) -> None:
@@ -216,39 +292,43 @@ class Engine:
                 job.error = EngineClosed("the engine shut down")
                 job.done.set()
             elif job is not _STOP:
-                job.handle._events.put(TurnFailed(job.handle.request_id, "the engine shut down", "internal"))
+                job.handle._put(TurnFailed(job.handle.request_id, "the engine shut down", "internal"))
 
     def _load(self) -> None:
-        from mlx_lm.models.cache import make_prompt_cache
-
         try:
-            self._loaded = load(self.settings.mlx_model_id, self.settings.models_path, self._progress)
-            if self.settings.kv_bits and any(
-                type(cache).__name__ == "RotatingKVCache" for cache in make_prompt_cache(self._loaded.model)
-            ):
-                raise ModelLoadError(
-                    f"SEMANTIC_KV_BITS is not supported for {self._loaded.info.model_type}: its sliding-window "
-                    "layers cannot be quantized by mlx-lm; unset SEMANTIC_KV_BITS"
-                )
-            if self.settings.kv_memory:
-                from engine.kv.memory import KVMemory
-
-                self.memory = KVMemory(self.settings, self._loaded.info.fingerprint, self._loaded.model)
+            self._install(load_checked(self.settings.mlx_model_id, self.settings, self._progress), self.model_id)
         except EngineError as exc:
             self._load_error = exc
-        except Exception as exc:  # noqa: BLE001 - any loader failure must reach the caller
-            log.exception("model load failed")
-            self._load_error = EngineError(f"loading {self.settings.mlx_model_id!r} failed: {exc}")
         finally:
+            self.state = "ready" if self._loaded is not None else "failed"
             self._ready.set()
+
+    def _install(self, loaded: LoadedModel, model_id: str) -> None:
+        """Engine thread: serve `loaded` from now on, with a KV memory keyed by its fingerprint."""
+        if self.memory is not None:
+            self.memory.close()  # every finished turn of the old model reaches disk first
+            self.memory = None
+        self._loaded, self.model_id = loaded, model_id
+        if self.settings.kv_memory:
+            from engine.kv.memory import KVMemory
+
+            self.memory = KVMemory(self.settings, loaded.info.fingerprint, loaded.model)
+        self._publish()
+
+    def _publish(self) -> None:
+        self._hot_view = self.memory.hot_view() if self.memory is not None and self.memory.enabled else None
 
     def _serve(self, handle: TurnHandle) -> None:
         from engine.generation import run_turn
 
-        put = handle._events.put
+        put = handle._put
         if self._loaded is None:
             put(TurnFailed(handle.request_id, str(self._load_error or "no model loaded"), "internal"))
             return
+        if handle._cancelled.is_set():  # cancelled while it waited: never started
+            put(TurnFailed(handle.request_id, "the request was cancelled before it started", "cancelled"))
+            return
+        self._busy = True
         try:
             for event in run_turn(
                 self._loaded,
@@ -266,3 +346,59 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - report, keep the engine thread alive for others
             log.exception("generation failed for %s", handle.request_id)
             put(TurnFailed(handle.request_id, f"generation failed: {exc}", "internal"))
+        finally:
+            self._busy = False
+            self._publish()
+
+
+def load_checked(model_id: str, settings: Settings, progress: Progress | None = None) -> LoadedModel:
+    """Load a model and check it against the settings; every failure is a ModelLoadError."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    try:
+        loaded = load(model_id, settings.models_path, progress)
+    except EngineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure must reach the caller
+        log.exception("model load failed")
+        raise ModelLoadError(f"loading {model_id!r} failed: {exc}") from None
+    if settings.kv_bits and any(type(cache).__name__ == "RotatingKVCache" for cache in make_prompt_cache(loaded.model)):
+        raise ModelLoadError(
+            f"SEMANTIC_KV_BITS is not supported for {loaded.info.model_type}: its sliding-window "
+            "layers cannot be quantized by mlx-lm; unset SEMANTIC_KV_BITS"
+        )
+    return loaded
+
+
+class _Loader:
+    """A thread that loads models beside the serving one (for swaps), on its own MLX stream.
+
+    Like the engine thread it parks instead of exiting (MLX 0.32 crashes when such a thread exits).
+    """
+
+    def __init__(self):
+        self._jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, name="agent-memory-loader", daemon=True).start()
+
+    def load(self, model_id: str, settings: Settings, progress: Progress | None) -> LoadedModel:
+        done, box = threading.Event(), {}
+        self._jobs.put((model_id, settings, progress, done, box))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["loaded"]
+
+    def _run(self) -> None:
+        import mlx.core as mx
+
+        stream = mx.new_stream(mx.default_device())
+        with mx.stream(stream):
+            while True:
+                model_id, settings, progress, done, box = self._jobs.get()
+                try:
+                    box["loaded"] = load_checked(model_id, settings, progress)
+                    mx.synchronize(stream)
+                except EngineError as exc:
+                    box["error"] = exc
+                finally:
+                    done.set()

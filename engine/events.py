@@ -67,7 +67,7 @@ class TurnFinished:
 class TurnFailed:
     request_id: str
     message: str
-    kind: str  # "request" (the caller's input) or "internal"
+    kind: str  # "request" (the caller's input), "cancelled" (before it started) or "internal"
 
 
 TurnEvent = TurnStarted | PrefillProgress | TurnChunk | TurnFinished | TurnFailed

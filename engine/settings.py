@@ -53,7 +53,14 @@ class Settings(BaseSettings):
     kv_group_size: Literal[32, 64, 128] = Field(default=64, description="Group size of the quantized KV cache.")
     kv_memory: bool = Field(default=True, description="Reuse KV caches across turns (false: always recompute).")
     api_key: str | None = Field(default=None, description="Key clients must send to the API.")
-    admin_key: str | None = Field(default=None, description="Key for /admin routes.")
+    admin_key: str | None = Field(default=None, description="Key for /admin routes (unset: admin routes are off).")
+    max_request_mb: int = Field(default=32, ge=1, le=4096, description="Largest request body the server reads (MB).")
+    strict_model_names: bool = Field(
+        default=False, description="Answer 404 for a `model` the server does not serve (default: serve any name)."
+    )
+    cors_origins: str = Field(
+        default="", description="Comma-separated origins allowed by CORS ('*' for any); empty: CORS off."
+    )
 
     @field_validator("mlx_model_id")
     @classmethod
@@ -66,6 +73,10 @@ class Settings(BaseSettings):
     def kv_disk_encoding(self) -> str:
         """How KV is stored on disk: quantized KV (SEMANTIC_KV_BITS) as it is, else SEMANTIC_KV_DISK_DTYPE."""
         return f"kv{self.kv_bits}" if self.kv_bits else self.kv_disk_dtype
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def data_path(self) -> Path:

@@ -100,3 +100,83 @@ def run_cli(*args: str, data_dir: Path, env: dict | None = None, stdin: str | No
         cwd=cwd or data_dir.parent,
         timeout=300,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`agent-memory serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, data_dir: Path, cache_dir: Path, env: dict | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMANTIC_")}
+        full_env.update(
+            {"SEMANTIC_DATA_DIR": str(data_dir), "SEMANTIC_AGENT_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+        )
+        full_env.update(env or {})
+        self.log_path = cache_dir.parent / f"server-{self.port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "workbench.cli", "serve", "--port", str(self.port)],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=data_dir.parent,
+        )
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+API_KEY = "test-key-123"
+ADMIN_KEY = "admin-key-456"
+
+
+@pytest.fixture(scope="session")
+def server(default_engine, data_dir) -> ServerProcess:
+    """The default model behind a real server, with an API key and an admin key."""
+    cache_dir = data_dir / "server-caches"
+    cache_dir.mkdir(exist_ok=True)
+    running = ServerProcess(data_dir, cache_dir, {"SEMANTIC_API_KEY": API_KEY, "SEMANTIC_ADMIN_KEY": ADMIN_KEY})
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()

@@ -102,6 +102,18 @@ def chat(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")] = 8000,
+    model: ModelOption = None,
+) -> None:
+    """Serve the Anthropic, OpenAI and agent APIs over HTTP (one process, one model in memory)."""
+    from workbench.serve_cmd import run_server
+
+    raise typer.Exit(run_server(settings_or_exit(mlx_model_id=model), host, port))
+
+
+@app.command()
 def models(model: ModelOption = None) -> None:
     """What can be loaded (packaged models), what is prepared (converted), and the platform."""
     from workbench.models_cmd import show_models

@@ -314,6 +314,29 @@ class KVMemory:
             "resume": self.resume_mode(),
         }
 
+    def hot_view(self) -> dict:
+        """The hot tier as plain data (engine thread; others read the copy the engine publishes)."""
+        return {
+            "budget_bytes": self.hot.budget_bytes,
+            "used_bytes": self.hot.used_bytes,
+            "agents": len(self.hot),
+            "max_agents": self.hot.max_agents,
+            "evictions": self.hot.evictions,
+            "shared_bytes_saved": self.hot.shared_bytes_saved,
+            "hits": dict(self.hits),
+            "sessions": {
+                entry.session_id: {
+                    "tokens": len(entry.tokens),
+                    "bytes": entry.nbytes,
+                    "live": not entry.compact,
+                    "blocks": len(entry.chain),
+                    "last_used": entry.last_used,
+                }
+                for entry in self.hot.entries()
+                if entry.session_id != ANONYMOUS
+            },
+        }
+
     def check_integrity(self) -> None:
         self.hot.check_integrity()
         self.writer.flush()

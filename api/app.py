@@ -1,0 +1,138 @@
+"""The Sanic app factory: one blueprint per API family on one shared engine, in one process.
+
+Every error leaves as JSON in the called API's shape. A 500 is a bug: it is logged with the request id.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from sanic import Sanic
+from sanic.exceptions import SanicException
+from sanic.response import empty
+from sanic.response import json as json_response
+
+from api.errors import ApiError, error_body, is_anthropic
+from api.metrics import Metrics
+from api.routes import admin, agents, anthropic, openai, system
+from api.state import ServerState
+from engine.errors import EngineClosed, EngineError, ModelLoadError, RequestError
+from engine.settings import Settings
+
+log = logging.getLogger("agent_memory.api")
+
+OPEN_PATHS = {"/", "/health", "/metrics", "/openapi.json"}
+# Generation may run for many minutes; Sanic's default 60 s response timeout would cut it off.
+RESPONSE_TIMEOUT_S = 24 * 3600
+
+
+def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
+    """The app for `engine` (an engine.engine.Engine, started when the server starts, closed when it stops)."""
+    app = Sanic(name)
+    app.config.REQUEST_MAX_SIZE = settings.max_request_mb * 1024 * 1024
+    app.config.RESPONSE_TIMEOUT = RESPONSE_TIMEOUT_S
+    app.config.REQUEST_TIMEOUT = 120
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.ctx.server = ServerState(settings, engine, Metrics(lambda: engine))
+    for blueprint in (system.bp, anthropic.bp, openai.bp, agents.bp, admin.bp):
+        app.blueprint(blueprint)
+
+    @app.before_server_start
+    async def start_engine(app, _):
+        if engine.state == "loading" and not engine.started:
+            engine.start(wait=False)
+
+    @app.after_server_stop
+    async def stop_engine(app, _):
+        engine.close()  # finishes queued work and writes every pending KV block to disk
+
+    app.on_request(_on_request, priority=100)
+    app.on_response(_on_response)
+    app.error_handler.add(Exception, _on_error)
+    return app
+
+
+async def _on_request(request):
+    request.ctx.started = time.perf_counter()
+    request.ctx.streamed = False
+    request.ctx.route_label = f"/{request.route.path}" if request.route else "unmatched"
+    settings = request.app.ctx.server.settings
+    if request.method == "OPTIONS" and settings.cors_origin_list:
+        return empty(status=204)  # CORS preflight: headers are added on the way out
+    path = request.path
+    if path in OPEN_PATHS:
+        return None
+    if path.startswith("/admin"):
+        _check_admin(request, settings)
+    elif settings.api_key:
+        _check_api_key(request, settings.api_key)
+    return None
+
+
+def _check_api_key(request, api_key: str) -> None:
+    """The OpenAI SDK sends `Authorization: Bearer`, the Anthropic SDK `x-api-key`: either is accepted."""
+    offered = request.headers.get("x-api-key")
+    if offered is None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        offered = token.strip() if scheme.lower() == "bearer" else None
+    if offered is None:
+        raise ApiError(401, "missing API key: send it as `x-api-key: KEY` or `Authorization: Bearer KEY`")
+    if not hmac.compare_digest(offered.encode(), api_key.encode()):
+        raise ApiError(401, "invalid API key")
+
+
+def _check_admin(request, settings: Settings) -> None:
+    if not settings.admin_key:
+        raise ApiError(403, "admin routes are disabled: set SEMANTIC_ADMIN_KEY to enable them")
+    offered = request.headers.get("x-admin-key", "")
+    if not hmac.compare_digest(offered.encode(), settings.admin_key.encode()):
+        raise ApiError(401 if not offered else 403, "missing or wrong X-Admin-Key")
+
+
+async def _on_response(request, response):
+    server = request.app.ctx.server
+    origins = server.settings.cors_origin_list
+    origin = request.headers.get("origin")
+    if origins and origin and ("*" in origins or origin in origins):
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+        response.headers["Access-Control-Allow-Headers"] = "*"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Vary"] = "Origin"
+    response.headers["x-request-id"] = str(request.id)
+    if not getattr(request.ctx, "streamed", False):  # streams are counted when they end
+        started = getattr(request.ctx, "started", time.perf_counter())
+        route = getattr(request.ctx, "route_label", "unmatched")
+        server.metrics.observe_request(route, request.method, response.status, time.perf_counter() - started)
+
+
+def _on_error(request, exception: Exception):
+    error = _as_api_error(request, exception)
+    response = json_response(
+        error_body(is_anthropic(request.path, request.headers), error), status=error.status, headers=error.headers
+    )
+    return response
+
+
+def _as_api_error(request, exception: Exception) -> ApiError:
+    if isinstance(exception, ApiError):
+        return exception
+    if isinstance(exception, RequestError | ModelLoadError):
+        return ApiError(400, str(exception))
+    if isinstance(exception, EngineClosed):
+        return ApiError(503, str(exception), headers={"Retry-After": "5"})
+    if isinstance(exception, SanicException):
+        status = exception.status_code
+        message = {
+            404: f"no route {request.method} {request.path}; see /openapi.json",
+            405: f"method {request.method} is not allowed on {request.path}",
+            413: f"the request body is larger than the {request.app.config.REQUEST_MAX_SIZE // (1024 * 1024)} MB "
+            "limit (SEMANTIC_MAX_REQUEST_MB)",
+        }.get(status, str(exception))
+        return ApiError(status, message)
+    if isinstance(exception, EngineError):
+        log.error("request %s failed: %s", request.id, exception)
+        return ApiError(500, str(exception), headers={"x-should-retry": "false"})
+    log.exception("request %s: unexpected server error", request.id)
+    return ApiError(500, f"internal server error (request id {request.id})")

@@ -1,0 +1,63 @@
+"""The engine's events on the asyncio loop: the engine thread wakes the loop, nothing blocks it.
+
+A handler submits through TurnStream, reads events (None marks a quiet interval: time for a
+keep-alive), and cancels in `finally`, so a client that goes away frees the engine within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from api.errors import ApiError
+from engine.errors import EngineClosed
+from engine.events import TurnEvent, TurnFailed, TurnFinished
+
+KEEPALIVE_S = 10.0
+
+
+class TurnStream:
+    def __init__(self, engine, request):
+        loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[TurnEvent] = asyncio.Queue()
+
+        def on_event(event: TurnEvent) -> None:
+            loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+        try:
+            self.handle = engine.submit(request, on_event=on_event)
+        except EngineClosed as exc:
+            raise ApiError(503, f"{exc}; retry shortly", headers={"Retry-After": "5"}) from None
+        self.done = False
+
+    async def events(self, keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[TurnEvent | None]:
+        while not self.done:
+            try:
+                event = await asyncio.wait_for(self._queue.get(), keepalive_s)
+            except TimeoutError:
+                yield None
+                continue
+            if isinstance(event, TurnFinished | TurnFailed):
+                self.done = True
+            yield event
+
+    async def finished(self) -> TurnFinished:
+        """Wait for the end of the turn (non-streaming responses)."""
+        async for event in self.events():
+            if isinstance(event, TurnFailed):
+                raise failure(event)
+            if isinstance(event, TurnFinished):
+                return event
+        raise ApiError(500, "the turn ended without a result")
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.handle.cancel()
+
+
+def failure(event: TurnFailed) -> ApiError:
+    if event.kind == "request":
+        return ApiError(400, event.message)
+    if event.kind == "cancelled":
+        return ApiError(503, event.message, headers={"Retry-After": "1"})
+    return ApiError(500, event.message, headers={"x-should-retry": "false"})

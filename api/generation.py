@@ -1,0 +1,43 @@
+"""Building the engine's GenerationRequest from any API's parsed body; bad values become 400s."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from api.errors import ApiError, from_validation_error
+from engine.requests import ChatMessage, GenerationRequest, SamplingParams
+
+# Used when a request names no temperature: sane for small local models (the APIs document 1.0).
+DEFAULT_TEMPERATURE = 0.7
+
+
+def generation_request(
+    messages: list[ChatMessage],
+    max_tokens: int,
+    session_id: str | None,
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+) -> GenerationRequest:
+    try:
+        return GenerationRequest(
+            messages=messages,
+            max_tokens=max_tokens,
+            sampling=SamplingParams(
+                temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+                top_p=1.0 if top_p is None else top_p,
+                top_k=top_k or 0,
+                seed=seed,
+            ),
+            stop=stop or [],
+            session_id=session_id,
+        )
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def text_only_error(kind: str, where: str) -> ApiError:
+    return ApiError(400, f"{where}: {kind} input is not supported; this server's models read text only", param=where)

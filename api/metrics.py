@@ -1,0 +1,110 @@
+"""Prometheus metrics: counters and histograms updated per request, KV and queue gauges read at scrape time."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+from engine.events import TurnFinished
+
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, engine_getter):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "agent_memory_requests",
+            "HTTP requests by route and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "agent_memory_request_duration_seconds",
+            "Time from request to the end of its response.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "agent_memory_time_to_first_token_seconds",
+            "Time to the first generated token, by cache source.",
+            ["cache"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "agent_memory_prompt_tokens", "Prompt tokens, cached ones included.", registry=self.registry
+        )
+        self.cached_tokens = Counter(
+            "agent_memory_cached_tokens", "Prompt tokens read from the KV memory.", registry=self.registry
+        )
+        self.generated_tokens = Counter("agent_memory_generated_tokens", "Generated tokens.", registry=self.registry)
+        self.cache_hits = Counter(
+            "agent_memory_cache_hits", "Turns by where their KV prefix came from.", ["tier"], registry=self.registry
+        )
+        self.registry.register(_EngineCollector(engine_getter))
+
+    def observe_turn(self, finished: TurnFinished) -> None:
+        self.prompt_tokens.inc(finished.usage.prompt_tokens)
+        self.cached_tokens.inc(finished.usage.cached_tokens)
+        self.generated_tokens.inc(finished.usage.completion_tokens)
+        self.cache_hits.labels(finished.cache.source).inc()
+        if finished.finish_reason != "cancelled":
+            self.ttft.labels(finished.cache.source).observe(finished.timing.ttft_s)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.duration.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _EngineCollector:
+    """Values the engine owns, read when Prometheus scrapes (never waits for the engine thread)."""
+
+    def __init__(self, engine_getter):
+        self._engine = engine_getter
+        self._started = time.time()
+
+    def collect(self):
+        engine = self._engine()
+        yield GaugeMetricFamily(
+            "agent_memory_uptime_seconds", "Seconds since the server started.", value=time.time() - self._started
+        )
+        if engine is None:
+            return
+        yield GaugeMetricFamily("agent_memory_queue_depth", "Requests waiting or running.", value=engine.queue_depth)
+        ready = engine.state == "ready"
+        yield GaugeMetricFamily("agent_memory_ready", "1 when the model is loaded and serving.", value=int(ready))
+        if engine.state in ("ready", "swapping"):
+            info = engine.info
+            yield InfoMetricFamily(
+                "agent_memory_model",
+                "The serving model.",
+                value={
+                    "model_id": engine.model_id,
+                    "fingerprint": info.fingerprint,
+                    "backend": info.backend,
+                    "dtype": info.compute_dtype,
+                },
+            )
+        overview = engine.kv_overview()
+        hot, warm = overview.get("hot") or {}, overview.get("warm") or {}
+        yield GaugeMetricFamily("agent_memory_hot_bytes", "KV bytes in the hot tier.", value=hot.get("used_bytes", 0))
+        yield GaugeMetricFamily(
+            "agent_memory_hot_budget_bytes", "Hot tier byte budget.", value=hot.get("budget_bytes", 0)
+        )
+        yield GaugeMetricFamily(
+            "agent_memory_resident_agents", "Agents whose KV is in the hot tier.", value=hot.get("agents", 0)
+        )
+        yield CounterMetricFamily(
+            "agent_memory_hot_evictions", "Agents evicted from the hot tier.", value=hot.get("evictions", 0)
+        )
+        yield GaugeMetricFamily(
+            "agent_memory_warm_bytes", "KV bytes in the warm tier on disk.", value=warm.get("bytes", 0)
+        )
+        yield GaugeMetricFamily("agent_memory_warm_blocks", "KV blocks in the warm tier.", value=warm.get("blocks", 0))

@@ -1,0 +1,92 @@
+"""The OpenAPI 3.1 document, generated from the same pydantic models that validate the requests."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+
+from pydantic.json_schema import models_json_schema
+
+from api.schemas.agents import AgentMessageRequest, SwapRequest
+from api.schemas.anthropic import CountTokensRequest, MessagesRequest
+from api.schemas.openai import ChatCompletionRequest
+
+REQUEST_MODELS = [MessagesRequest, CountTokensRequest, ChatCompletionRequest, AgentMessageRequest, SwapRequest]
+
+# (method, path, tag, summary, request model, streams)
+ROUTES = [
+    ("post", "/v1/messages", "Anthropic", "Create a message (Anthropic Messages)", MessagesRequest, True),
+    ("post", "/v1/messages/count_tokens", "Anthropic", "Count a request's input tokens", CountTokensRequest, False),
+    ("post", "/v1/chat/completions", "OpenAI", "Create a chat completion", ChatCompletionRequest, True),
+    ("get", "/v1/models", "Models", "List models (Anthropic shape with an anthropic-version header)", None, False),
+    ("get", "/v1/models/{model_id}", "Models", "One model", None, False),
+    ("get", "/v1/agents", "Agents", "List agents: turns, tokens, cache tier, bytes, last use", None, False),
+    ("get", "/v1/agents/{agent_id}", "Agents", "One agent: transcript and KV blocks", None, False),
+    ("delete", "/v1/agents/{agent_id}", "Agents", "Delete an agent's transcript and caches", None, False),
+    ("post", "/v1/agents/{agent_id}/messages", "Agents", "Send an agent its next turn", AgentMessageRequest, True),
+    ("get", "/health", "Server", "Readiness: 200 when serving, 503 while loading or swapping", None, False),
+    ("get", "/metrics", "Server", "Prometheus metrics", None, False),
+    ("post", "/admin/swap", "Admin", "Swap the served model (X-Admin-Key)", SwapRequest, False),
+]
+OPEN_PATHS = {"/health", "/metrics"}
+
+
+def package_version() -> str:
+    try:
+        return version("agent-memory")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+@cache
+def openapi_document(app_version: str) -> dict:
+    _, schemas = models_json_schema(
+        [(model, "validation") for model in REQUEST_MODELS], ref_template="#/components/schemas/{model}"
+    )
+    error = {"description": "Error, in the called API's shape", "content": {"application/json": {"schema": {}}}}
+    paths: dict[str, dict] = {}
+    for method, path, tag, summary, model, streams in ROUTES:
+        operation: dict = {
+            "tags": [tag],
+            "summary": summary,
+            "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "responses": {"200": _ok(streams), "400": error, "401": error, "404": error, "503": error},
+        }
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in ("model_id", "agent_id")
+            if "{" + name + "}" in path
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        if model is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+            }
+        if path in OPEN_PATHS:
+            operation["security"] = []
+        elif path.startswith("/admin"):
+            operation["security"] = [{"AdminKey": []}]
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "agent-memory", "version": app_version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+                "AdminKey": {"type": "apiKey", "in": "header", "name": "X-Admin-Key"},
+            },
+        },
+        "security": [{"ApiKey": []}, {"Bearer": []}],
+    }
+
+
+def _ok(streams: bool) -> dict:
+    content = {"application/json": {"schema": {"type": "object"}}}
+    if streams:
+        content["text/event-stream"] = {"schema": {"type": "string"}}
+    return {"description": "OK", "content": content}

@@ -1,0 +1,182 @@
+"""The agent API: the server keeps each agent's transcript (the same sessions as `agent-memory chat
+--session`), the client sends only the new turn, and the KV memory resumes the agent."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sanic import Blueprint
+from sanic.response import json as json_response
+
+from api import sse
+from api.bridge import TurnStream, failure
+from api.errors import ApiError, error_body
+from api.generation import generation_request
+from api.schemas.agents import AgentMessageRequest
+from api.usage import turn_summary
+from api.validation import parse, read_json
+from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from engine.sessions import Session, SessionCorrupt, SessionStore
+
+bp = Blueprint("agents", url_prefix="/v1/agents")
+
+
+def _store(request) -> SessionStore:
+    return SessionStore(request.app.ctx.server.settings.sessions_path)
+
+
+def _session(store: SessionStore, agent_id: str) -> Session | None:
+    try:
+        return store.get(agent_id)
+    except SessionCorrupt as exc:
+        raise ApiError(409, str(exc)) from None
+
+
+def agent_rows(sessions: list[Session], overview: dict, model_id: str) -> list[dict]:
+    """Every agent with a transcript or a cache, most recently used first."""
+    hot = (overview.get("hot") or {}).get("sessions", {})
+    fingerprint = overview.get("fingerprint")
+    warm = {sid: info for sid, info in overview.get("warm_sessions", {}).items() if info["fingerprint"] == fingerprint}
+    by_id = {session.id: session for session in sessions}
+    rows = []
+    for agent_id in {*by_id, *hot, *warm}:
+        session = by_id.get(agent_id)
+        tier = "hot" if agent_id in hot else "warm" if agent_id in warm else "cold"
+        kv = hot.get(agent_id) or warm.get(agent_id) or {}
+        last_used = max(
+            session.updated_at if session else 0.0,
+            hot.get(agent_id, {}).get("last_used", 0.0),
+            warm.get(agent_id, {}).get("last_used", 0.0),
+        )
+        rows.append(
+            {
+                "id": agent_id,
+                "model": (session.model_id if session and session.model_id else model_id),
+                "turns": session.turns if session else 0,
+                "tokens": session.context_tokens if session and session.context_tokens else kv.get("tokens", 0),
+                "tier": tier,
+                "bytes": kv.get("bytes", 0),
+                "last_used": last_used,
+            }
+        )
+    return sorted(rows, key=lambda row: row["last_used"], reverse=True)
+
+
+async def _overview(engine) -> dict:
+    return await asyncio.to_thread(engine.kv_overview)
+
+
+@bp.get("")
+async def list_agents(request):
+    server = request.app.ctx.server
+    engine = server.ready_engine()
+    sessions = await asyncio.to_thread(_store(request).all)
+    rows = agent_rows(sessions, await _overview(engine), engine.model_id)
+    return json_response({"object": "list", "data": rows})
+
+
+@bp.get("/<agent_id:str>")
+async def get_agent(request, agent_id: str):
+    server = request.app.ctx.server
+    engine = server.ready_engine()
+    session = _session(_store(request), agent_id)
+    overview = await _overview(engine)
+    rows = agent_rows([session] if session else [], overview, engine.model_id)
+    row = next((r for r in rows if r["id"] == agent_id), None)
+    if row is None:
+        raise ApiError(404, f"no agent {agent_id!r}; create one by sending it a message", param="agent_id")
+    hot = (overview.get("hot") or {}).get("sessions", {}).get(agent_id)
+    warm = overview.get("warm_sessions", {}).get(agent_id)
+    if warm and warm["fingerprint"] != overview.get("fingerprint"):
+        warm = None
+    row["system"] = session.system if session else None
+    row["messages"] = [m.model_dump() for m in session.messages] if session else []
+    row["blocks"] = {
+        "hot": hot["blocks"] if hot else 0,
+        "hot_live": bool(hot and hot["live"]),
+        "warm": warm["blocks"] if warm else 0,
+        "shared": warm["shared_blocks"] if warm else 0,
+    }
+    return json_response(row)
+
+
+@bp.delete("/<agent_id:str>")
+async def delete_agent(request, agent_id: str):
+    server = request.app.ctx.server
+    engine = server.ready_engine()
+    async with server.locks.hold(agent_id):
+        deleted = _store(request).delete(agent_id)
+        overview = await _overview(engine)
+        cached = agent_id in (overview.get("hot") or {}).get("sessions", {}) or agent_id in overview.get(
+            "warm_sessions", {}
+        )
+        if not deleted and not cached:
+            raise ApiError(404, f"no agent {agent_id!r}", param="agent_id")
+        await asyncio.to_thread(engine.forget_session, agent_id)
+    return json_response({"id": agent_id, "deleted": True})
+
+
+@bp.post("/<agent_id:str>/messages")
+async def send_message(request, agent_id: str):
+    server = request.app.ctx.server
+    parsed = parse(AgentMessageRequest, read_json(request))
+    engine = server.ready_engine()
+    store = _store(request)
+    async with server.locks.hold(agent_id):  # the transcript grows one turn at a time
+        session = _session(store, agent_id) or Session(id=agent_id)
+        if parsed.system is not None:
+            session.system = parsed.system
+        generation = generation_request(
+            session.conversation(parsed.content),
+            parsed.max_tokens,
+            agent_id,
+            temperature=parsed.temperature,
+            top_p=parsed.top_p,
+            seed=parsed.seed,
+            stop=parsed.stop,
+        )
+        turn = TurnStream(engine, generation)
+
+        def keep(finished: TurnFinished) -> dict:
+            if finished.finish_reason != "cancelled":
+                session.model_id, session.model_fingerprint = engine.model_id, engine.info.fingerprint
+                context = finished.usage.prompt_tokens + finished.usage.completion_tokens
+                store.record_turn(session, parsed.content, finished.text, context)
+            server.metrics.observe_turn(finished)
+            return {
+                "agent_id": agent_id,
+                "model": engine.model_id,
+                "content": finished.text,
+                "turns": session.turns,
+                **turn_summary(finished),
+            }
+
+        try:
+            if parsed.stream:
+                return await _stream(request, turn, keep)
+            return json_response(keep(await turn.finished()))
+        finally:
+            turn.cancel()
+
+
+async def _stream(request, turn: TurnStream, keep):
+    """event: started / delta / finished (or error), each with a JSON object; keep-alive comments between."""
+    stream = sse.EventStream(request)
+    try:
+        async for event in turn.events():
+            if event is None:
+                await stream.send(sse.KEEPALIVE_COMMENT)
+            elif isinstance(event, TurnStarted):
+                cache = {"source": event.cache.source, "reused_tokens": event.cache.reused_tokens}
+                await stream.send(sse.event("started", {"prompt_tokens": event.prompt_tokens, "cache": cache}))
+            elif isinstance(event, TurnChunk):
+                await stream.send(sse.event("delta", {"text": event.text}))
+            elif isinstance(event, TurnFinished):
+                await stream.send(sse.event("finished", keep(event)))
+            elif isinstance(event, TurnFailed):
+                if not stream.opened:
+                    raise failure(event)
+                await stream.send(sse.event("error", error_body(False, failure(event))))
+        await stream.end()
+    finally:
+        stream.record()

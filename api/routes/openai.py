@@ -1,0 +1,149 @@
+"""OpenAI Chat Completions: POST /v1/chat/completions, streaming and not."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from sanic import Blueprint
+from sanic.response import json as json_response
+
+from api import sse
+from api.bridge import TurnStream, failure
+from api.errors import ApiError, error_body
+from api.generation import generation_request, text_only_error
+from api.schemas.openai import ChatCompletionRequest
+from api.sessions import session_id_from
+from api.usage import OPENAI_FINISH, openai_usage
+from api.validation import parse, read_json
+from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from engine.requests import ChatMessage
+
+bp = Blueprint("openai", url_prefix="/v1/chat")
+
+# Used when a request sets neither max_tokens nor max_completion_tokens (the context limit still applies).
+DEFAULT_MAX_TOKENS = 2048
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def engine_messages(parsed: ChatCompletionRequest) -> list[ChatMessage]:
+    messages = []
+    for index, message in enumerate(parsed.messages):
+        text = _content_text(message.content, f"messages.{index}.content")
+        if message.role in ("tool", "function"):
+            label = message.tool_call_id or message.name or "call"
+            messages.append(ChatMessage(role="user", content=f"[tool result {label}]\n{text}"))
+            continue
+        if message.role == "assistant" and message.tool_calls:
+            calls = [_call_text(call) for call in message.tool_calls]
+            text = "\n".join(part for part in (text, *calls) if part)
+        messages.append(ChatMessage(role=ROLES[message.role], content=text))
+    return messages
+
+
+def _content_text(content, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for index, part in enumerate(content):
+        if part.type == "text":
+            parts.append(part.text or "")
+        elif part.type == "refusal":
+            parts.append(part.refusal or "")
+        else:
+            raise text_only_error(part.type, f"{where}.{index}")
+    return "\n".join(parts)
+
+
+def _call_text(call: dict) -> str:
+    function = call.get("function") or {}
+    return f"[tool call {function.get('name', '?')} {function.get('arguments', '{}')}]"
+
+
+def _request(parsed: ChatCompletionRequest, body: dict, headers):
+    if parsed.n not in (None, 1):
+        raise ApiError(400, "n must be 1: this server returns one choice per request", param="n")
+    stop = [parsed.stop] if isinstance(parsed.stop, str) else parsed.stop
+    return generation_request(
+        engine_messages(parsed),
+        parsed.max_completion_tokens or parsed.max_tokens or DEFAULT_MAX_TOKENS,
+        session_id_from(headers, body),
+        temperature=parsed.temperature,
+        top_p=parsed.top_p,
+        seed=parsed.seed,
+        stop=stop,
+    )
+
+
+@bp.post("/completions")
+async def create_chat_completion(request):
+    server = request.app.ctx.server
+    body = read_json(request)
+    parsed = parse(ChatCompletionRequest, body)
+    engine = server.ready_engine()
+    model = server.served_model(parsed.model)
+    generation = _request(parsed, body, request.headers)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
+    async with server.locks.hold(generation.session_id):
+        turn = TurnStream(engine, generation)
+        try:
+            if parsed.stream:
+                include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+                return await _stream(request, turn, head, include_usage)
+            finished = await turn.finished()
+            server.metrics.observe_turn(finished)
+            return json_response(
+                {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": finished.text, "refusal": None},
+                            "logprobs": None,
+                            "finish_reason": OPENAI_FINISH[finished.finish_reason],
+                        }
+                    ],
+                    "usage": openai_usage(finished.usage),
+                }
+            )
+        finally:
+            turn.cancel()
+
+
+async def _stream(request, turn: TurnStream, head: dict, include_usage: bool):
+    """Chunks: role first, then content deltas, then finish_reason; usage last when asked; [DONE]."""
+    stream = sse.EventStream(request)
+    usage_field = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return sse.data({**head, "object": "chat.completion.chunk", "choices": [choice], **usage_field})
+
+    try:
+        async for event in turn.events():
+            if event is None:
+                await stream.send(sse.KEEPALIVE_COMMENT)
+            elif isinstance(event, TurnStarted):
+                await stream.send(chunk({"role": "assistant", "content": ""}))
+            elif isinstance(event, TurnChunk):
+                await stream.send(chunk({"content": event.text}))
+            elif isinstance(event, TurnFinished):
+                request.app.ctx.server.metrics.observe_turn(event)
+                await stream.send(chunk({}, OPENAI_FINISH[event.finish_reason]))
+                if include_usage:
+                    usage = {
+                        **head,
+                        "object": "chat.completion.chunk",
+                        "choices": [],
+                        "usage": openai_usage(event.usage),
+                    }
+                    await stream.send(sse.data(usage))
+                await stream.send(sse.data("[DONE]"))
+            elif isinstance(event, TurnFailed):
+                if not stream.opened:
+                    raise failure(event)
+                await stream.send(sse.data(error_body(False, failure(event))))
+        await stream.end()
+    finally:
+        stream.record()

@@ -1,0 +1,1 @@
+"""Pydantic models of every request body: they validate requests and generate the OpenAPI document."""

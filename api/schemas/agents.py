@@ -1,0 +1,28 @@
+"""The agent API's request bodies: the server keeps the transcript, the client sends only the new turn."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AgentMessageRequest(BaseModel):
+    """POST /v1/agents/{id}/messages"""
+
+    model_config = ConfigDict(extra="ignore")
+
+    content: str = Field(min_length=1)
+    max_tokens: int = Field(default=512, ge=1)
+    stream: bool = False
+    system: str | None = Field(default=None, description="Sets the agent's system prompt (kept with the agent).")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = None
+    seed: int | None = None
+
+
+class SwapRequest(BaseModel):
+    """POST /admin/swap"""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model_id: str = Field(min_length=1, description="'default', an alias, a .gguf path, an mlx-lm dir or a HF repo id.")

@@ -1,0 +1,91 @@
+"""Anthropic Messages request bodies. Unknown fields are accepted and ignored (clients add new ones often)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextBlock(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class ImageBlock(_Open):
+    type: Literal["image"]
+    source: dict[str, Any]
+
+
+class DocumentBlock(_Open):
+    type: Literal["document"]
+    source: dict[str, Any]
+
+
+class ToolUseBlock(_Open):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultBlock(_Open):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock] | None = None
+    is_error: bool | None = None
+
+
+class ThinkingBlock(_Open):
+    type: Literal["thinking", "redacted_thinking"]
+
+
+ContentBlock = Annotated[
+    TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock,
+    Field(discriminator="type"),
+]
+
+
+class Message(_Open):
+    role: Literal["user", "assistant"]
+    content: str | list[ContentBlock]
+
+
+class Tool(_Open):
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+
+
+class Metadata(_Open):
+    user_id: str | None = None
+
+
+class _Conversation(_Open):
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+
+
+class MessagesRequest(_Conversation):
+    """POST /v1/messages"""
+
+    max_tokens: int = Field(ge=1)
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    stream: bool = False
+    metadata: Metadata | None = None
+
+
+class CountTokensRequest(_Conversation):
+    """POST /v1/messages/count_tokens"""

@@ -1,0 +1,46 @@
+"""Which session a request belongs to, and one-at-a-time order within a session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+
+def session_id_from(headers, body: dict) -> str | None:
+    """First found wins: X-Session-ID, x-claude-code-session-id, Anthropic metadata.user_id, OpenAI
+    user / safety_identifier. Without one the engine still reuses the longest cached prefix."""
+    for header in ("x-session-id", "x-claude-code-session-id"):
+        if value := headers.get(header):
+            return value
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
+        return metadata["user_id"]
+    for field in ("user", "safety_identifier"):
+        if isinstance(body.get(field), str) and body[field]:
+            return body[field]
+    return None
+
+
+class SessionLocks:
+    """asyncio locks are FIFO: requests to one session run one at a time, in arrival order."""
+
+    def __init__(self):
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, session_id: str | None) -> AsyncIterator[None]:
+        if session_id is None:
+            yield
+            return
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        self._waiters[session_id] = self._waiters.get(session_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._waiters[session_id] -= 1
+            if self._waiters[session_id] == 0:  # nobody else holds or waits: forget it
+                del self._waiters[session_id]
+                del self._locks[session_id]

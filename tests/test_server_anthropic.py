@@ -1,0 +1,155 @@
+"""Anthropic Messages through the official `anthropic` SDK, against a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import pytest
+
+from tests.conftest import API_KEY
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY, max_retries=0)
+
+
+def test_message_with_system_and_usage(client):
+    message = client.messages.create(
+        model="claude-local-main",
+        max_tokens=16,
+        system=[{"type": "text", "text": "You are a helpful assistant.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        extra_body={"temperature": 0},
+    )
+    assert message.type == "message" and message.role == "assistant"
+    assert "Paris" in message.content[0].text
+    assert message.stop_reason in ("end_turn", "max_tokens")
+    assert message.model == "default"
+    assert message.usage.input_tokens > 10 and message.usage.output_tokens > 0
+
+
+def test_stream_helper_collects_text(client):
+    with client.messages.stream(
+        model="claude-local-small",
+        max_tokens=10,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}],
+        extra_body={"temperature": 0, "top_k": 5},
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text.strip() and final.content[0].text == text
+    assert final.usage.output_tokens > 0
+
+
+def test_stop_sequence_reported(client):
+    message = client.messages.create(
+        model="m",
+        max_tokens=40,
+        messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
+        stop_sequences=["5"],
+        extra_body={"temperature": 0},
+    )
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == "5"
+    assert "5" not in message.content[0].text
+
+
+def test_resumed_session_reads_cache(client):
+    messages = [{"role": "user", "content": "I keep bees in my garden. Remember that."}]
+    first = client.messages.create(
+        model="m", max_tokens=12, messages=messages, metadata={"user_id": "an-resume"}, extra_body={"temperature": 0}
+    )
+    messages += [
+        {"role": "assistant", "content": first.content[0].text},
+        {"role": "user", "content": "What do I keep?"},
+    ]
+    second = client.messages.create(
+        model="m",
+        max_tokens=12,
+        messages=messages,
+        extra_headers={"x-claude-code-session-id": "an-resume"},
+        extra_body={"temperature": 0},
+    )
+    assert second.usage.cache_read_input_tokens > 0
+    assert second.usage.input_tokens < second.usage.cache_read_input_tokens
+
+
+def test_count_tokens_matches_usage(client):
+    request = {"model": "m", "messages": [{"role": "user", "content": "How many tokens is this sentence?"}]}
+    counted = client.messages.count_tokens(**request).input_tokens
+    message = client.messages.create(max_tokens=1, **request)
+    usage = message.usage
+    assert counted == usage.input_tokens + usage.cache_read_input_tokens
+
+
+def test_new_sdk_fields_are_accepted(client):
+    message = client.messages.create(
+        model="m",
+        max_tokens=4,
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_body={"output_config": {"effort": "low"}, "service_tier": "auto", "speed": "fast", "container": None},
+        extra_query={"beta": "true"},
+        extra_headers={"anthropic-beta": "some-beta-2026-01-01"},
+    )
+    assert message.content[0].text is not None
+
+
+def test_errors_map_to_sdk_exceptions(client, server):
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="m", max_tokens=0, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.body["error"]["type"] == "invalid_request_error" and "max_tokens" in info.value.message
+    with pytest.raises(anthropic.BadRequestError, match="text only"):
+        client.messages.create(
+            model="m",
+            max_tokens=4,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}],
+                }
+            ],
+        )
+    with pytest.raises(anthropic.BadRequestError, match="prompt is too long"):
+        client.messages.create(model="m", max_tokens=1, messages=[{"role": "user", "content": "word " * 9000}])
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=server.base_url, api_key="nope", max_retries=0).messages.create(
+            model="m", max_tokens=4, messages=[{"role": "user", "content": "hi"}]
+        )
+
+
+def test_tool_blocks_are_served_as_text(client):
+    message = client.messages.create(
+        model="m",
+        max_tokens=8,
+        tools=[{"name": "get_time", "description": "Current time", "input_schema": {"type": "object"}}],
+        messages=[
+            {"role": "user", "content": "What time is it?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_time", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "12:00"}]},
+        ],
+    )
+    assert message.content[0].type == "text"
+
+
+def test_models_list_in_anthropic_shape(client):
+    page = client.models.list()
+    assert [m.id for m in page.data] == ["default"] and page.data[0].type == "model"
+
+
+def test_raw_stream_event_order(server):
+    body = {"model": "m", "max_tokens": 6, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    with httpx.stream("POST", f"{server.base_url}/v1/messages", json=body, headers={"x-api-key": API_KEY}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = response.read().decode()
+    events = []
+    for frame in raw.strip().split("\n\n"):
+        name_line, data_line = frame.split("\n")
+        name, data = name_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))
+        assert data["type"] == name
+        events.append(name)
+    events = [e for e in events if e != "ping"]
+    assert events[:2] == ["message_start", "content_block_start"]
+    assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert set(events[2:-3]) <= {"content_block_delta"}

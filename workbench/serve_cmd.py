@@ -1,0 +1,38 @@
+"""`agent-memory serve`: the headless server in one process (one model in memory)."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from engine.settings import Settings
+
+log = logging.getLogger("agent_memory.serve")
+
+
+class LogProgress:
+    """Model preparation progress as log lines (a server's output is a log, not a terminal)."""
+
+    def __init__(self):
+        self._last: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 100
+        step = percent // 25 * 25
+        if self._last.get(stage) != step:
+            self._last[stage] = step
+            log.info("%s: %d%%", stage, percent)
+
+
+def run_server(settings: Settings, host: str, port: int) -> int:
+    from api.app import create_app
+    from engine.engine import Engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = Engine(settings, progress=LogProgress())
+    app = create_app(settings, engine)
+    auth = "API key required" if settings.api_key else "no API key (set SEMANTIC_API_KEY to require one)"
+    typer.echo(f"agent-memory serving {settings.mlx_model_id!r} on http://{host}:{port} ({auth})", err=True)
+    app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
+    return 0
