@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import unquote
 
 from sanic import Blueprint
 from sanic.response import json as json_response
@@ -77,6 +78,7 @@ async def list_agents(request):
 
 @bp.get("/<agent_id:str>")
 async def get_agent(request, agent_id: str):
+    agent_id = unquote(agent_id)  # ids may hold any character, percent-encoded in the path
     server = request.app.ctx.server
     engine = server.ready_engine()
     session = _session(_store(request), agent_id)
@@ -102,6 +104,7 @@ async def get_agent(request, agent_id: str):
 
 @bp.delete("/<agent_id:str>")
 async def delete_agent(request, agent_id: str):
+    agent_id = unquote(agent_id)  # ids may hold any character, percent-encoded in the path
     server = request.app.ctx.server
     engine = server.ready_engine()
     async with server.locks.hold(agent_id):
@@ -118,6 +121,7 @@ async def delete_agent(request, agent_id: str):
 
 @bp.post("/<agent_id:str>/messages")
 async def send_message(request, agent_id: str):
+    agent_id = unquote(agent_id)  # ids may hold any character, percent-encoded in the path
     server = request.app.ctx.server
     parsed = parse(AgentMessageRequest, read_json(request))
     engine = server.ready_engine()

@@ -1,0 +1,230 @@
+"""Auth, health, metrics, malformed input, disconnects and model hot-swap on a real server."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ADMIN_KEY, API_KEY, ServerProcess
+
+CHAT = "/v1/chat/completions"
+HELLO = {"model": "x", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.base_url, timeout=300) as client:
+        yield client
+
+
+def samples(http, name: str) -> dict:
+    families = text_string_to_metric_families(http.get("/metrics").text)
+    return {tuple(sorted(s.labels.items())): s.value for f in families for s in f.samples if s.name == name}
+
+
+def test_auth_accepts_both_header_styles(http):
+    assert http.post(CHAT, json=HELLO).status_code == 401
+    assert http.post(CHAT, json=HELLO, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert http.post(CHAT, json=HELLO, headers={"X-API-Key": API_KEY}).status_code == 200
+    wrong = http.post("/v1/messages", json=HELLO, headers={"x-api-key": "nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    # Open routes: probes and scrapers carry no key.
+    for path in ("/health", "/metrics", "/"):
+        assert http.get(path).status_code == 200
+    assert http.head("/").status_code == 200
+
+
+def test_health_reports_model(http):
+    health = http.get("/health").json()
+    assert health["status"] == "ready" and health["model_id"] == "default"
+    assert len(health["fingerprint"]) >= 16 and health["queue_depth"] >= 0 and health["uptime_s"] > 0
+
+
+def test_metrics_count_requests(http):
+    key = {"X-API-Key": API_KEY}
+    route = (("method", "POST"), ("route", CHAT), ("status", "200"))
+    before = samples(http, "agent_memory_requests_total").get(route, 0)
+    tokens_before = sum(samples(http, "agent_memory_generated_tokens_total").values())
+    for _ in range(3):
+        assert http.post(CHAT, json=HELLO, headers=key).status_code == 200
+    after = samples(http, "agent_memory_requests_total")
+    assert after[route] == before + 3
+    assert sum(samples(http, "agent_memory_generated_tokens_total").values()) >= tokens_before + 3
+    assert sum(samples(http, "agent_memory_cache_hits_total").values()) >= 3
+    assert samples(http, "agent_memory_time_to_first_token_seconds_count")
+    info = samples(http, "agent_memory_model_info")
+    assert any(dict(labels)["model_id"] == "default" for labels in info)
+    assert samples(http, "agent_memory_hot_bytes")[()] > 0
+
+
+MALFORMED = [
+    b"",
+    b"{",
+    b"[]",
+    b"null",
+    b'"text"',
+    b"\xff\xfe",
+    b'{"model": "x"}',
+    b'{"model": "x", "messages": "hi"}',
+    b'{"model": "x", "messages": []}',
+    b'{"model": "x", "messages": [{"role": "user"}]}',
+    b'{"model": "x", "messages": [{"role": 7, "content": "hi"}]}',
+    b'{"model": "x", "messages": [{"role": "user", "content": 5}]}',
+    b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}',
+    b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}',
+    b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}',
+    b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "stop": [""]}',
+    b'{"model": "x", "messages": [{"role": "user", "content": "  "}]}',
+    b'{"model": "x", "messages": [{"role": "user", "content": [{"type": "video"}]}]}',
+    b'{"model": "", "messages": [{"role": "user", "content": "hi"}]}',
+    b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "top_p": 0}',
+]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_malformed_bodies_get_400_in_the_api_shape(http, path):
+    headers = {"X-API-Key": API_KEY, "content-type": "application/json"}
+    for body in MALFORMED:
+        response = http.post(path, content=body, headers=headers)
+        assert response.status_code == 400, (body, response.status_code, response.text)
+        error = response.json()
+        if path == "/v1/messages":
+            assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        else:
+            assert error["error"]["type"] == "invalid_request_error" and error["error"]["message"]
+
+
+def test_unknown_route_and_method_are_json(http):
+    missing = http.get("/v2/nothing", headers={"X-API-Key": API_KEY})
+    assert missing.status_code == 404 and "no route" in missing.json()["error"]["message"]
+    wrong_method = http.get(CHAT, headers={"X-API-Key": API_KEY})
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["message"]
+
+
+def test_openapi_document_covers_the_routes(http):
+    document = http.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    for path in ("/v1/messages", "/v1/chat/completions", "/v1/agents/{agent_id}/messages", "/admin/swap"):
+        assert path in document["paths"]
+    schemas = document["components"]["schemas"]
+    assert "max_tokens" in schemas["MessagesRequest"]["required"]
+    refs = [
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        for methods in document["paths"].values()
+        for op in methods.values()
+        if "requestBody" in op
+    ]
+    assert all(ref.rsplit("/", 1)[1] in schemas for ref in refs)
+
+
+def test_disconnect_cancels_generation(http):
+    body = {
+        "model": "x",
+        "max_tokens": 2000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+    }
+    with http.stream("POST", CHAT, json=body, headers={"X-API-Key": API_KEY}) as response:
+        for line in response.iter_lines():
+            if '"content"' in line and '""' not in line:
+                break  # one token arrived: now hang up
+    started = time.monotonic()
+    quick = http.post(CHAT, json=HELLO, headers={"X-API-Key": API_KEY})
+    assert quick.status_code == 200
+    # 2000 tokens take ~100 s on a CPU; the freed engine answers at once.
+    assert time.monotonic() - started < 20
+
+
+def test_admin_needs_its_key(http):
+    assert http.post("/admin/swap", json={"model_id": "default"}).status_code == 401
+    wrong = http.post("/admin/swap", json={"model_id": "default"}, headers={"X-Admin-Key": "wrong"})
+    assert wrong.status_code == 403
+
+
+def test_failed_swap_keeps_the_old_model(http):
+    response = http.post("/admin/swap", json={"model_id": "/no/such/model.gguf"}, headers={"X-Admin-Key": ADMIN_KEY})
+    assert response.status_code == 400 and "still serving 'default'" in response.json()["error"]["message"]
+    assert http.get("/health").json()["model_id"] == "default"
+    assert http.post(CHAT, json=HELLO, headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+def test_swap_to_gemma_and_back_while_streaming(server, http):
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0)
+    session = {"X-Session-ID": "swap-session"}
+    question = [{"role": "user", "content": "Name three colours."}]
+    client.chat.completions.create(model="x", messages=question, max_tokens=8, temperature=0, extra_headers=session)
+
+    stream = client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Count from 1 to 30."}], max_tokens=48, stream=True
+    )
+    first = next(iter(stream))  # the request is running on the old model
+    results = {}
+    swapper = threading.Thread(
+        target=lambda: results.update(
+            swap=http.post("/admin/swap", json={"model_id": "gemma3-270m"}, headers={"X-Admin-Key": ADMIN_KEY})
+        )
+    )
+    swapper.start()
+    chunks = [first, *stream]
+    swapper.join(timeout=600)
+    assert all(chunk.model == "default" for chunk in chunks)  # finished on the model it started on
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    swap = results["swap"]
+    assert swap.status_code == 200, swap.text
+    assert swap.json()["model_id"] == "gemma3-270m" and swap.json()["previous_model_id"] == "default"
+
+    on_gemma = client.chat.completions.create(model="x", messages=question, max_tokens=4, extra_headers=session)
+    assert on_gemma.model == "gemma3-270m"
+    assert on_gemma.usage.prompt_tokens_details.cached_tokens == 0  # another model's cache never matches
+
+    back = http.post("/admin/swap", json={"model_id": "default"}, headers={"X-Admin-Key": ADMIN_KEY})
+    assert back.status_code == 200 and http.get("/health").json()["model_id"] == "default"
+    again = client.chat.completions.create(
+        model="x", messages=question, max_tokens=8, temperature=0, extra_headers=session
+    )
+    assert again.model == "default"
+    assert again.usage.prompt_tokens_details.cached_tokens > 0  # the default model's cache, found on disk
+
+
+@pytest.fixture(scope="module")
+def strict_server(default_engine, data_dir):
+    """No keys; strict model names, a 1 MB body limit, CORS for one origin, KV memory off."""
+    cache_dir = data_dir / "strict-caches"
+    cache_dir.mkdir(exist_ok=True)
+    env = {
+        "SEMANTIC_STRICT_MODEL_NAMES": "true",
+        "SEMANTIC_MAX_REQUEST_MB": "1",
+        "SEMANTIC_CORS_ORIGINS": "http://app.example",
+        "SEMANTIC_KV_MEMORY": "false",
+    }
+    running = ServerProcess(data_dir, cache_dir, env)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        assert running.stop() == 0, running.log()
+
+
+def test_strict_names_limits_and_cors(strict_server):
+    url = strict_server.base_url
+    unknown = httpx.post(f"{url}/v1/chat/completions", json=HELLO)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    anthropic_unknown = httpx.post(f"{url}/v1/messages", json={**HELLO, "max_tokens": 2})
+    assert anthropic_unknown.json()["error"]["type"] == "not_found_error"
+    served = httpx.post(f"{url}/v1/chat/completions", json={**HELLO, "model": "default"})
+    assert served.status_code == 200 and served.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+    big = {**HELLO, "model": "default", "messages": [{"role": "user", "content": "x" * 2_000_000}]}
+    too_large = httpx.post(f"{url}/v1/messages", json=big)
+    assert too_large.status_code == 413 and too_large.json()["error"]["type"] == "request_too_large"
+
+    preflight = httpx.options(f"{url}/v1/chat/completions", headers={"Origin": "http://app.example"})
+    assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == "http://app.example"
+    other = httpx.get(f"{url}/health", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+    assert httpx.post(f"{url}/admin/swap", json={"model_id": "default"}).status_code == 403
