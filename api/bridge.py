@@ -13,11 +13,9 @@ from api.errors import ApiError
 from engine.errors import EngineClosed
 from engine.events import TurnEvent, TurnFailed, TurnFinished
 
-KEEPALIVE_S = 10.0
-
 
 class TurnStream:
-    def __init__(self, engine, request):
+    def __init__(self, engine, request, keepalive_s: float = 10.0):
         loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[TurnEvent] = asyncio.Queue()
 
@@ -29,11 +27,12 @@ class TurnStream:
         except EngineClosed as exc:
             raise ApiError(503, f"{exc}; retry shortly", headers={"Retry-After": "5"}) from None
         self.done = False
+        self.keepalive_s = keepalive_s
 
-    async def events(self, keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[TurnEvent | None]:
+    async def events(self) -> AsyncIterator[TurnEvent | None]:
         while not self.done:
             try:
-                event = await asyncio.wait_for(self._queue.get(), keepalive_s)
+                event = await asyncio.wait_for(self._queue.get(), self.keepalive_s)
             except TimeoutError:
                 yield None
                 continue

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     strict_model_names: bool = Field(
         default=False, description="Answer 404 for a `model` the server does not serve (default: serve any name)."
     )
+    sse_keepalive_s: float = Field(
+        default=10.0, gt=0, le=60, description="Quiet seconds before a stream sends a keep-alive (ping) event."
+    )
     cors_origins: str = Field(
         default="", description="Comma-separated origins allowed by CORS ('*' for any); empty: CORS off."
     )

@@ -193,7 +193,7 @@ def test_swap_to_gemma_and_back_while_streaming(server, http):
 
 @pytest.fixture(scope="module")
 def strict_server(default_engine, data_dir):
-    """No keys; strict model names, a 1 MB body limit, CORS for one origin, KV memory off."""
+    """No keys; strict model names, a 1 MB body limit, CORS for one origin, KV memory off, frequent pings."""
     cache_dir = data_dir / "strict-caches"
     cache_dir.mkdir(exist_ok=True)
     env = {
@@ -201,6 +201,7 @@ def strict_server(default_engine, data_dir):
         "SEMANTIC_MAX_REQUEST_MB": "1",
         "SEMANTIC_CORS_ORIGINS": "http://app.example",
         "SEMANTIC_KV_MEMORY": "false",
+        "SEMANTIC_SSE_KEEPALIVE_S": "0.02",  # shorter than one decode step: keep-alives between tokens
     }
     running = ServerProcess(data_dir, cache_dir, env)
     try:
@@ -228,3 +229,22 @@ def test_strict_names_limits_and_cors(strict_server):
     other = httpx.get(f"{url}/health", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
     assert httpx.post(f"{url}/admin/swap", json={"model_id": "default"}).status_code == 403
+
+
+def test_keepalives_reach_clients_and_sdks_ignore_them(strict_server):
+    url = strict_server.base_url
+    body = {"model": "default", "max_tokens": 12, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    with httpx.stream("POST", f"{url}/v1/messages", json=body) as response:
+        raw = response.read().decode()
+    assert "event: ping" in raw and raw.rstrip().endswith('data: {"type": "message_stop"}')
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        raw = response.read().decode()
+    assert ": keep-alive" in raw and raw.rstrip().endswith("data: [DONE]")
+
+    import anthropic
+
+    sdk_body = {key: value for key, value in body.items() if key != "stream"}
+    with anthropic.Anthropic(base_url=url, api_key="unused").messages.stream(**sdk_body) as stream:
+        assert "".join(stream.text_stream) == stream.get_final_message().content[0].text
+    chunks = openai.OpenAI(base_url=f"{url}/v1", api_key="unused").chat.completions.create(**body)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()

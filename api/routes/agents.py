@@ -139,7 +139,7 @@ async def send_message(request, agent_id: str):
             seed=parsed.seed,
             stop=parsed.stop,
         )
-        turn = TurnStream(engine, generation)
+        turn = TurnStream(engine, generation, server.settings.sse_keepalive_s)
 
         def keep(finished: TurnFinished) -> dict:
             if finished.finish_reason != "cancelled":

@@ -84,7 +84,7 @@ async def create_message(request):
     generation = _request(parsed, body, request.headers)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
     async with server.locks.hold(generation.session_id):
-        turn = TurnStream(engine, generation)
+        turn = TurnStream(engine, generation, server.settings.sse_keepalive_s)
         try:
             if parsed.stream:
                 return await _stream(request, turn, message_id, model, engine.kv_enabled)

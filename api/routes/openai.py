@@ -85,7 +85,7 @@ async def create_chat_completion(request):
     generation = _request(parsed, body, request.headers)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
     async with server.locks.hold(generation.session_id):
-        turn = TurnStream(engine, generation)
+        turn = TurnStream(engine, generation, server.settings.sse_keepalive_s)
         try:
             if parsed.stream:
                 include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
