@@ -223,7 +223,7 @@ class Engine:
             self.state = "swapping"
             if self._loader is None:
                 self._loader = _Loader()
-            loaded = self._loader.load(model_id, self.settings, progress)
+            loaded = self._loader.load(model_id, self.settings, progress or self._progress)
             self.call(lambda engine: engine._install(loaded, model_id))
             return loaded.info
         finally:
