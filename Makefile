@@ -31,7 +31,7 @@ openblas:
 	fi
 
 run: setup
-	$(BIN)/agent-memory chat --session demo
+	$(BIN)/agent-memory tui --session demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

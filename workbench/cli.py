@@ -102,6 +102,19 @@ def chat(
 
 
 @app.command()
+def tui(
+    session: Annotated[str | None, typer.Option("--session", "-s", help="Agent to open first.")] = None,
+    model: ModelOption = None,
+) -> None:
+    """The workbench: chat with many agents and look inside their KV memory (Textual)."""
+    from workbench.tui.app import WorkbenchApp
+    from workbench.tui.source import LocalSource
+
+    settings = settings_or_exit(mlx_model_id=model)
+    WorkbenchApp(LocalSource(settings), initial_agent=session).run()
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")] = 8000,

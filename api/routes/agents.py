@@ -16,6 +16,7 @@ from api.generation import generation_request
 from api.schemas.agents import AgentMessageRequest
 from api.usage import turn_summary
 from api.validation import parse, read_json
+from engine.agents_view import agent_rows
 from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.sessions import Session, SessionCorrupt, SessionStore
 
@@ -31,36 +32,6 @@ def _session(store: SessionStore, agent_id: str) -> Session | None:
         return store.get(agent_id)
     except SessionCorrupt as exc:
         raise ApiError(409, str(exc)) from None
-
-
-def agent_rows(sessions: list[Session], overview: dict, model_id: str) -> list[dict]:
-    """Every agent with a transcript or a cache, most recently used first."""
-    hot = (overview.get("hot") or {}).get("sessions", {})
-    fingerprint = overview.get("fingerprint")
-    warm = {sid: info for sid, info in overview.get("warm_sessions", {}).items() if info["fingerprint"] == fingerprint}
-    by_id = {session.id: session for session in sessions}
-    rows = []
-    for agent_id in {*by_id, *hot, *warm}:
-        session = by_id.get(agent_id)
-        tier = "hot" if agent_id in hot else "warm" if agent_id in warm else "cold"
-        kv = hot.get(agent_id) or warm.get(agent_id) or {}
-        last_used = max(
-            session.updated_at if session else 0.0,
-            hot.get(agent_id, {}).get("last_used", 0.0),
-            warm.get(agent_id, {}).get("last_used", 0.0),
-        )
-        rows.append(
-            {
-                "id": agent_id,
-                "model": (session.model_id if session and session.model_id else model_id),
-                "turns": session.turns if session else 0,
-                "tokens": session.context_tokens if session and session.context_tokens else kv.get("tokens", 0),
-                "tier": tier,
-                "bytes": kv.get("bytes", 0),
-                "last_used": last_used,
-            }
-        )
-    return sorted(rows, key=lambda row: row["last_used"], reverse=True)
 
 
 async def _overview(engine) -> dict:

@@ -1,0 +1,292 @@
+"""The workbench app: agents on the left, the selected agent's conversation on the right.
+
+The engine runs on its own thread; model loading and disk reads run in worker threads; the engine's
+events arrive as messages. Nothing here blocks the UI thread.
+"""
+
+from __future__ import annotations
+
+import time
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Markdown, Static
+
+from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from workbench.chat import turn_footer
+from workbench.tui.inspector import InspectorScreen
+from workbench.tui.messages import AgentsLoaded, EngineEvent, ModelFailed, ModelReady
+
+TIER_BADGE = {"hot": "[green]hot[/]", "warm": "[blue]warm[/]", "cold": "[dim]cold[/]"}
+
+
+class AskName(ModalScreen[str | None]):
+    """A one-line prompt: a new agent's name, or a new name for the selected one."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, title: str, value: str = ""):
+        super().__init__()
+        self.title_text, self.value = title, value
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.title_text)
+            yield Input(value=self.value, id="name")
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+
+class Confirm(ModalScreen[bool]):
+    BINDINGS = [Binding("y", "dismiss(True)", "Yes"), Binding("n,escape", "dismiss(False)", "No")]
+
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question)
+            yield Label("[b]y[/b] yes   [b]n[/b] no")
+
+
+class WorkbenchApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "agent-memory"
+    BINDINGS = [
+        Binding("ctrl+n", "new_agent", "New agent"),
+        Binding("f2", "rename_agent", "Rename"),
+        Binding("ctrl+d", "delete_agent", "Delete"),
+        Binding("ctrl+o", "inspector", "Memory"),
+        Binding("escape", "stop_reply", "Stop reply", show=False),
+        Binding("ctrl+q", "quit", "Quit"),
+    ]
+
+    def __init__(self, source, initial_agent: str | None = None):
+        super().__init__()
+        self.source = source
+        self.agent_id = initial_agent
+        self.rows: list[dict] = []
+        self.ready = False
+        self.handle = None  # the running turn
+        self.ttfts: dict[str, list[tuple[str, float]]] = {}
+        self._stream = None
+        self._reply: Markdown | None = None
+        self._pending_text = ""
+
+    # -- layout ----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            with Vertical(id="sidebar"):
+                yield Input(placeholder="filter agents", id="filter")
+                yield ListView(id="agents")
+            with Vertical(id="main"):
+                yield VerticalScroll(id="log")
+                yield Static("Loading model…", id="status")
+                yield Input(placeholder="Message (Enter sends, Esc stops a reply)", id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#prompt", Input).focus()
+        self.load_model()
+
+    # -- workers (threads) -----------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="model")
+    def load_model(self) -> None:
+        try:
+            self.post_message(ModelReady(self.source.start()))
+        except Exception as exc:  # noqa: BLE001 - shown in the status line
+            self.post_message(ModelFailed(str(exc)))
+
+    @work(thread=True, exclusive=True, group="agents")
+    def refresh_agents(self) -> None:
+        self.post_message(AgentsLoaded(self.source.agents()))
+
+    # -- model and agent list --------------------------------------------------------------------
+    def on_model_ready(self, message: ModelReady) -> None:
+        self.ready = True
+        summary = message.summary
+        self.sub_title = f"{summary['model_id']} · {summary['backend']} · {summary['context_length']} ctx"
+        self.set_status(f"Ready: {summary['model_id']}. Ctrl+N creates an agent; type to talk.")
+        self.refresh_agents()
+
+    def on_model_failed(self, message: ModelFailed) -> None:
+        self.set_status(f"[red]Model failed to load:[/] {message.error}")
+
+    def on_agents_loaded(self, message: AgentsLoaded) -> None:
+        self.rows = message.rows
+        if self.agent_id is None and self.rows:
+            self.select_agent(self.rows[0]["id"])
+        self.render_agents()
+
+    def render_agents(self) -> None:
+        text = self.query_one("#filter", Input).value.strip().lower()
+        rows = [r for r in self.rows if text in r["id"].lower()]
+        if self.agent_id and all(r["id"] != self.agent_id for r in self.rows):
+            rows.insert(0, {"id": self.agent_id, "tier": "cold", "tokens": 0, "turns": 0})
+        view = self.query_one("#agents", ListView)
+        view.clear()
+        for row in rows:
+            label = f"{row['id']}\n  {TIER_BADGE[row['tier']]} {row['tokens']} tok · {row['turns']} turns"
+            view.append(ListItem(Label(label), name=row["id"]))
+        for index, row in enumerate(rows):
+            if row["id"] == self.agent_id:
+                view.index = index
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self) -> None:
+        self.render_agents()
+
+    @on(ListView.Selected, "#agents")
+    def agent_chosen(self, event: ListView.Selected) -> None:
+        if event.item.name and event.item.name != self.agent_id:
+            self.select_agent(event.item.name)
+
+    def select_agent(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        log = self.query_one("#log", VerticalScroll)
+        log.remove_children()
+        session = self.source.session(agent_id)
+        for message in session.messages:
+            log.mount(Markdown(message.content, classes=message.role))
+        log.scroll_end(animate=False)
+        self.set_status(f"Agent {agent_id}: {session.turns} turns.")
+
+    # -- a turn ----------------------------------------------------------------------------------
+    @on(Input.Submitted, "#prompt")
+    async def send(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        if not self.ready:
+            self.set_status("The model is still loading…")
+            return
+        if self.handle is not None:
+            self.set_status("A reply is running; Esc stops it.")
+            return
+        if self.agent_id is None:
+            self.select_agent(time.strftime("agent-%H%M%S"))
+        event.input.value = ""
+        log = self.query_one("#log", VerticalScroll)
+        await log.mount(Markdown(text, classes="user"))
+        self._reply = Markdown("", classes="assistant")
+        await log.mount(self._reply)
+        log.scroll_end(animate=False)
+        self._stream = Markdown.get_stream(self._reply)
+        self._pending_text = text
+        self._session = self.source.session(self.agent_id)
+        self.handle = self.source.send(self._session, text, lambda e: self.post_message(EngineEvent(e)))
+        self.set_status("Thinking…")
+
+    async def on_engine_event(self, message: EngineEvent) -> None:
+        event = message.event
+        if self.handle is None or event.request_id != self.handle.request_id:
+            return
+        log = self.query_one("#log", VerticalScroll)
+        if isinstance(event, TurnStarted):
+            cached = event.cache.reused_tokens
+            source = f"{cached} cached ({event.cache.source})" if cached else "cold"
+            self.set_status(f"Prefilling {event.prompt_tokens - cached} tokens, {source}…")
+        elif isinstance(event, TurnChunk):
+            follow = log.max_scroll_y - log.scroll_y < 3
+            await self._stream.write(event.text)
+            if follow:
+                log.scroll_end(animate=False)
+        elif isinstance(event, TurnFinished):
+            await self._stream.stop()
+            self.handle = None
+            self.source.keep(self._session, self._pending_text, event)
+            footer = turn_footer(event) + (" [stopped]" if event.finish_reason == "cancelled" else "")
+            await log.mount(Static(footer, classes="turn-footer", markup=False))
+            log.scroll_end(animate=False)
+            self.ttfts.setdefault(self.agent_id, []).append((event.cache.source, event.timing.ttft_s))
+            self.set_status(f"Agent {self.agent_id}: {self._session.turns} turns.")
+            self.refresh_agents()
+        elif isinstance(event, TurnFailed):
+            await self._stream.stop()
+            self.handle = None
+            self.set_status(f"[red]Error:[/] {event.message}")
+
+    def action_stop_reply(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.set_status("Stopping…")
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    # -- agent actions ---------------------------------------------------------------------------
+    @work
+    async def action_new_agent(self) -> None:
+        name = await self.push_screen_wait(AskName("New agent name:", time.strftime("agent-%H%M%S")))
+        if name:
+            self.select_agent(name)
+            self.render_agents()
+
+    @work
+    async def action_rename_agent(self) -> None:
+        if self.agent_id is None or self.handle is not None:
+            return
+        name = await self.push_screen_wait(AskName(f"Rename {self.agent_id} to:", self.agent_id))
+        if not name or name == self.agent_id:
+            return
+        try:
+            await self.run_in_thread(self.source.rename, self.agent_id, name)
+        except (LookupError, ValueError) as exc:
+            self.set_status(f"[red]{exc}[/]")
+            return
+        self.select_agent(name)
+        self.refresh_agents()
+
+    @work
+    async def action_delete_agent(self) -> None:
+        if self.agent_id is None or self.handle is not None:
+            return
+        agent_id = self.agent_id
+        if not await self.push_screen_wait(Confirm(f"Delete agent {agent_id}, its transcript and its caches?")):
+            return
+        await self.run_in_thread(self.source.delete, agent_id)
+        self.agent_id = None
+        self.query_one("#log", VerticalScroll).remove_children()
+        self.set_status(f"Deleted {agent_id}.")
+        self.refresh_agents()
+
+    @work
+    async def action_inspector(self) -> None:
+        if not self.ready:
+            return
+        overview = await self.run_in_thread(self.source.overview)
+        rows = await self.run_in_thread(self.source.agents)
+        row = next((r for r in rows if r["id"] == self.agent_id), None)
+        if row is not None:
+            row = {**row, "blocks": self._blocks(overview, row["id"])}
+        block_tokens = self.source.settings.kv_block_tokens
+        await self.push_screen(InspectorScreen(overview, row, self.ttfts.get(self.agent_id, []), block_tokens))
+
+    @staticmethod
+    def _blocks(overview: dict, agent_id: str) -> dict:
+        hot = (overview.get("hot") or {}).get("sessions", {}).get(agent_id)
+        warm = overview.get("warm_sessions", {}).get(agent_id)
+        if warm and warm["fingerprint"] != overview.get("fingerprint"):
+            warm = None
+        return {
+            "hot": hot["blocks"] if hot else 0,
+            "warm": warm["blocks"] if warm else 0,
+            "shared": warm["shared_blocks"] if warm else 0,
+        }
+
+    async def run_in_thread(self, function, *args):
+        import asyncio
+
+        return await asyncio.to_thread(function, *args)
+
+    def on_unmount(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.source.close()

@@ -1,0 +1,29 @@
+"""Messages posted to the UI from worker threads and the engine thread (never widget calls)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from engine.events import TurnEvent
+
+
+@dataclass
+class EngineEvent(Message):
+    event: TurnEvent
+
+
+@dataclass
+class ModelReady(Message):
+    summary: dict
+
+
+@dataclass
+class ModelFailed(Message):
+    error: str
+
+
+@dataclass
+class AgentsLoaded(Message):
+    rows: list[dict]

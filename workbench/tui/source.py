@@ -1,0 +1,87 @@
+"""What the TUI talks to: the engine in this process. The UI thread never waits on it: every call here
+runs in a worker thread, and turn events arrive through a callback on the engine thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.agents_view import agent_rows
+from engine.events import TurnEvent, TurnFinished
+from engine.requests import GenerationRequest, SamplingParams
+from engine.sessions import Session, SessionStore
+from engine.settings import Settings
+
+
+class LocalSource:
+    def __init__(self, settings: Settings, engine=None):
+        from engine.engine import Engine
+
+        self.settings = settings
+        self.store = SessionStore(settings.sessions_path)
+        self.engine = engine or Engine(settings)
+
+    # -- lifecycle (worker thread) ---------------------------------------------------------------
+    def start(self) -> dict:
+        """Load the model (blocking); returns the model summary for the Model panel."""
+        if not self.engine.started:
+            self.engine.start(wait=False)
+        self.engine.wait_ready()
+        return self.model_summary()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def model_summary(self) -> dict:
+        info = self.engine.info
+        return {
+            "model_id": self.engine.model_id,
+            "fingerprint": info.fingerprint,
+            "backend": info.backend,
+            "dtype": info.compute_dtype,
+            "parameters": info.num_parameters,
+            "context_length": info.context_length,
+            "kv_bytes_per_token": info.kv_bytes_per_token,
+        }
+
+    # -- agents ----------------------------------------------------------------------------------
+    def agents(self) -> list[dict]:
+        return agent_rows(self.store.all(), self.engine.kv_overview(), self.engine.model_id)
+
+    def session(self, agent_id: str) -> Session:
+        return self.store.get_or_new(agent_id)
+
+    def delete(self, agent_id: str) -> None:
+        self.store.delete(agent_id)
+        self.engine.forget_session(agent_id)
+
+    def rename(self, old_id: str, new_id: str) -> None:
+        """A new id for the transcript; the KV cache is rebuilt under the new id on its next turn."""
+        session = self.store.get(old_id)
+        if session is None:
+            raise LookupError(f"no agent {old_id!r}")
+        if self.store.get(new_id) is not None:
+            raise ValueError(f"an agent named {new_id!r} exists already")
+        session.id = new_id
+        self.store.save(session)
+        self.delete(old_id)
+
+    def overview(self) -> dict:
+        return self.engine.kv_overview()
+
+    # -- turns -----------------------------------------------------------------------------------
+    def send(self, session: Session, text: str, on_event: Callable[[TurnEvent], None], max_tokens: int = 512):
+        request = GenerationRequest(
+            messages=session.conversation(text),
+            max_tokens=max_tokens,
+            sampling=SamplingParams(temperature=0.2, top_p=0.9),
+            session_id=session.id,
+        )
+        return self.engine.submit(request, on_event=on_event)
+
+    def keep(self, session: Session, text: str, finished: TurnFinished) -> None:
+        """Store a finished turn in the transcript (a stopped reply is not kept)."""
+        if finished.finish_reason == "cancelled":
+            return
+        session.model_id, session.model_fingerprint = self.engine.model_id, self.engine.info.fingerprint
+        context = finished.usage.prompt_tokens + finished.usage.completion_tokens
+        self.store.record_turn(session, text, finished.text, context)
