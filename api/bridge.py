@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from api.errors import ApiError
 from engine.errors import EngineClosed
-from engine.events import TurnEvent, TurnFailed, TurnFinished
+from engine.events import PrefillProgress, TurnEvent, TurnFailed, TurnFinished
 
 
 class TurnStream:
@@ -30,14 +30,22 @@ class TurnStream:
         self.keepalive_s = keepalive_s
 
     async def events(self) -> AsyncIterator[TurnEvent | None]:
+        """Events for the client; None whenever `keepalive_s` passed without one (prefill progress
+        is not sent to clients, so a long prefill yields keep-alives)."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while not self.done:
             try:
-                event = await asyncio.wait_for(self._queue.get(), self.keepalive_s)
+                event = await asyncio.wait_for(self._queue.get(), max(0.0, self.keepalive_s - (loop.time() - last)))
             except TimeoutError:
+                last = loop.time()
                 yield None
+                continue
+            if isinstance(event, PrefillProgress):
                 continue
             if isinstance(event, TurnFinished | TurnFailed):
                 self.done = True
+            last = loop.time()
             yield event
 
     async def finished(self) -> TurnFinished:

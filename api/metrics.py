@@ -101,6 +101,14 @@ class _EngineCollector:
         yield GaugeMetricFamily(
             "agent_memory_resident_agents", "Agents whose KV is in the hot tier.", value=hot.get("agents", 0)
         )
+        yield GaugeMetricFamily(
+            "agent_memory_max_resident_agents", "Most agents the hot tier holds.", value=hot.get("max_agents", 0)
+        )
+        yield GaugeMetricFamily(
+            "agent_memory_hot_shared_saved_bytes",
+            "Hot bytes saved because agents share prefix blocks.",
+            value=hot.get("shared_bytes_saved", 0),
+        )
         yield CounterMetricFamily(
             "agent_memory_hot_evictions", "Agents evicted from the hot tier.", value=hot.get("evictions", 0)
         )

@@ -208,6 +208,13 @@ class Engine:
             "fingerprint": memory.fingerprint,
         }
 
+    def agent_blocks(self, session_id: str) -> list[dict]:
+        """The session's warm block chain under the current model (see WarmTier.session_blocks); any thread."""
+        memory = self.memory
+        if memory is None or not memory.enabled:
+            return []
+        return memory.warm.session_blocks(memory.fingerprint, session_id)
+
     def swap(self, model_id: str, progress: Progress | None = None) -> ModelInfo:
         """Load `model_id` beside the serving model, then switch to it between two requests.
 
@@ -339,6 +346,7 @@ class Engine:
                 memory=self.memory,
                 kv_bits=self.settings.kv_bits,
                 kv_group_size=self.settings.kv_group_size,
+                emit=put,
             ):
                 put(event)
         except RequestError as exc:

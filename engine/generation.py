@@ -62,6 +62,7 @@ class _Turn:
     clock: Callable[[], float]
     kv_bits: int | None = None
     kv_group_size: int = 64
+    emit: Callable[[TurnEvent], None] | None = None
 
 
 def run_turn(
@@ -74,11 +75,13 @@ def run_turn(
     clock: Callable[[], float] = time.perf_counter,
     kv_bits: int | None = None,
     kv_group_size: int = 64,
+    emit: Callable[[TurnEvent], None] | None = None,
 ) -> Iterator[TurnEvent]:
     """Yield events for one request; the last one is TurnFinished (RequestError is raised instead).
 
     With `memory` (a KVMemory), the longest cached prefix of the prompt is restored and only the rest
-    is prefilled; the turn's cache is handed back to it after the last event.
+    is prefilled; the turn's cache is handed back to it after the last event. With `emit`,
+    PrefillProgress events are sent through it while the prompt is prefilled.
     """
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -104,6 +107,7 @@ def run_turn(
         clock=clock,
         kv_bits=kv_bits,
         kv_group_size=kv_group_size,
+        emit=emit,
     )
     try:
         generated_ids = yield from _generate(turn)
@@ -136,7 +140,12 @@ def _generate(turn: _Turn) -> Generator[TurnEvent, None, list[int]]:
     progress: list[PrefillProgress] = []
 
     def on_prefill(done: int, total: int) -> None:
-        progress.append(PrefillProgress(request.request_id, done, total))
+        # Live when the caller gave a channel (the engine's event queue): a long prefill shows progress.
+        event = PrefillProgress(request.request_id, reused + done, reused + total)
+        if turn.emit is not None:
+            turn.emit(event)
+        else:
+            progress.append(event)
 
     pieces: list[str] = []
     raw_text = ""  # everything decoded, stop text included: to name the stop that matched

@@ -48,7 +48,7 @@ def test_chat_resume_and_inspector(source):
             assert "hot cache" in second  # the second turn reuses the first turn's KV
             await until(pilot, lambda: any(r["id"] == "tui-agent" and r["turns"] == 2 for r in app.rows))
 
-            await pilot.press("ctrl+o")
+            await pilot.press("f3")
             await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
             strip = str(app.screen.query_one("#strip").render())
             assert "■" in strip

@@ -105,13 +105,30 @@ def chat(
 def tui(
     session: Annotated[str | None, typer.Option("--session", "-s", help="Agent to open first.")] = None,
     model: ModelOption = None,
+    connect: Annotated[
+        str | None, typer.Option("--connect", help="Attach to a running `agent-memory serve` at this URL.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="SEMANTIC_API_KEY", help="The server's API key (--connect).")
+    ] = None,
+    admin_key: Annotated[
+        str | None, typer.Option("--admin-key", envvar="SEMANTIC_ADMIN_KEY", help="Admin key, for model swaps.")
+    ] = None,
 ) -> None:
     """The workbench: chat with many agents and look inside their KV memory (Textual)."""
     from workbench.tui.app import WorkbenchApp
-    from workbench.tui.source import LocalSource
 
-    settings = settings_or_exit(mlx_model_id=model)
-    WorkbenchApp(LocalSource(settings), initial_agent=session).run()
+    if connect is not None:
+        if model is not None:
+            raise fail("--model picks the model of this process; with --connect, swap on the Model screen (F4)")
+        from workbench.tui.remote import RemoteSource
+
+        source = RemoteSource(connect, api_key=api_key, admin_key=admin_key)
+    else:
+        from workbench.tui.source import LocalSource
+
+        source = LocalSource(settings_or_exit(mlx_model_id=model))
+    WorkbenchApp(source, initial_agent=session).run()
 
 
 @app.command()

@@ -70,6 +70,8 @@ async def get_agent(request, agent_id: str):
         "warm": warm["blocks"] if warm else 0,
         "shared": warm["shared_blocks"] if warm else 0,
     }
+    row["block_tokens"] = server.settings.kv_block_tokens
+    row["chain"] = await asyncio.to_thread(engine.agent_blocks, agent_id)
     return json_response(row)
 
 

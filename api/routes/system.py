@@ -36,6 +36,11 @@ async def health(request):
             "backend": info.backend,
             "queue_depth": engine.queue_depth,
             "kv_memory": engine.kv_enabled,
+            "dtype": info.compute_dtype,
+            "parameters": info.num_parameters,
+            "context_length": info.context_length,
+            "kv_bytes_per_token": info.kv_bytes_per_token,
+            "kv_block_tokens": server.settings.kv_block_tokens,
         }
     )
     # A swap keeps serving on the old model, but load balancers should prefer a settled replica.

@@ -408,6 +408,44 @@ class WarmTier:
             }
         return summaries
 
+    def session_blocks(self, fingerprint: str, session_id: str) -> list[dict]:
+        """The session's stored block chain, in order: name, bytes, last use, and every session using it."""
+        if not self.enabled:
+            return []
+        db = self._db()
+        row = db.execute(
+            "SELECT chain FROM sessions WHERE session_id = ? AND fingerprint = ?", (session_id, fingerprint)
+        ).fetchone()
+        if row is None:
+            return []
+        chain = json.loads(row[0])
+        users: dict[str, list[str]] = {}
+        for other, other_chain in db.execute(
+            "SELECT session_id, chain FROM sessions WHERE fingerprint = ?", (fingerprint,)
+        ):
+            for name in set(json.loads(other_chain)):
+                users.setdefault(name, []).append(other)
+        stored = (
+            {
+                name: (nbytes, last_used)
+                for name, nbytes, last_used in db.execute(
+                    f"SELECT name, bytes, last_used FROM blocks WHERE name IN ({','.join('?' * len(chain))})", chain
+                )
+            }
+            if chain
+            else {}
+        )
+        return [
+            {
+                "name": name,
+                "bytes": stored.get(name, (0, 0.0))[0],
+                "last_used": stored.get(name, (0, 0.0))[1],
+                "stored": name in stored,
+                "agents": sorted(users.get(name, [])),
+            }
+            for name in chain
+        ]
+
     def clear(self) -> int:
         """Delete every stored block and snapshot; returns the number of files removed."""
         if not self.writable:

@@ -9,18 +9,20 @@ from __future__ import annotations
 import time
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Markdown, Static
 
-from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from engine.events import PrefillProgress, TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from workbench.chat import turn_footer
+from workbench.tui.help_screen import HelpScreen
 from workbench.tui.inspector import InspectorScreen
-from workbench.tui.messages import AgentsLoaded, EngineEvent, ModelFailed, ModelReady
+from workbench.tui.messages import AgentsLoaded, EngineEvent, ModelFailed, ModelReady, SwapProgress
+from workbench.tui.model_screen import ModelScreen
 
-TIER_BADGE = {"hot": "[green]hot[/]", "warm": "[blue]warm[/]", "cold": "[dim]cold[/]"}
+TIER_BADGE = {"hot": "[green]hot [/]", "warm": "[cyan]warm[/]", "cold": "[dim]cold[/]"}
 
 
 class AskName(ModalScreen[str | None]):
@@ -62,9 +64,21 @@ class WorkbenchApp(App):
         Binding("ctrl+n", "new_agent", "New agent"),
         Binding("f2", "rename_agent", "Rename"),
         Binding("ctrl+d", "delete_agent", "Delete"),
-        Binding("ctrl+o", "inspector", "Memory"),
-        Binding("escape", "stop_reply", "Stop reply", show=False),
+        Binding("f3", "inspector", "Memory"),
+        Binding("f4", "model", "Model"),
+        Binding("f1", "help", "Help"),
+        Binding("escape", "stop_reply", "Stop reply (the partial text is not kept)", show=False),
         Binding("ctrl+q", "quit", "Quit"),
+    ]
+    # Command palette entries: (title, help, action)
+    PALETTE = [
+        ("New agent", "Create an agent and switch to it", "new_agent"),
+        ("Rename agent", "Rename the selected agent", "rename_agent"),
+        ("Delete agent", "Delete the selected agent, its transcript and caches", "delete_agent"),
+        ("Memory inspector", "KV pool, the agent's blocks, time to first token", "inspector"),
+        ("Model", "The serving model; swap to another", "model"),
+        ("Stop reply", "Stop the running reply", "stop_reply"),
+        ("Help", "Every key binding", "help"),
     ]
 
     def __init__(self, source, initial_agent: str | None = None):
@@ -73,11 +87,13 @@ class WorkbenchApp(App):
         self.agent_id = initial_agent
         self.rows: list[dict] = []
         self.ready = False
+        self.summary: dict = {}
         self.handle = None  # the running turn
         self.ttfts: dict[str, list[tuple[str, float]]] = {}
         self._stream = None
         self._reply: Markdown | None = None
         self._pending_text = ""
+        self._shown_agent: str | None = None  # whose transcript the log shows
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -111,7 +127,9 @@ class WorkbenchApp(App):
     # -- model and agent list --------------------------------------------------------------------
     def on_model_ready(self, message: ModelReady) -> None:
         self.ready = True
-        summary = message.summary
+        summary = self.summary = message.summary
+        if isinstance(self.screen, ModelScreen):
+            self.screen.show_summary(summary)
         self.sub_title = f"{summary['model_id']} · {summary['backend']} · {summary['context_length']} ctx"
         self.set_status(f"Ready: {summary['model_id']}. Ctrl+N creates an agent; type to talk.")
         self.refresh_agents()
@@ -123,6 +141,8 @@ class WorkbenchApp(App):
         self.rows = message.rows
         if self.agent_id is None and self.rows:
             self.select_agent(self.rows[0]["id"])
+        elif self.agent_id is not None and self._shown_agent != self.agent_id:
+            self.select_agent(self.agent_id)  # the agent named on the command line
         self.render_agents()
 
     def render_agents(self) -> None:
@@ -149,7 +169,7 @@ class WorkbenchApp(App):
             self.select_agent(event.item.name)
 
     def select_agent(self, agent_id: str) -> None:
-        self.agent_id = agent_id
+        self.agent_id = self._shown_agent = agent_id
         log = self.query_one("#log", VerticalScroll)
         log.remove_children()
         session = self.source.session(agent_id)
@@ -193,6 +213,8 @@ class WorkbenchApp(App):
             cached = event.cache.reused_tokens
             source = f"{cached} cached ({event.cache.source})" if cached else "cold"
             self.set_status(f"Prefilling {event.prompt_tokens - cached} tokens, {source}…")
+        elif isinstance(event, PrefillProgress):
+            self.set_status(f"Prefilling: {event.done_tokens} of {event.total_tokens} prompt tokens…")
         elif isinstance(event, TurnChunk):
             follow = log.max_scroll_y - log.scroll_y < 3
             await self._stream.write(event.text)
@@ -259,27 +281,50 @@ class WorkbenchApp(App):
 
     @work
     async def action_inspector(self) -> None:
-        if not self.ready:
+        if not self.ready or isinstance(self.screen, InspectorScreen):
             return
-        overview = await self.run_in_thread(self.source.overview)
-        rows = await self.run_in_thread(self.source.agents)
-        row = next((r for r in rows if r["id"] == self.agent_id), None)
-        if row is not None:
-            row = {**row, "blocks": self._blocks(overview, row["id"])}
-        block_tokens = self.source.settings.kv_block_tokens
-        await self.push_screen(InspectorScreen(overview, row, self.ttfts.get(self.agent_id, []), block_tokens))
+        inspection = await self.run_in_thread(self.source.inspect, self.agent_id)
+        await self.push_screen(InspectorScreen(inspection, self.ttfts.get(self.agent_id, [])))
 
-    @staticmethod
-    def _blocks(overview: dict, agent_id: str) -> dict:
-        hot = (overview.get("hot") or {}).get("sessions", {}).get(agent_id)
-        warm = overview.get("warm_sessions", {}).get(agent_id)
-        if warm and warm["fingerprint"] != overview.get("fingerprint"):
-            warm = None
-        return {
-            "hot": hot["blocks"] if hot else 0,
-            "warm": warm["blocks"] if warm else 0,
-            "shared": warm["shared_blocks"] if warm else 0,
-        }
+    @work
+    async def action_model(self) -> None:
+        if not self.summary or isinstance(self.screen, ModelScreen):
+            return
+        choices = await self.run_in_thread(self.source.model_choices)
+        await self.push_screen(ModelScreen(self.summary, choices))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.BINDINGS))
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        for title, help_text, action in self.PALETTE:
+            yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
+
+    @work(thread=True, exclusive=True, group="model")
+    def swap_model(self, model_id: str) -> None:
+        if self.handle is not None:
+            self.post_message(SwapProgress("A reply is running; stop it (Esc) or wait, then swap."))
+            return
+        self.ready = False
+        self.post_message(SwapProgress(f"Swapping to {model_id}…"))
+
+        def progress(stage: str, done: int, total: int) -> None:
+            self.post_message(SwapProgress(f"{stage}: {100 * done // max(total, 1)}%"))
+
+        try:
+            summary = self.source.swap(model_id, progress)
+        except Exception as exc:  # noqa: BLE001 - shown; the old model keeps serving
+            self.ready = True
+            self.post_message(SwapProgress(f"Swap failed: {exc}"))
+            return
+        self.post_message(ModelReady(summary))
+
+    def on_swap_progress(self, message: SwapProgress) -> None:
+        self.set_status(message.text)
+        if isinstance(self.screen, ModelScreen):
+            self.screen.show_progress(message.text)
 
     async def run_in_thread(self, function, *args):
         import asyncio

@@ -27,3 +27,8 @@ class ModelFailed(Message):
 @dataclass
 class AgentsLoaded(Message):
     rows: list[dict]
+
+
+@dataclass
+class SwapProgress(Message):
+    text: str

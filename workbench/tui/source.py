@@ -65,8 +65,40 @@ class LocalSource:
         self.store.save(session)
         self.delete(old_id)
 
-    def overview(self) -> dict:
-        return self.engine.kv_overview()
+    def inspect(self, agent_id: str | None) -> dict:
+        """The pool (hot and warm tiers) and the agent's row with its block counts."""
+        overview = self.engine.kv_overview()
+        rows = agent_rows(self.store.all(), overview, self.engine.model_id)
+        row = next((r for r in rows if r["id"] == agent_id), None)
+        if row is not None:
+            hot = (overview.get("hot") or {}).get("sessions", {}).get(agent_id)
+            warm = overview.get("warm_sessions", {}).get(agent_id)
+            if warm and warm["fingerprint"] != overview.get("fingerprint"):
+                warm = None
+            row["blocks"] = {
+                "hot": hot["blocks"] if hot else 0,
+                "hot_live": bool(hot and hot["live"]),
+                "warm": warm["blocks"] if warm else 0,
+                "shared": warm["shared_blocks"] if warm else 0,
+            }
+            row["chain"] = self.engine.agent_blocks(agent_id)
+        pool = {"hot": overview.get("hot") or {}, "warm": overview.get("warm") or {}}
+        return {"pool": pool, "row": row, "block_tokens": self.settings.kv_block_tokens}
+
+    # -- models ----------------------------------------------------------------------------------
+    def model_choices(self) -> list[str]:
+        """Installed packaged models by alias, then models already prepared under the data dir."""
+        from engine.model_source import PACKAGED_MODELS
+
+        choices = [alias for alias, packaged in PACKAGED_MODELS.items() if packaged.installed()]
+        models_path = self.settings.models_path
+        if models_path.is_dir():
+            choices += sorted(str(p.parent) for p in models_path.glob("*/config.json"))
+        return choices
+
+    def swap(self, model_id: str, progress=None) -> dict:
+        self.engine.swap(model_id, progress)
+        return self.model_summary()
 
     # -- turns -----------------------------------------------------------------------------------
     def send(self, session: Session, text: str, on_event: Callable[[TurnEvent], None], max_tokens: int = 512):

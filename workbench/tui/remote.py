@@ -1,0 +1,210 @@
+"""`agent-memory tui --connect URL`: the same screens on a running `agent-memory serve`, through its agent
+API, /health and /metrics. The server keeps the transcripts; this side only displays and sends."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+import httpx
+
+from engine.events import CacheReport, Timing, TurnChunk, TurnEvent, TurnFailed, TurnFinished, TurnStarted, Usage
+from engine.requests import ChatMessage
+from engine.sessions import Session
+
+_request_numbers = itertools.count(1)
+
+
+class RemoteHandle:
+    """A running remote turn: cancelling closes the connection, which stops the server's generation."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.response: httpx.Response | None = None
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.response is not None:
+            self.response.close()
+
+
+class RemoteSource:
+    def __init__(self, base_url: str, api_key: str | None = None, admin_key: str | None = None):
+        headers = {"x-api-key": api_key} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(30, read=None))
+        self.admin_key = admin_key
+        self.block_tokens = 256
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 600) -> dict:
+        """Wait until the server is ready; returns its model summary."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                response = self.client.get("/health")
+                if response.status_code == 200:
+                    summary = response.json()
+                    self.block_tokens = summary.get("kv_block_tokens", self.block_tokens)
+                    return summary
+                detail = response.json().get("error") or response.json().get("status")
+            except httpx.HTTPError as exc:
+                detail = f"cannot reach {self.base_url} ({exc})"
+            if time.monotonic() > deadline:
+                raise ConnectionError(detail)
+            time.sleep(1)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _get(self, path: str) -> dict:
+        response = self.client.get(path)
+        if response.status_code == 401:
+            raise PermissionError("the server wants an API key: pass --api-key")
+        response.raise_for_status()
+        return response.json()
+
+    # -- agents ----------------------------------------------------------------------------------
+    def agents(self) -> list[dict]:
+        return self._get("/v1/agents")["data"]
+
+    def session(self, agent_id: str) -> Session:
+        response = self.client.get(f"/v1/agents/{quote(agent_id, safe='')}")
+        if response.status_code == 404:
+            return Session(id=agent_id)
+        response.raise_for_status()
+        detail = response.json()
+        messages = [ChatMessage(**m) for m in detail["messages"]]
+        return Session(id=agent_id, system=detail.get("system"), messages=messages)
+
+    def delete(self, agent_id: str) -> None:
+        self.client.delete(f"/v1/agents/{quote(agent_id, safe='')}")
+
+    def rename(self, old_id: str, new_id: str) -> None:
+        raise ValueError("renaming is not offered by the server's agent API")
+
+    def inspect(self, agent_id: str | None) -> dict:
+        metrics = self._metrics()
+        pool = {
+            "hot": {
+                "used_bytes": metrics.get("agent_memory_hot_bytes", 0),
+                "budget_bytes": metrics.get("agent_memory_hot_budget_bytes", 0),
+                "agents": metrics.get("agent_memory_resident_agents", 0),
+                "max_agents": metrics.get("agent_memory_max_resident_agents", 0),
+                "evictions": metrics.get("agent_memory_hot_evictions_total", 0),
+                "shared_bytes_saved": metrics.get("agent_memory_hot_shared_saved_bytes", 0),
+            },
+            "warm": {
+                "bytes": metrics.get("agent_memory_warm_bytes", 0),
+                "blocks": metrics.get("agent_memory_warm_blocks", 0),
+            },
+        }
+        row = None
+        if agent_id is not None:
+            response = self.client.get(f"/v1/agents/{quote(agent_id, safe='')}")
+            row = response.json() if response.status_code == 200 else None
+        return {"pool": pool, "row": row, "block_tokens": self.block_tokens}
+
+    def _metrics(self) -> dict[str, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self.client.get("/metrics").text
+        values = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if not sample.labels:
+                    values[sample.name] = int(sample.value)
+        return values
+
+    # -- models ----------------------------------------------------------------------------------
+    def model_choices(self) -> list[str]:
+        return ["default", "gemma3-270m"] if self.admin_key else []
+
+    def swap(self, model_id: str, progress=None) -> dict:
+        if not self.admin_key:
+            raise PermissionError("swapping needs the server's admin key: pass --admin-key")
+        response = self.client.post(
+            "/admin/swap", json={"model_id": model_id}, headers={"X-Admin-Key": self.admin_key}, timeout=None
+        )
+        if response.status_code != 200:
+            raise RuntimeError(response.json()["error"]["message"])
+        return self.start()
+
+    # -- turns -----------------------------------------------------------------------------------
+    def send(self, session: Session, text: str, on_event: Callable[[TurnEvent], None], max_tokens: int = 512):
+        handle = RemoteHandle(f"remote-{next(_request_numbers)}")
+        body = {"content": text, "max_tokens": max_tokens, "stream": True, "temperature": 0.2, "top_p": 0.9}
+        thread = threading.Thread(target=self._stream, args=(session.id, body, handle, on_event), daemon=True)
+        thread.start()
+        return handle
+
+    def _stream(self, agent_id: str, body: dict, handle: RemoteHandle, on_event) -> None:
+        request_id, started, text = handle.request_id, time.perf_counter(), []
+        try:
+            with self.client.stream("POST", f"/v1/agents/{quote(agent_id, safe='')}/messages", json=body) as response:
+                handle.response = response
+                if response.status_code != 200:
+                    response.read()
+                    on_event(TurnFailed(request_id, response.json()["error"]["message"], "request"))
+                    return
+                name = None
+                for line in response.iter_lines():
+                    if line.startswith("event: "):
+                        name = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        data = json.loads(line.removeprefix("data: "))
+                        if name == "started":
+                            cache = CacheReport(data["cache"]["source"], data["cache"]["reused_tokens"])
+                            on_event(TurnStarted(request_id, data["prompt_tokens"], cache))
+                        elif name == "delta":
+                            text.append(data["text"])
+                            on_event(TurnChunk(request_id, data["text"]))
+                        elif name == "finished":
+                            on_event(_finished(request_id, data))
+                            return
+                        elif name == "error":
+                            on_event(TurnFailed(request_id, data["error"]["message"], "internal"))
+                            return
+        except httpx.HTTPError as exc:
+            if not handle.cancelled.is_set():
+                on_event(TurnFailed(request_id, f"connection to the server failed: {exc}", "internal"))
+                return
+        # Stopped from this side: the server drops the partial turn; show it as stopped.
+        elapsed = time.perf_counter() - started
+        on_event(
+            TurnFinished(
+                request_id,
+                "".join(text),
+                "cancelled",
+                Usage(0, len(text)),
+                CacheReport(),
+                Timing(elapsed, 0.0, 0.0, elapsed),
+            )
+        )
+
+    def keep(self, session: Session, text: str, finished: TurnFinished) -> None:
+        """The server stored the turn; mirror it in the local copy for the turn count."""
+        if finished.finish_reason != "cancelled":
+            session.messages.extend(
+                [ChatMessage(role="user", content=text), ChatMessage(role="assistant", content=finished.text)]
+            )
+
+
+def _finished(request_id: str, data: dict) -> TurnFinished:
+    usage, cache, timing = data["usage"], data["cache"], data["timing"]
+    return TurnFinished(
+        request_id=request_id,
+        text=data["content"],
+        finish_reason=data["finish_reason"],
+        usage=Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["cached_tokens"]),
+        cache=CacheReport(cache["source"], cache["reused_tokens"], cache["restore_s"]),
+        timing=Timing(
+            timing["ttft_s"], timing["prefill_tokens_per_s"], timing["decode_tokens_per_s"], timing["total_s"]
+        ),
+        stop_sequence=data.get("stop_sequence"),
+    )
