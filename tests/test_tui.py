@@ -22,6 +22,7 @@ async def until(pilot, condition, timeout: float = 120) -> None:
 
 
 async def send(app, pilot, text: str) -> str:
+    await until(pilot, lambda: app._session is not None)
     footers = len(app.query(".turn-footer"))
     app.query_one("#prompt").value = text
     await pilot.press("enter")
@@ -55,5 +56,26 @@ def test_chat_resume_and_inspector(source):
             assert len(app.screen.ttfts) == 2
             await pilot.press("escape")
             await until(pilot, lambda: not isinstance(app.screen, InspectorScreen))
+
+    asyncio.run(scenario())
+
+
+def test_connect_to_a_running_server(server):
+    from tests.conftest import API_KEY
+    from workbench.tui.remote import RemoteSource
+
+    async def scenario():
+        app = WorkbenchApp(RemoteSource(server.base_url, api_key=API_KEY), initial_agent="tui-remote")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            assert app.summary["model_id"] and app.summary["kv_block_tokens"] > 0
+            first = await send(app, pilot, "Hello there!")
+            assert "prefilled" in first
+            second = await send(app, pilot, "How are you?")
+            assert "hot cache" in second
+            await until(pilot, lambda: any(r["id"] == "tui-remote" and r["turns"] == 2 for r in app.rows))
+            await pilot.press("f3")
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            assert app.screen.pool["hot"]["used_bytes"] > 0
 
     asyncio.run(scenario())

@@ -19,7 +19,7 @@ def make_app() -> WorkbenchApp:
 
 async def settle(pilot) -> None:
     app = pilot.app
-    while not (app.ready and app.rows):
+    while not (app.ready and app.rows and app._session is not None):
         await pilot.pause(0.05)
     await pilot.pause(0.2)
 

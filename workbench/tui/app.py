@@ -16,10 +16,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Markdown, Static
 
 from engine.events import PrefillProgress, TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from engine.sessions import Session
 from workbench.chat import turn_footer
 from workbench.tui.help_screen import HelpScreen
 from workbench.tui.inspector import InspectorScreen
-from workbench.tui.messages import AgentsLoaded, EngineEvent, ModelFailed, ModelReady, SwapProgress
+from workbench.tui.messages import AgentsLoaded, EngineEvent, ModelFailed, ModelReady, SwapProgress, TranscriptLoaded
 from workbench.tui.model_screen import ModelScreen
 
 TIER_BADGE = {"hot": "[green]hot [/]", "warm": "[cyan]warm[/]", "cold": "[dim]cold[/]"}
@@ -94,6 +95,7 @@ class WorkbenchApp(App):
         self._reply: Markdown | None = None
         self._pending_text = ""
         self._shown_agent: str | None = None  # whose transcript the log shows
+        self._session = None  # the shown agent's transcript, once loaded
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -170,13 +172,32 @@ class WorkbenchApp(App):
 
     def select_agent(self, agent_id: str) -> None:
         self.agent_id = self._shown_agent = agent_id
+        self._session = None
+        self.query_one("#log", VerticalScroll).remove_children()
+        self.set_status(f"Opening {agent_id}…")
+        self.load_transcript(agent_id)
+
+    @work(thread=True, exclusive=True, group="transcript")
+    def load_transcript(self, agent_id: str) -> None:
+        try:
+            self.post_message(TranscriptLoaded(self.source.session(agent_id)))
+        except Exception as exc:  # noqa: BLE001 - an unreadable transcript is shown, not fatal
+            self.post_message(SwapProgress(f"[red]Cannot open {agent_id}:[/] {exc}"))
+
+    async def on_transcript_loaded(self, message: TranscriptLoaded) -> None:
+        session = message.session
+        if session.id != self.agent_id:
+            return  # the user moved on to another agent meanwhile
+        self._session = session
         log = self.query_one("#log", VerticalScroll)
-        log.remove_children()
-        session = self.source.session(agent_id)
-        for message in session.messages:
-            log.mount(Markdown(message.content, classes=message.role))
+        await log.mount_all([Markdown(m.content, classes=m.role) for m in session.messages])
         log.scroll_end(animate=False)
-        self.set_status(f"Agent {agent_id}: {session.turns} turns.")
+        self.set_status(f"Agent {session.id}: {session.turns} turns.")
+
+    @work(thread=True, group="keep")
+    def keep_turn(self, session, text: str, finished: TurnFinished) -> None:
+        self.source.keep(session, text, finished)
+        self.post_message(AgentsLoaded(self.source.agents()))
 
     # -- a turn ----------------------------------------------------------------------------------
     @on(Input.Submitted, "#prompt")
@@ -190,8 +211,12 @@ class WorkbenchApp(App):
         if self.handle is not None:
             self.set_status("A reply is running; Esc stops it.")
             return
-        if self.agent_id is None:
-            self.select_agent(time.strftime("agent-%H%M%S"))
+        if self.agent_id is None:  # no agent yet: this message creates one
+            self.agent_id = self._shown_agent = time.strftime("agent-%H%M%S")
+            self._session = Session(id=self.agent_id)
+        if self._session is None:
+            self.set_status("Opening the agent; send again in a moment.")
+            return
         event.input.value = ""
         log = self.query_one("#log", VerticalScroll)
         await log.mount(Markdown(text, classes="user"))
@@ -200,7 +225,6 @@ class WorkbenchApp(App):
         log.scroll_end(animate=False)
         self._stream = Markdown.get_stream(self._reply)
         self._pending_text = text
-        self._session = self.source.session(self.agent_id)
         self.handle = self.source.send(self._session, text, lambda e: self.post_message(EngineEvent(e)))
         self.set_status("Thinking…")
 
@@ -223,13 +247,13 @@ class WorkbenchApp(App):
         elif isinstance(event, TurnFinished):
             await self._stream.stop()
             self.handle = None
-            self.source.keep(self._session, self._pending_text, event)
+            self.keep_turn(self._session, self._pending_text, event)
+            turns = self._session.turns + (event.finish_reason != "cancelled")
             footer = turn_footer(event) + (" [stopped]" if event.finish_reason == "cancelled" else "")
             await log.mount(Static(footer, classes="turn-footer", markup=False))
             log.scroll_end(animate=False)
             self.ttfts.setdefault(self.agent_id, []).append((event.cache.source, event.timing.ttft_s))
-            self.set_status(f"Agent {self.agent_id}: {self._session.turns} turns.")
-            self.refresh_agents()
+            self.set_status(f"Agent {self.agent_id}: {turns} turns.")
         elif isinstance(event, TurnFailed):
             await self._stream.stop()
             self.handle = None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from engine.events import TurnEvent
+from engine.sessions import Session
 
 
 @dataclass
@@ -32,3 +33,8 @@ class AgentsLoaded(Message):
 @dataclass
 class SwapProgress(Message):
     text: str
+
+
+@dataclass
+class TranscriptLoaded(Message):
+    session: Session
