@@ -35,6 +35,8 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     app.config.RESPONSE_TIMEOUT = RESPONSE_TIMEOUT_S
     app.config.REQUEST_TIMEOUT = 120
     app.config.FALLBACK_ERROR_FORMAT = "json"
+    # SIGTERM/SIGINT: stop accepting, give running requests this long, then cancel them.
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_grace_s
     app.ctx.server = ServerState(settings, engine, Metrics(lambda: engine))
     for blueprint in (system.bp, anthropic.bp, openai.bp, agents.bp, admin.bp):
         app.blueprint(blueprint)

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from api.errors import ApiError
-from engine.errors import EngineClosed
+from engine.errors import EngineBusy, EngineClosed
 from engine.events import PrefillProgress, TurnEvent, TurnFailed, TurnFinished
 
 
@@ -24,6 +24,8 @@ class TurnStream:
 
         try:
             self.handle = engine.submit(request, on_event=on_event)
+        except EngineBusy as exc:
+            raise ApiError(429, str(exc), headers={"Retry-After": "2"}) from None
         except EngineClosed as exc:
             raise ApiError(503, f"{exc}; retry shortly", headers={"Retry-After": "5"}) from None
         self.done = False

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import EngineClosed, EngineError, ModelLoadError, RequestError
+from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError, RequestError
 from engine.events import TurnEvent, TurnFailed, TurnFinished
 from engine.gguf_import import Progress
 from engine.loader import LoadedModel, ModelInfo, load
@@ -85,10 +85,13 @@ class _Call:
     done: threading.Event
     result: Any = None
     error: BaseException | None = None
+    # Runs only when no request is running (a model swap), instead of between two decode steps.
+    exclusive: bool = False
 
 
 class Engine:
-    """Loads the model on its own thread and runs requests from a queue, one at a time for now."""
+    """Loads the model on its own thread and runs requests from a queue: batched together (continuous
+    batching, engine/scheduler.py) when the model's cache kind allows, else one at a time."""
 
     def __init__(self, settings: Settings, progress: Progress | None = None):
         self.settings = settings
@@ -108,6 +111,8 @@ class Engine:
         self._swap_lock = threading.Lock()
         self._loader: _Loader | None = None
         self._hot_view: dict | None = None  # the hot tier as the engine thread last saw it
+        self._scheduler = None  # BatchScheduler, when the model batches
+        self._deferred: list[_Call] = []  # exclusive calls waiting for the running batch to drain
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, wait: bool = True) -> Engine:
@@ -158,6 +163,10 @@ class Engine:
         """Queue a request; `on_event` (optional) is called on the engine thread with each event."""
         if self._closed:
             raise EngineClosed("the engine is shut down")
+        if self.waiting_count >= self.settings.max_queue:
+            raise EngineBusy(
+                f"the queue is full ({self.settings.max_queue} requests waiting, SEMANTIC_MAX_QUEUE); retry shortly"
+            )
         handle = TurnHandle(request, on_event)
         self._inbox.put(_Job(handle))
         return handle
@@ -165,11 +174,12 @@ class Engine:
     def generate(self, request: GenerationRequest) -> TurnFinished:
         return self.submit(request).result()
 
-    def call(self, function: Callable[[Engine], Any], timeout: float | None = None) -> Any:
-        """Run `function(engine)` on the engine thread between requests and return its result."""
+    def call(self, function: Callable[[Engine], Any], timeout: float | None = None, exclusive: bool = False) -> Any:
+        """Run `function(engine)` on the engine thread between decode steps and return its result;
+        `exclusive` waits until no request is running."""
         if self._closed:
             raise EngineClosed("the engine is shut down")
-        job = _Call(function, threading.Event())
+        job = _Call(function, threading.Event(), exclusive=exclusive)
         self._inbox.put(job)
         if not job.done.wait(timeout):
             raise TimeoutError("the engine is busy")
@@ -183,9 +193,24 @@ class Engine:
         return self.memory is not None and self.memory.enabled
 
     @property
+    def waiting_count(self) -> int:
+        """Requests accepted but not running yet."""
+        scheduler = self._scheduler
+        return self._inbox.qsize() + (len(scheduler.waiting) if scheduler is not None else 0)
+
+    @property
+    def running_count(self) -> int:
+        scheduler = self._scheduler
+        return len(scheduler.active) if scheduler is not None else int(self._busy)
+
+    @property
     def queue_depth(self) -> int:
         """Requests waiting or running."""
-        return self._inbox.qsize() + (1 if self._busy else 0)
+        return self.waiting_count + self.running_count
+
+    @property
+    def batching(self) -> bool:
+        return self._scheduler is not None
 
     def count_tokens(self, request: GenerationRequest) -> int:
         """Prompt tokens of `request` as the current model would see them (no MLX: any thread)."""
@@ -231,7 +256,7 @@ class Engine:
             if self._loader is None:
                 self._loader = _Loader()
             loaded = self._loader.load(model_id, self.settings, progress or self._progress)
-            self.call(lambda engine: engine._install(loaded, model_id))
+            self.call(lambda engine: engine._install(loaded, model_id), exclusive=True)
             return loaded.info
         finally:
             self.state = "ready" if self._loaded is not None else "failed"
@@ -261,15 +286,14 @@ class Engine:
         self._stream = mx.new_stream(mx.default_device())
         with mx.stream(self._stream):
             self._load()
-            while True:
-                job = self._inbox.get()
-                if job is _STOP:
-                    break
-                if isinstance(job, _Call):
-                    self._run_call(job)
-                else:
-                    self._serve(job.handle)
+            stopping = False
+            while not stopping or self._has_work():
+                stopping = self._take_jobs(block=not self._has_work()) or stopping
+                if self._scheduler is not None:
+                    self._advance_batch()
             self._fail_waiting_requests()
+            if self._scheduler is not None:
+                self._scheduler.close()
             if self.memory is not None:
                 self.memory.close()
             self._loaded = None
@@ -279,6 +303,49 @@ class Engine:
         # destructor without the GIL, which crashes the process (mlx 0.32). As a daemon it never
         # blocks interpreter exit.
         threading.Event().wait()
+
+    def _has_work(self) -> bool:
+        return bool(self._deferred) or (self._scheduler is not None and self._scheduler.busy)
+
+    def _take_jobs(self, block: bool) -> bool:
+        """Move what arrived into the engine: requests to the batch (or run them), calls run now or
+        after the batch drains. Returns True once the engine is asked to stop."""
+        stopping = False
+        while True:
+            try:
+                job = self._inbox.get(block=block)
+            except queue.Empty:
+                return stopping
+            block = False
+            if job is _STOP:
+                stopping = True
+            elif isinstance(job, _Call):
+                if job.exclusive and self._scheduler is not None and self._scheduler.active:
+                    self._deferred.append(job)
+                else:
+                    self._run_call(job)
+            elif self._scheduler is not None:
+                self._scheduler.waiting.append(job.handle)
+            else:
+                self._serve(job.handle)
+
+    def _advance_batch(self) -> None:
+        scheduler = self._scheduler
+        if self._deferred:  # a swap waits: admit nothing new, run it once the batch is empty
+            if not scheduler.active:
+                for job in self._deferred:
+                    self._run_call(job)
+                self._deferred.clear()
+                return
+        else:
+            scheduler.admit()
+        try:
+            scheduler.step()
+        except Exception as exc:  # noqa: BLE001 - fail the running requests, keep serving
+            log.exception("a batch step failed")
+            scheduler.fail_all(f"generation failed: {exc}")
+        if not scheduler.active:
+            self._publish()
 
     def _run_call(self, job: _Call) -> None:
         try:
@@ -320,7 +387,24 @@ class Engine:
             from engine.kv.memory import KVMemory
 
             self.memory = KVMemory(self.settings, loaded.info.fingerprint, loaded.model)
+        self._install_scheduler(loaded)
         self._publish()
+
+    def _install_scheduler(self, loaded: LoadedModel) -> None:
+        from engine.scheduler import BatchScheduler, can_batch
+
+        waiting = self._scheduler.waiting if self._scheduler is not None else []
+        if self._scheduler is not None:
+            self._scheduler.close()
+        self._scheduler = None
+        if self.settings.mlx_max_batch_size > 1 and can_batch(loaded.model, self.settings.kv_bits):
+            self._scheduler = BatchScheduler(
+                loaded, self.memory, self.settings.mlx_max_batch_size, self.settings.mlx_prefill_step_size, self._stream
+            )
+            self._scheduler.waiting.extend(waiting)
+        else:
+            for handle in waiting:  # requests accepted for the old model run one at a time now
+                self._inbox.put(_Job(handle))
 
     def _publish(self) -> None:
         self._hot_view = self.memory.hot_view() if self.memory is not None and self.memory.enabled else None

@@ -15,3 +15,7 @@ class RequestError(EngineError):
 
 class EngineClosed(EngineError):
     """The engine was shut down before the request could run."""
+
+
+class EngineBusy(EngineError):
+    """The wait queue is full (SEMANTIC_MAX_QUEUE); retry shortly."""

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     )
     mlx_cache_budget_mb: int = Field(default=4096, ge=1, description="Hot KV cache budget (MB).")
     mlx_max_batch_size: int = Field(default=8, ge=1, le=256, description="Requests decoded at once.")
+    max_queue: int = Field(
+        default=64, ge=0, le=100000, description="Requests that may wait behind the running batch; more get 429."
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, le=3600, description="Seconds running requests get to finish on SIGTERM/SIGINT."
+    )
     mlx_prefill_step_size: int = Field(
         default=512, ge=16, le=65536, description="Prompt tokens processed per prefill step."
     )

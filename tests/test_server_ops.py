@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
 
@@ -193,7 +195,8 @@ def test_swap_to_gemma_and_back_while_streaming(server, http):
 
 @pytest.fixture(scope="module")
 def strict_server(default_engine, data_dir):
-    """No keys; strict model names, a 1 MB body limit, CORS for one origin, KV memory off, frequent pings."""
+    """No keys; strict model names, a 1 MB body limit, CORS for one origin, KV memory off, frequent pings,
+    two requests at a time and one waiting."""
     cache_dir = data_dir / "strict-caches"
     cache_dir.mkdir(exist_ok=True)
     env = {
@@ -202,6 +205,8 @@ def strict_server(default_engine, data_dir):
         "SEMANTIC_CORS_ORIGINS": "http://app.example",
         "SEMANTIC_KV_MEMORY": "false",
         "SEMANTIC_SSE_KEEPALIVE_S": "0.02",  # shorter than one decode step: keep-alives between tokens
+        "SEMANTIC_MLX_MAX_BATCH_SIZE": "2",
+        "SEMANTIC_MAX_QUEUE": "1",
     }
     running = ServerProcess(data_dir, cache_dir, env)
     try:
@@ -248,3 +253,66 @@ def test_keepalives_reach_clients_and_sdks_ignore_them(strict_server):
         assert "".join(stream.text_stream) == stream.get_final_message().content[0].text
     chunks = openai.OpenAI(base_url=f"{url}/v1", api_key="unused").chat.completions.create(**body)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+
+def test_queue_overflow_gets_429_with_retry_after(strict_server):
+    url = strict_server.base_url
+    body = {"model": "default", "max_tokens": 40, "messages": [{"role": "user", "content": "Tell me a story."}]}
+    statuses, retry_after = [], []
+
+    def one():
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            retry_after.append(response.headers.get("retry-after"))
+            assert response.json()["error"]["type"] == "rate_limit_error"
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 429 in statuses and 200 in statuses
+    assert all(status in (200, 429) for status in statuses)
+    assert all(value and 0 < int(value) <= 60 for value in retry_after)
+
+
+def test_sigterm_finishes_the_running_turn_and_keeps_its_cache(default_engine, data_dir, tmp_path):
+    cache_dir = tmp_path / "kv"
+    cache_dir.mkdir()
+    first = ServerProcess(data_dir, cache_dir)
+    first.wait_ready()
+    session = {"X-Session-ID": "sigterm-agent"}
+    history = [{"role": "user", "content": "Tell me about the moon."}]
+    body = {"model": "m", "max_tokens": 40, "temperature": 0, "messages": history, "stream": True}
+    text = []
+    with httpx.stream("POST", f"{first.base_url}/v1/chat/completions", json=body, headers=session) as response:
+        signalled = False
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line.removeprefix("data: "))["choices"]
+            text += [choice["delta"].get("content") or "" for choice in choices]
+            if not signalled and "".join(text).strip():
+                first.process.send_signal(signal.SIGTERM)  # mid-generation
+                signalled = True
+    assert first.process.wait(timeout=120) == 0, first.log()
+    first.stop()
+    assert "".join(text).strip()  # the running turn was finished, not cut
+
+    second = ServerProcess(data_dir, cache_dir)
+    try:
+        second.wait_ready()
+        follow_up = history + [
+            {"role": "assistant", "content": "".join(text)},
+            {"role": "user", "content": "And the sun?"},
+        ]
+        reply = httpx.post(
+            f"{second.base_url}/v1/chat/completions",
+            json={"model": "m", "max_tokens": 4, "messages": follow_up},
+            headers=session,
+            timeout=300,
+        ).json()
+        assert reply["usage"]["prompt_tokens_details"]["cached_tokens"] > 0  # read back from disk
+    finally:
+        assert second.stop() == 0

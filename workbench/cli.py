@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -141,6 +142,18 @@ def serve(
     from workbench.serve_cmd import run_server
 
     raise typer.Exit(run_server(settings_or_exit(mlx_model_id=model), host, port))
+
+
+@app.command()
+def batch(
+    jobs: Annotated[Path, typer.Argument(help="JSONL file: one job per line ({id, session?, messages|prompt, ...}).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL results, appended as jobs finish.")],
+    model: ModelOption = None,
+) -> None:
+    """Run many requests through the batching scheduler; a rerun skips jobs already in the output."""
+    from workbench.batch_cmd import run_batch
+
+    raise typer.Exit(run_batch(settings_or_exit(mlx_model_id=model), jobs, output))
 
 
 @app.command()

@@ -1,0 +1,283 @@
+"""Many agents at once: our server against mlx_lm.server on the same workload, side by side in one run.
+
+Workload (default model): 8 agents x 4 turns, all active at once. Each agent has a shared 1k-token system
+prompt and its own 1.5k-token history, and asks for 64 new tokens per turn; after each turn it appends
+the reply and its next question. Both servers run on the same converted model directory with the same
+BLAS and weight dtype (mlx_lm.server is started through a wrapper that loads OpenBLAS first, as our
+engine does), driven by the same OpenAI client load. Then aggregate decode tok/s of our engine alone at
+batch 1, 2, 4 and 8.
+
+`--json` prints one line with, per server, wall_s, output_tok_s, ttft_p50_s, ttft_p95_s,
+resumed_ttft_p50_s, resumed_ttft_p95_s; decode_tok_s per batch size; and the ratios
+`batch8_over_batch1`, `mlx_lm_server_over_ours` (its wall time / ours) and `resumed_p95_over_p50` (ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
+from engine.settings import load_settings  # noqa: E402
+
+SYSTEM_FILLER = (
+    "You are a careful research assistant working for a team of historians. Follow the house rules: cite the "
+    "letter number for every claim, prefer primary sources, keep answers short, and flag uncertainty. "
+)
+HISTORY_FILLER = (
+    "The harbour ledger for week {week} lists grain, salt and timber, with prices that rose after the storm. "
+)
+QUESTIONS = [
+    "Which week had the highest prices?",
+    "What changed after the storm?",
+    "Name one commodity that stayed cheap.",
+    "Summarise your findings in one line.",
+]
+
+MLX_LM_WRAPPER = "import sys, engine; from mlx_lm.server import main; sys.argv[0] = 'mlx_lm.server'; main()"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_conversations(tokenizer, agents: int, system_tokens: int, history_tokens: int) -> list[list[dict]]:
+    system = SYSTEM_FILLER
+    while len(tokenizer.encode(system)) < system_tokens:
+        system += SYSTEM_FILLER
+    conversations = []
+    for agent in range(agents):
+        history, week = [], agent * 1000
+        while len(tokenizer.encode(" ".join(m["content"] for m in history))) < history_tokens:
+            week += 1
+            history.append(
+                {
+                    "role": "user",
+                    "content": f"Agent {agent}, ledger part {week}: " + HISTORY_FILLER.format(week=week) * 4,
+                }
+            )
+            history.append({"role": "assistant", "content": f"Noted part {week}."})
+        conversations.append([{"role": "system", "content": system}, *history])
+    return conversations
+
+
+def wait_ready(url: str, process: subprocess.Popen, path: str, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def drive(base_url: str, conversations: list[list[dict]], turns: int, new_tokens: int, sessions: bool) -> dict:
+    """All agents at once, each running its turns in sequence; streaming, to time the first token."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url + "/v1", api_key="bench", max_retries=0, timeout=3600)
+    ttfts: list[tuple[int, float]] = []  # (turn, seconds)
+    output_tokens = [0]
+    lock = threading.Lock()
+
+    def agent(index: int) -> None:
+        messages = list(conversations[index])
+        for turn in range(turns):
+            messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
+            started, first, text, usage = time.perf_counter(), None, [], None
+            stream = client.chat.completions.create(
+                model="default",
+                messages=messages,
+                max_tokens=new_tokens,
+                temperature=0.0,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers={"X-Session-ID": f"bench-agent-{index}"} if sessions else None,
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first = first or time.perf_counter()
+                    text.append(chunk.choices[0].delta.content)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            with lock:
+                ttfts.append((turn, (first or time.perf_counter()) - started))
+                output_tokens[0] += usage.completion_tokens if usage else len(text)
+            messages.append({"role": "assistant", "content": "".join(text)})
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(len(conversations))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    all_ttft = [t for _, t in ttfts]
+    resumed = [t for turn, t in ttfts if turn > 0]
+    return {
+        "wall_s": round(wall, 2),
+        "output_tok_s": round(output_tokens[0] / wall, 2),
+        "ttft_p50_s": round(percentile(all_ttft, 50), 3),
+        "ttft_p95_s": round(percentile(all_ttft, 95), 3),
+        "resumed_ttft_p50_s": round(percentile(resumed, 50), 3),
+        "resumed_ttft_p95_s": round(percentile(resumed, 95), 3),
+    }
+
+
+def percentile(values: list[float], p: int) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def run_ours(conversations, args, data_dir: Path) -> dict:
+    port = free_port()
+    env = {**os.environ, "SEMANTIC_AGENT_CACHE_DIR": str(data_dir / "bench-caches"), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, "/health")
+        return drive(f"http://127.0.0.1:{port}", conversations, args.turns, args.new_tokens, sessions=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+
+
+def run_mlx_lm(conversations, args, model_dir: str, batch: int) -> dict:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            MLX_LM_WRAPPER,
+            "--model",
+            model_dir,
+            "--port",
+            str(port),
+            "--decode-concurrency",
+            str(batch),
+            "--prompt-concurrency",
+            str(batch),
+            "--log-level",
+            "ERROR",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, "/v1/models")
+        return drive(f"http://127.0.0.1:{port}", conversations, args.turns, args.new_tokens, sessions=False)
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+
+
+def decode_scaling(settings, new_tokens: int) -> dict[int, float]:
+    """Aggregate decode tok/s of our engine at batch 1, 2, 4, 8 (short prompts, fixed token counts)."""
+    from engine.engine import Engine
+    from engine.requests import ChatMessage, GenerationRequest, SamplingParams
+
+    results = {}
+    with Engine(settings.model_copy(update={"kv_memory": False, "mlx_max_batch_size": 8})) as running:
+        for batch in (1, 2, 4, 8):
+            requests = [
+                GenerationRequest(
+                    messages=[ChatMessage(role="user", content=f"Tell story number {i}.")],
+                    max_tokens=new_tokens,
+                    sampling=SamplingParams(temperature=0.0, ignore_eos=True),
+                )
+                for i in range(batch)
+            ]
+            running.generate(requests[0])  # warm up
+            started = time.perf_counter()
+            handles = [running.submit(r) for r in requests]
+            tokens = sum(h.result().usage.completion_tokens for h in handles)
+            results[batch] = round(tokens / (time.perf_counter() - started), 2)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--system-tokens", type=int, default=1000)
+    parser.add_argument("--history-tokens", type=int, default=1500)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="A small run (3 agents, 2 turns, short prompts).")
+    parser.add_argument("--json", action="store_true", help="Print one JSON line.")
+    args = parser.parse_args()
+    if args.quick:
+        args.agents, args.turns, args.system_tokens, args.history_tokens, args.new_tokens = 3, 2, 200, 300, 16
+
+    from transformers import AutoTokenizer
+
+    from engine.loader import prepare
+    from engine.model_source import resolve
+
+    settings = load_settings()
+    model_dir = str(prepare(resolve(settings.mlx_model_id, settings.models_path), settings.models_path))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    conversations = build_conversations(tokenizer, args.agents, args.system_tokens, args.history_tokens)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        ours = run_ours(conversations, args, Path(scratch))
+    theirs = run_mlx_lm(conversations, args, model_dir, settings.mlx_max_batch_size)
+    scaling = decode_scaling(settings, args.new_tokens)
+
+    result = {
+        "agents": args.agents,
+        "turns": args.turns,
+        "ours": ours,
+        "mlx_lm_server": theirs,
+        "decode_tok_s": scaling,
+        "batch8_over_batch1": round(scaling[8] / scaling[1], 2),
+        "mlx_lm_server_over_ours": round(theirs["wall_s"] / ours["wall_s"], 2),
+        "resumed_p95_over_p50": round(ours["resumed_ttft_p95_s"] / max(ours["resumed_ttft_p50_s"], 1e-9), 2),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{args.agents} agents x {args.turns} turns, {args.new_tokens} new tokens per turn")
+    for name, figures in (("agent-memory", ours), ("mlx_lm.server", theirs)):
+        print(
+            f"  {name:<14} wall {figures['wall_s']:7.1f} s  {figures['output_tok_s']:6.1f} tok/s  "
+            f"TTFT p50 {figures['ttft_p50_s']:.2f} s p95 {figures['ttft_p95_s']:.2f} s  "
+            f"resumed p50 {figures['resumed_ttft_p50_s']:.2f} s p95 {figures['resumed_ttft_p95_s']:.2f} s"
+        )
+    print("  decode tok/s by batch: " + "  ".join(f"{b}: {v}" for b, v in scaling.items()))
+    print(
+        f"  batch8_over_batch1 {result['batch8_over_batch1']} (target >= 3)   "
+        f"mlx_lm_server_over_ours {result['mlx_lm_server_over_ours']} (target >= 1.5)   "
+        f"resumed_p95_over_p50 {result['resumed_p95_over_p50']} (target <= 2)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Continuous batching on the engine thread: requests join and leave mlx-lm's BatchGenerator at token
+boundaries, each with its own restored KV cache, sampler, stop strings and max_tokens.
+
+    waiting (FIFO) ──admit──► active (≤ SEMANTIC_MLX_MAX_BATCH_SIZE) ──finish──► memory.release
+      one request per session at a time      one BatchGenerator.next() per step:
+      (a session's next turn waits for its     one decode token for every running sequence,
+       previous one)                           then one prefill chunk of the prompts being read
+
+A long cold prompt is prefilled one chunk (SEMANTIC_MLX_PREFILL_STEP_SIZE tokens) per step, so the
+sequences already decoding keep streaming while it is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from engine.errors import RequestError
+from engine.events import CacheReport, PrefillProgress, Timing, TurnChunk, TurnFailed, TurnFinished, TurnStarted, Usage
+from engine.generation import _ban_tokens, _matched_stop, check_context, render_prompt
+from engine.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def can_batch(model, kv_bits: int | None) -> bool:
+    """Plain KV caches batch (BatchKVCache); quantized and sliding-window caches take the one-at-a-time path."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    return kv_bits is None and all(type(cache) is KVCache for cache in make_prompt_cache(model))
+
+
+@lru_cache(maxsize=64)
+def _sampler(temperature: float, top_p: float, min_p: float, top_k: int):
+    # One object per distinct setting, so a batch that shares a setting samples in one call.
+    from mlx_lm.sample_utils import make_sampler
+
+    return make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
+
+
+@dataclass
+class _Sequence:
+    handle: object  # TurnHandle
+    prompt: list[int]
+    report: CacheReport
+    admitted: float
+    detokenizer: object
+    stops: object  # TextStateMachine
+    stop_state: object
+    uid: int = -1
+    generated_ids: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    raw_text: str = ""
+    first_token_at: float | None = None
+
+    @property
+    def request(self):
+        return self.handle.request
+
+    @property
+    def session_key(self):
+        return self.request.session_id
+
+
+class BatchScheduler:
+    def __init__(self, loaded: LoadedModel, memory, max_batch_size: int, prefill_step_size: int, stream):
+        from mlx_lm.generate import BatchGenerator
+
+        self.loaded = loaded
+        self.memory = memory
+        self.max_batch_size = max_batch_size
+        self.waiting: deque = deque()  # TurnHandles in arrival order
+        self.active: dict[int, _Sequence] = {}  # by BatchGenerator uid
+        self._new_generator = lambda: BatchGenerator(
+            loaded.model,
+            max_tokens=1,
+            completion_batch_size=max_batch_size,
+            prefill_batch_size=max_batch_size,
+            prefill_step_size=prefill_step_size,
+            stream=stream,
+        )
+        self.generator = self._new_generator()
+        self.eos_ids = sorted(loaded.tokenizer.eos_token_ids)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.active)
+
+    def close(self) -> None:
+        self.generator.close()
+
+    # -- admission -------------------------------------------------------------------------------
+    def admit(self) -> None:
+        """Move waiting requests into the batch while there is room; a session's turns never overlap."""
+        running_sessions = {s.session_key for s in self.active.values() if s.session_key is not None}
+        skipped = deque()
+        while self.waiting and len(self.active) < self.max_batch_size:
+            handle = self.waiting.popleft()
+            session_id = handle.request.session_id
+            if session_id is not None and session_id in running_sessions:
+                skipped.append(handle)  # waits for its session's running turn
+                continue
+            if self._start(handle) and session_id is not None:
+                running_sessions.add(session_id)
+        skipped.extend(self.waiting)
+        self.waiting = skipped
+
+    def _start(self, handle) -> bool:
+        from mlx_lm.generate import StopSequences, TextStateMachine
+        from mlx_lm.models.cache import make_prompt_cache
+
+        request, put = handle.request, handle._put
+        if handle._cancelled.is_set():
+            put(TurnFailed(handle.request_id, "the request was cancelled before it started", "cancelled"))
+            return False
+        admitted = time.perf_counter()
+        try:
+            prompt = render_prompt(self.loaded, request)
+            check_context(len(prompt), self.loaded.info.context_length)
+        except RequestError as exc:
+            put(TurnFailed(handle.request_id, str(exc), "request"))
+            return False
+        if self.memory is not None:
+            restored = self.memory.acquire(request.session_id, prompt)
+            cache, report = restored.cache, CacheReport(restored.source, restored.reused_tokens, restored.restore_s)
+        else:
+            cache, report = make_prompt_cache(self.loaded.model), CacheReport()
+        params = request.sampling
+        if params.seed is not None:
+            import mlx.core as mx
+
+            mx.random.seed(params.seed)
+        stops = TextStateMachine({"normal": [(stop, None) for stop in request.stop]} if request.stop else None)
+        detokenizer = self.loaded.tokenizer.detokenizer
+        detokenizer.reset()
+        sequence = _Sequence(handle, prompt, report, admitted, detokenizer, stops, stops.make_state())
+        max_tokens = min(request.max_tokens, self.loaded.info.context_length - len(prompt))
+        (sequence.uid,) = self.generator.insert(
+            [prompt[report.reused_tokens :]],
+            max_tokens=[max_tokens],
+            caches=[cache],
+            samplers=[_sampler(params.temperature, params.top_p, params.min_p, params.top_k)],
+            logits_processors=[[_ban_tokens(self.eos_ids)] if params.ignore_eos else []],
+            stop_sequences=[StopSequences([] if params.ignore_eos else [[eos] for eos in self.eos_ids])],
+        )
+        self.active[sequence.uid] = sequence
+        put(TurnStarted(handle.request_id, len(prompt), report))
+        return True
+
+    # -- one step --------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Cancel what was cancelled, then one decode token for every running sequence (and one prefill chunk)."""
+        for sequence in [s for s in self.active.values() if s.handle._cancelled.is_set()]:
+            self._finish_early(sequence, "cancelled")
+        if not self.active:
+            return
+        prompt_responses, generation_responses = self.generator.next()
+        for response in prompt_responses:
+            sequence = self.active.get(response.uid)
+            if sequence is not None and not response.end_of_prompt:
+                reused = sequence.report.reused_tokens
+                done, total = response.progress
+                sequence.handle._put(PrefillProgress(sequence.handle.request_id, reused + done, reused + total))
+        for response in generation_responses:
+            sequence = self.active.get(response.uid)
+            if sequence is not None:
+                self._on_token(sequence, response)
+
+    def _on_token(self, sequence: _Sequence, response) -> None:
+        if sequence.first_token_at is None:
+            sequence.first_token_at = time.perf_counter()
+        sequence.generated_ids.append(response.token)
+        put, request_id = sequence.handle._put, sequence.handle.request_id
+        if response.finish_reason == "stop":  # an end-of-turn token: not part of the answer
+            sequence.detokenizer.finalize()
+            self._emit(sequence, sequence.detokenizer.last_segment, final=True)
+            self._finish(sequence, "stop", response.prompt_cache, counted=len(sequence.generated_ids) - 1)
+            return
+        sequence.detokenizer.add_token(response.token)
+        if response.finish_reason == "length":
+            sequence.detokenizer.finalize()
+        text = sequence.detokenizer.last_segment
+        sequence.raw_text += text
+        sequence.stop_state, visible, state_name = sequence.stops.step(sequence.stop_state, text)
+        if state_name is None:  # a stop string matched: it is not returned
+            if visible:
+                sequence.pieces.append(visible)
+                put(TurnChunk(request_id, visible))
+            stop = _matched_stop(sequence.request.stop, sequence.raw_text)
+            if response.finish_reason is None:
+                self._finish_early(sequence, "stop_sequence", stop)
+            else:
+                self._finish(sequence, "stop_sequence", response.prompt_cache, stop_sequence=stop)
+            return
+        if response.finish_reason == "length":
+            sequence.stop_state, rest, _ = sequence.stops.flush(sequence.stop_state)
+            visible += rest
+        if visible:
+            sequence.pieces.append(visible)
+            put(TurnChunk(request_id, visible))
+        if response.finish_reason == "length":
+            self._finish(sequence, "length", response.prompt_cache)
+
+    def _emit(self, sequence: _Sequence, text: str, final: bool = False) -> None:
+        sequence.raw_text += text
+        sequence.stop_state, visible, _ = sequence.stops.step(sequence.stop_state, text)
+        if final:
+            sequence.stop_state, rest, _ = sequence.stops.flush(sequence.stop_state)
+            visible += rest
+        if visible:
+            sequence.pieces.append(visible)
+            sequence.handle._put(TurnChunk(sequence.handle.request_id, visible))
+
+    def _finish_early(self, sequence: _Sequence, reason: str, stop_sequence: str | None = None) -> None:
+        """Take a sequence out of the running batch (cancelled, or a stop string matched)."""
+        extracted = self.generator.remove([sequence.uid], return_prompt_caches=True)
+        cache = extracted.get(sequence.uid, (None, None))[0]
+        self._finish(sequence, reason, cache, stop_sequence=stop_sequence)
+
+    def _finish(
+        self,
+        sequence: _Sequence,
+        reason: str,
+        cache: list | None,
+        stop_sequence: str | None = None,
+        counted: int | None = None,
+    ) -> None:
+        del self.active[sequence.uid]
+        finished_at = time.perf_counter()
+        generated = len(sequence.generated_ids) if counted is None else counted
+        first = sequence.first_token_at or finished_at
+        prefill_s = first - sequence.admitted
+        prefilled = len(sequence.prompt) - sequence.report.reused_tokens
+        decode_s = finished_at - first
+        sequence.handle._put(
+            TurnFinished(
+                request_id=sequence.handle.request_id,
+                text="".join(sequence.pieces),
+                finish_reason=reason,
+                usage=Usage(len(sequence.prompt), max(generated, 0), sequence.report.reused_tokens),
+                cache=sequence.report,
+                timing=Timing(
+                    ttft_s=prefill_s,
+                    prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0,
+                    decode_tokens_per_s=max(generated - 1, 0) / decode_s if decode_s > 0 else 0.0,
+                    total_s=finished_at - sequence.admitted,
+                ),
+                stop_sequence=stop_sequence,
+                prompt_token_ids=sequence.prompt,
+            )
+        )
+        # After the last event: the caller has its answer before the cache is kept.
+        if self.memory is not None:
+            if cache is None:
+                self.memory.abandon(sequence.session_key)
+            else:
+                self.memory.release(sequence.session_key, sequence.prompt + sequence.generated_ids, cache)
+
+    def fail_all(self, message: str) -> None:
+        """A step failed: every running sequence fails (its cache state is unknown) and the batch restarts."""
+        for sequence in list(self.active.values()):
+            del self.active[sequence.uid]
+            sequence.handle._put(TurnFailed(sequence.handle.request_id, message, "internal"))
+            if self.memory is not None:
+                self.memory.abandon(sequence.session_key)
+        self.generator.close()
+        self.generator = self._new_generator()

@@ -1,0 +1,38 @@
+"""`agent-memory batch` in a real subprocess: results as JSONL, bad lines reported, reruns resume."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [
+        {"id": "a", "prompt": "What is the capital of France?", "max_tokens": 12, "temperature": 0},
+        {"id": "b", "session": "batch-agent", "messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 8},
+        "this is not json",
+        {"id": "c"},
+        {"id": "d", "prompt": "Name a colour.", "max_tokens": 6},
+    ]
+    jobs.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    output = tmp_path / "results.jsonl"
+
+    first = run_cli("batch", str(jobs), "-o", str(output), data_dir=data_dir)
+    assert first.returncode == 1, first.stderr  # two bad lines
+    rows = {row["id"]: row for row in map(json.loads, output.read_text().splitlines())}
+    assert set(rows) == {"a", "b", "line:3", "c", "d"}
+    assert "Paris" in rows["a"]["text"] and rows["a"]["usage"]["completion_tokens"] > 0
+    assert rows["b"]["session"] == "batch-agent"
+    assert rows["line:3"]["line"] == 3 and "not JSON" in rows["line:3"]["error"]
+    assert rows["c"]["line"] == 4 and "messages" in rows["c"]["error"]
+
+    jobs.write_text(jobs.read_text() + json.dumps({"id": "e", "prompt": "Say yes.", "max_tokens": 4}) + "\n")
+    second = run_cli("batch", str(jobs), "-o", str(output), data_dir=data_dir)
+    ids = [json.loads(line)["id"] for line in output.read_text().splitlines()]
+    assert ids.count("a") == 1 and ids.count("e") == 1  # only the new job ran
+    assert "1 jobs done" in second.stderr and "already done" in second.stderr
+
+    missing = run_cli("batch", str(tmp_path / "nope.jsonl"), "-o", str(output), data_dir=data_dir)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
