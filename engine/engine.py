@@ -296,8 +296,11 @@ class Engine:
                 self._scheduler.close()
             if self.memory is not None:
                 self.memory.close()
-            self._loaded = None
+            # The thread never exits (see below): drop everything it holds, and give MLX's buffer
+            # cache back, or every closed engine keeps its model and caches in memory.
+            self._scheduler = self.memory = self._loaded = self._hot_view = None
             mx.synchronize()
+            mx.clear_cache()
         self._stopped.set()
         # The thread parks instead of exiting: exiting runs MLX's thread-local compile-cache
         # destructor without the GIL, which crashes the process (mlx 0.32). As a daemon it never
