@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from engine.settings import Settings
-from workbench.tui.app import WorkbenchApp
+from workbench.tui.app import Confirm, WorkbenchApp
 from workbench.tui.inspector import InspectorScreen
 from workbench.tui.source import LocalSource
 
@@ -77,5 +77,35 @@ def test_connect_to_a_running_server(server):
             await pilot.press("f3")
             await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
             assert app.screen.pool["hot"]["used_bytes"] > 0
+
+    asyncio.run(scenario())
+
+
+def test_new_rename_and_delete_agent(source):
+    async def scenario():
+        app = WorkbenchApp(source)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            await pilot.press("ctrl+n")
+            await until(pilot, lambda: app.screen.query("#name"))
+            app.screen.query_one("#name").value = "tui-new"
+            await pilot.press("enter")
+            await until(pilot, lambda: app.agent_id == "tui-new")
+            await send(app, pilot, "Hi!")
+            await until(pilot, lambda: any(r["id"] == "tui-new" for r in app.rows))
+
+            await pilot.press("f2")
+            await until(pilot, lambda: app.screen.query("#name"))
+            app.screen.query_one("#name").value = "tui-renamed"
+            await pilot.press("enter")
+            await until(pilot, lambda: any(r["id"] == "tui-renamed" for r in app.rows))
+            assert not any(r["id"] == "tui-new" for r in app.rows)
+            assert source.session("tui-renamed").turns == 1
+
+            await pilot.press("f8")
+            await until(pilot, lambda: isinstance(app.screen, Confirm))
+            await pilot.press("y")
+            await until(pilot, lambda: not any(r["id"] == "tui-renamed" for r in app.rows))
+            assert source.store.get("tui-renamed") is None
 
     asyncio.run(scenario())

@@ -64,7 +64,7 @@ class WorkbenchApp(App):
     BINDINGS = [
         Binding("ctrl+n", "new_agent", "New agent"),
         Binding("f2", "rename_agent", "Rename"),
-        Binding("ctrl+d", "delete_agent", "Delete"),
+        Binding("f8", "delete_agent", "Delete"),  # not Ctrl+D: the input box uses it
         Binding("f3", "inspector", "Memory"),
         Binding("f4", "model", "Model"),
         Binding("f1", "help", "Help"),
