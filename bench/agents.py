@@ -90,7 +90,9 @@ def wait_ready(url: str, process: subprocess.Popen, path: str, timeout: float = 
     raise TimeoutError(url)
 
 
-def drive(base_url: str, conversations: list[list[dict]], turns: int, new_tokens: int, sessions: bool) -> dict:
+def drive(
+    base_url: str, conversations: list[list[dict]], turns: int, new_tokens: int, sessions: bool, model: str
+) -> dict:
     """All agents at once, each running its turns in sequence; streaming, to time the first token."""
     from openai import OpenAI
 
@@ -98,14 +100,21 @@ def drive(base_url: str, conversations: list[list[dict]], turns: int, new_tokens
     ttfts: list[tuple[int, float]] = []  # (turn, seconds)
     output_tokens = [0]
     lock = threading.Lock()
+    errors: list[BaseException] = []
 
     def agent(index: int) -> None:
+        try:
+            run_agent(index)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other agents
+            errors.append(exc)
+
+    def run_agent(index: int) -> None:
         messages = list(conversations[index])
         for turn in range(turns):
             messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
             started, first, text, usage = time.perf_counter(), None, [], None
             stream = client.chat.completions.create(
-                model="default",
+                model=model,
                 messages=messages,
                 max_tokens=new_tokens,
                 temperature=0.0,
@@ -124,6 +133,8 @@ def drive(base_url: str, conversations: list[list[dict]], turns: int, new_tokens
                 output_tokens[0] += usage.completion_tokens if usage else len(text)
             messages.append({"role": "assistant", "content": "".join(text)})
 
+    # One untimed request first: the first forward pass of a fresh process pays one-off set-up costs.
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     started = time.perf_counter()
     threads = [threading.Thread(target=agent, args=(i,)) for i in range(len(conversations))]
     for thread in threads:
@@ -131,6 +142,8 @@ def drive(base_url: str, conversations: list[list[dict]], turns: int, new_tokens
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} agents failed against {base_url}: {errors[0]!r}")
     all_ttft = [t for _, t in ttfts]
     resumed = [t for turn, t in ttfts if turn > 0]
     return {
@@ -162,7 +175,7 @@ def run_ours(conversations, args, data_dir: Path) -> dict:
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}", process, "/health")
-        return drive(f"http://127.0.0.1:{port}", conversations, args.turns, args.new_tokens, sessions=True)
+        return drive(f"http://127.0.0.1:{port}", conversations, args.turns, args.new_tokens, True, "default")
     finally:
         process.terminate()
         process.wait(timeout=120)
@@ -193,7 +206,8 @@ def run_mlx_lm(conversations, args, model_dir: str, batch: int) -> dict:
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}", process, "/v1/models")
-        return drive(f"http://127.0.0.1:{port}", conversations, args.turns, args.new_tokens, sessions=False)
+        # mlx_lm.server names the model it was started with "default_model".
+        return drive(f"http://127.0.0.1:{port}", conversations, args.turns, args.new_tokens, False, "default_model")
     finally:
         process.terminate()
         process.wait(timeout=120)
