@@ -27,12 +27,17 @@ from engine.requests import GenerationRequest
 
 
 def render_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
-    """Token ids of the chat-templated conversation, ending with the assistant's turn opener."""
+    """Token ids of the chat-templated conversation, ending with the assistant's turn opener (or, when the
+    last message is the assistant's, with its text, to be continued)."""
     tokenizer = loaded.tokenizer
     messages = [message.model_dump() for message in request.messages]
+    # A conversation that ends with the assistant's words is continued from them (answer prefill).
+    continues = messages[-1]["role"] == "assistant"
     if tokenizer.chat_template:
         try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=not continues, continue_final_message=continues, tokenize=False
+            )
         except Exception as exc:  # jinja raises TemplateError / its own exceptions from raise_exception
             raise RequestError(f"the model's chat template rejected the conversation: {exc}") from None
     else:

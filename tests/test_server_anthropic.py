@@ -153,3 +153,17 @@ def test_raw_stream_event_order(server):
     assert events[:2] == ["message_start", "content_block_start"]
     assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(events[2:-3]) <= {"content_block_delta"}
+
+
+def test_final_assistant_message_is_continued(client):
+    message = client.messages.create(
+        model="m",
+        max_tokens=8,
+        messages=[
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is"},
+        ],
+        extra_body={"temperature": 0},
+    )
+    assert "Paris" in message.content[0].text
+    assert not message.content[0].text.startswith("The capital")  # only the continuation is returned
