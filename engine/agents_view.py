@@ -33,3 +33,17 @@ def agent_rows(sessions: list[Session], overview: dict, model_id: str) -> list[d
             }
         )
     return sorted(rows, key=lambda row: row["last_used"], reverse=True)
+
+
+def block_counts(overview: dict, agent_id: str) -> dict:
+    """An agent's KV blocks: compacted in memory, live cache resident, on disk, and shared with others."""
+    hot = (overview.get("hot") or {}).get("sessions", {}).get(agent_id)
+    warm = overview.get("warm_sessions", {}).get(agent_id)
+    if warm and warm["fingerprint"] != overview.get("fingerprint"):
+        warm = None  # stored under another model
+    return {
+        "hot": hot["blocks"] if hot else 0,
+        "hot_live": bool(hot and hot["live"]),
+        "warm": warm["blocks"] if warm else 0,
+        "shared": warm["shared_blocks"] if warm else 0,
+    }

@@ -16,7 +16,7 @@ from api.generation import generation_request
 from api.schemas.agents import AgentMessageRequest
 from api.usage import turn_summary
 from api.validation import parse, read_json
-from engine.agents_view import agent_rows
+from engine.agents_view import agent_rows, block_counts
 from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.sessions import Session, SessionCorrupt, SessionStore
 
@@ -58,18 +58,9 @@ async def get_agent(request, agent_id: str):
     row = next((r for r in rows if r["id"] == agent_id), None)
     if row is None:
         raise ApiError(404, f"no agent {agent_id!r}; create one by sending it a message", param="agent_id")
-    hot = (overview.get("hot") or {}).get("sessions", {}).get(agent_id)
-    warm = overview.get("warm_sessions", {}).get(agent_id)
-    if warm and warm["fingerprint"] != overview.get("fingerprint"):
-        warm = None
     row["system"] = session.system if session else None
     row["messages"] = [m.model_dump() for m in session.messages] if session else []
-    row["blocks"] = {
-        "hot": hot["blocks"] if hot else 0,
-        "hot_live": bool(hot and hot["live"]),
-        "warm": warm["blocks"] if warm else 0,
-        "shared": warm["shared_blocks"] if warm else 0,
-    }
+    row["blocks"] = block_counts(overview, agent_id)
     row["block_tokens"] = server.settings.kv_block_tokens
     row["chain"] = await asyncio.to_thread(engine.agent_blocks, agent_id)
     return json_response(row)

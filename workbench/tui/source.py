@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.agents_view import agent_rows
+from engine.agents_view import agent_rows, block_counts
 from engine.events import TurnEvent, TurnFinished
 from engine.requests import GenerationRequest, SamplingParams
 from engine.sessions import Session, SessionStore
@@ -71,16 +71,7 @@ class LocalSource:
         rows = agent_rows(self.store.all(), overview, self.engine.model_id)
         row = next((r for r in rows if r["id"] == agent_id), None)
         if row is not None:
-            hot = (overview.get("hot") or {}).get("sessions", {}).get(agent_id)
-            warm = overview.get("warm_sessions", {}).get(agent_id)
-            if warm and warm["fingerprint"] != overview.get("fingerprint"):
-                warm = None
-            row["blocks"] = {
-                "hot": hot["blocks"] if hot else 0,
-                "hot_live": bool(hot and hot["live"]),
-                "warm": warm["blocks"] if warm else 0,
-                "shared": warm["shared_blocks"] if warm else 0,
-            }
+            row["blocks"] = block_counts(overview, agent_id)
             row["chain"] = self.engine.agent_blocks(agent_id)
         pool = {"hot": overview.get("hot") or {}, "warm": overview.get("warm") or {}}
         return {"pool": pool, "row": row, "block_tokens": self.settings.kv_block_tokens}
