@@ -300,14 +300,7 @@ class KVMemory:
     def stats(self) -> dict:
         self.writer.flush()
         return {
-            "hot": {
-                "budget_bytes": self.hot.budget_bytes,
-                "used_bytes": self.hot.used_bytes,
-                "agents": len(self.hot),
-                "max_agents": self.hot.max_agents,
-                "evictions": self.hot.evictions,
-                "shared_bytes_saved": self.hot.shared_bytes_saved,
-            },
+            "hot": self._hot_totals(),
             "warm": {**self.warm.stats(), "dtype": self.disk_dtype},
             "hits": dict(self.hits),
             "block_tokens": self.block_tokens,
@@ -317,12 +310,7 @@ class KVMemory:
     def hot_view(self) -> dict:
         """The hot tier as plain data (engine thread; others read the copy the engine publishes)."""
         return {
-            "budget_bytes": self.hot.budget_bytes,
-            "used_bytes": self.hot.used_bytes,
-            "agents": len(self.hot),
-            "max_agents": self.hot.max_agents,
-            "evictions": self.hot.evictions,
-            "shared_bytes_saved": self.hot.shared_bytes_saved,
+            **self._hot_totals(),
             "hits": dict(self.hits),
             "sessions": {
                 entry.session_id: {
@@ -335,6 +323,16 @@ class KVMemory:
                 for entry in self.hot.entries()
                 if entry.session_id != ANONYMOUS
             },
+        }
+
+    def _hot_totals(self) -> dict:
+        return {
+            "budget_bytes": self.hot.budget_bytes,
+            "used_bytes": self.hot.used_bytes,
+            "agents": len(self.hot),
+            "max_agents": self.hot.max_agents,
+            "evictions": self.hot.evictions,
+            "shared_bytes_saved": self.hot.shared_bytes_saved,
         }
 
     def check_integrity(self) -> None:
