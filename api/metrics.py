@@ -92,7 +92,7 @@ class _EngineCollector:
                     "dtype": info.compute_dtype,
                 },
             )
-        overview = engine.kv_overview()
+        overview = engine.kv_overview(sessions=False)  # totals only: a scrape must stay cheap
         hot, warm = overview.get("hot") or {}, overview.get("warm") or {}
         yield GaugeMetricFamily("agent_memory_hot_bytes", "KV bytes in the hot tier.", value=hot.get("used_bytes", 0))
         yield GaugeMetricFamily(

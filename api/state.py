@@ -29,17 +29,10 @@ class ServerState:
         if state == "failed":
             raise ApiError(
                 503,
-                f"the model failed to load: {self.load_error()}",
+                f"the model failed to load: {self.engine.load_error}",
                 headers={"Retry-After": "60", "x-should-retry": "false"},
             )
         raise ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
-
-    def load_error(self) -> str:
-        try:
-            self.engine.wait_ready(timeout=0)
-        except Exception as exc:  # noqa: BLE001 - whatever the load raised is the message
-            return str(exc)
-        return "unknown error"
 
     def served_model(self, requested: str | None) -> str:
         """The name answered in responses: the model that serves. Strict mode refuses other names."""

@@ -134,6 +134,11 @@ class Engine:
         return self.info
 
     @property
+    def load_error(self) -> str | None:
+        """Why the model failed to load, once it has."""
+        return str(self._load_error) if self._load_error is not None else None
+
+    @property
     def info(self) -> ModelInfo:
         if self._loaded is None:
             raise EngineError("the model is not loaded yet")
@@ -220,8 +225,9 @@ class Engine:
             raise EngineError("the model is not loaded yet")
         return len(render_prompt(self._loaded, request))
 
-    def kv_overview(self) -> dict:
-        """The KV memory without waiting for the engine thread: hot tier as of the last turn, warm from disk."""
+    def kv_overview(self, sessions: bool = True) -> dict:
+        """The KV memory without waiting for the engine thread: hot tier as of the last turn, warm from
+        disk; `sessions=False` leaves out the per-session warm summaries (a scan of every session's chain)."""
         memory = self.memory
         if memory is None or not memory.enabled:
             return {"enabled": False, "hot": None, "warm": None, "warm_sessions": {}}
@@ -229,7 +235,7 @@ class Engine:
             "enabled": True,
             "hot": self._hot_view,
             "warm": {**memory.warm.stats(), "dtype": memory.disk_dtype},
-            "warm_sessions": memory.warm.session_summaries(),
+            "warm_sessions": memory.warm.session_summaries() if sessions else {},
             "fingerprint": memory.fingerprint,
         }
 

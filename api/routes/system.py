@@ -26,7 +26,7 @@ async def health(request):
     body = {"status": engine.state, "uptime_s": round(time.time() - server.started, 1), "queue_depth": 0}
     if engine.state not in ("ready", "swapping"):
         if engine.state == "failed":
-            body["error"] = server.load_error()
+            body["error"] = engine.load_error
         return json_response(body, status=503, headers={"Retry-After": "5"})
     info = engine.info
     body.update(
