@@ -1,7 +1,8 @@
 """The engine's events on the asyncio loop: the engine thread wakes the loop, nothing blocks it.
 
-A handler submits through TurnStream, reads events (None marks a quiet interval: time for a
-keep-alive), and cancels in `finally`, so a client that goes away frees the engine within one token.
+A handler submits through TurnStream and reads events (None marks a quiet interval: time for a
+keep-alive) inside `async with`, whose exit cancels the turn, so a client that goes away frees the
+engine within one token.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ class TurnStream:
             raise ApiError(503, f"{exc}; retry shortly", headers={"Retry-After": "5"}) from None
         self.done = False
         self.keepalive_s = keepalive_s
+
+    async def __aenter__(self) -> TurnStream:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.cancel()  # a client that went away (or an error) stops the generation after this token
 
     async def events(self) -> AsyncIterator[TurnEvent | None]:
         """Events for the client; None whenever `keepalive_s` passed without one (prefill progress

@@ -30,6 +30,17 @@ class EventStream:
         self.response = None
         self.completed = False
 
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, exc_type, *exc) -> None:
+        """A stream that ran to its end is ended and counted as served; any other is counted as cut (499)."""
+        try:
+            if exc_type is None:
+                await self.end()
+        finally:
+            self.record()
+
     @property
     def opened(self) -> bool:
         return self.response is not None
@@ -47,7 +58,7 @@ class EventStream:
         self.completed = True
 
     def record(self) -> None:
-        """Count the request (in `finally`: 499 if the client left or it failed mid-stream)."""
+        """Count the request: 499 if the client left or it failed mid-stream."""
         if self.response is None:
             return
         server = self.request.app.ctx.server

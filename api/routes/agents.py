@@ -103,7 +103,6 @@ async def send_message(request, agent_id: str):
             seed=parsed.seed,
             stop=parsed.stop,
         )
-        turn = TurnStream(engine, generation, server.settings.sse_keepalive_s)
 
         def keep(finished: TurnFinished) -> dict:
             if finished.finish_reason != "cancelled":
@@ -119,18 +118,15 @@ async def send_message(request, agent_id: str):
                 **turn_summary(finished),
             }
 
-        try:
+        async with TurnStream(engine, generation, server.settings.sse_keepalive_s) as turn:
             if parsed.stream:
                 return await _stream(request, turn, keep)
             return json_response(keep(await turn.finished()))
-        finally:
-            turn.cancel()
 
 
 async def _stream(request, turn: TurnStream, keep):
     """event: started / delta / finished (or error), each with a JSON object; keep-alive comments between."""
-    stream = sse.EventStream(request)
-    try:
+    async with sse.EventStream(request) as stream:
         async for event in turn.events():
             if event is None:
                 await stream.send(sse.KEEPALIVE_COMMENT)
@@ -145,6 +141,3 @@ async def _stream(request, turn: TurnStream, keep):
                 if not stream.opened:
                     raise failure(event)
                 await stream.send(sse.event("error", error_body(False, failure(event))))
-        await stream.end()
-    finally:
-        stream.record()

@@ -83,33 +83,32 @@ async def create_message(request):
     model = server.served_model(parsed.model)
     generation = _request(parsed, body, request.headers)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
-    async with server.locks.hold(generation.session_id):
-        turn = TurnStream(engine, generation, server.settings.sse_keepalive_s)
-        try:
-            if parsed.stream:
-                return await _stream(request, turn, message_id, model, engine.kv_enabled)
-            finished = await turn.finished()
-            server.metrics.observe_turn(finished)
-            return json_response(
-                {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [{"type": "text", "text": finished.text}],
-                    "stop_reason": ANTHROPIC_STOP[finished.finish_reason],
-                    "stop_sequence": finished.stop_sequence,
-                    "usage": anthropic_usage(finished.usage, engine.kv_enabled),
-                }
-            )
-        finally:
-            turn.cancel()
+    # A session's requests run one at a time, in arrival order (the lock is FIFO).
+    async with (
+        server.locks.hold(generation.session_id),
+        TurnStream(engine, generation, server.settings.sse_keepalive_s) as turn,
+    ):
+        if parsed.stream:
+            return await _stream(request, turn, message_id, model, engine.kv_enabled)
+        finished = await turn.finished()
+        server.metrics.observe_turn(finished)
+        return json_response(
+            {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": finished.text}],
+                "stop_reason": ANTHROPIC_STOP[finished.finish_reason],
+                "stop_sequence": finished.stop_sequence,
+                "usage": anthropic_usage(finished.usage, engine.kv_enabled),
+            }
+        )
 
 
 async def _stream(request, turn: TurnStream, message_id: str, model: str, kv_enabled: bool):
     """message_start, one text block (start, deltas, stop), message_delta, message_stop; pings between."""
-    stream = sse.EventStream(request)
-    try:
+    async with sse.EventStream(request) as stream:
         async for event in turn.events():
             if event is None:
                 await stream.send(sse.event("ping", {"type": "ping"}))
@@ -152,9 +151,6 @@ async def _stream(request, turn: TurnStream, message_id: str, model: str, kv_ena
                 if not stream.opened:
                     raise failure(event)
                 await stream.send(sse.event("error", error_body(True, failure(event))))
-        await stream.end()
-    finally:
-        stream.record()
 
 
 @bp.post("/count_tokens")

@@ -84,43 +84,42 @@ async def create_chat_completion(request):
     model = server.served_model(parsed.model)
     generation = _request(parsed, body, request.headers)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
-    async with server.locks.hold(generation.session_id):
-        turn = TurnStream(engine, generation, server.settings.sse_keepalive_s)
-        try:
-            if parsed.stream:
-                include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-                return await _stream(request, turn, head, include_usage)
-            finished = await turn.finished()
-            server.metrics.observe_turn(finished)
-            return json_response(
-                {
-                    **head,
-                    "object": "chat.completion",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": finished.text, "refusal": None},
-                            "logprobs": None,
-                            "finish_reason": OPENAI_FINISH[finished.finish_reason],
-                        }
-                    ],
-                    "usage": openai_usage(finished.usage),
-                }
-            )
-        finally:
-            turn.cancel()
+    # A session's requests run one at a time, in arrival order (the lock is FIFO).
+    async with (
+        server.locks.hold(generation.session_id),
+        TurnStream(engine, generation, server.settings.sse_keepalive_s) as turn,
+    ):
+        if parsed.stream:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            return await _stream(request, turn, head, include_usage)
+        finished = await turn.finished()
+        server.metrics.observe_turn(finished)
+        return json_response(
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": finished.text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": OPENAI_FINISH[finished.finish_reason],
+                    }
+                ],
+                "usage": openai_usage(finished.usage),
+            }
+        )
 
 
 async def _stream(request, turn: TurnStream, head: dict, include_usage: bool):
     """Chunks: role first, then content deltas, then finish_reason; usage last when asked; [DONE]."""
-    stream = sse.EventStream(request)
     usage_field = {"usage": None} if include_usage else {}
 
     def chunk(delta: dict, finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return sse.data({**head, "object": "chat.completion.chunk", "choices": [choice], **usage_field})
 
-    try:
+    async with sse.EventStream(request) as stream:
         async for event in turn.events():
             if event is None:
                 await stream.send(sse.KEEPALIVE_COMMENT)
@@ -144,6 +143,3 @@ async def _stream(request, turn: TurnStream, head: dict, include_usage: bool):
                 if not stream.opened:
                     raise failure(event)
                 await stream.send(sse.data(error_body(False, failure(event))))
-        await stream.end()
-    finally:
-        stream.record()
