@@ -173,46 +173,36 @@ class BatchScheduler:
         if sequence.first_token_at is None:
             sequence.first_token_at = time.perf_counter()
         sequence.generated_ids.append(response.token)
-        put, request_id = sequence.handle._put, sequence.handle.request_id
-        if response.finish_reason == "stop":  # an end-of-turn token: not part of the answer
+        end_of_turn = response.finish_reason == "stop"  # an end-of-turn token: not part of the answer
+        if not end_of_turn:
+            sequence.detokenizer.add_token(response.token)
+        finishing = response.finish_reason is not None
+        if finishing:
             sequence.detokenizer.finalize()
-            self._emit(sequence, sequence.detokenizer.last_segment, final=True)
-            self._finish(sequence, "stop", response.prompt_cache, counted=len(sequence.generated_ids) - 1)
-            return
-        sequence.detokenizer.add_token(response.token)
-        if response.finish_reason == "length":
-            sequence.detokenizer.finalize()
-        text = sequence.detokenizer.last_segment
+        matched = self._emit(sequence, sequence.detokenizer.last_segment, final=finishing)
+        if matched and not end_of_turn:
+            stop = _matched_stop(sequence.request.stop, sequence.raw_text)
+            if finishing:
+                self._finish(sequence, "stop_sequence", response.prompt_cache, stop_sequence=stop)
+            else:
+                self._finish_early(sequence, "stop_sequence", stop)
+        elif finishing:
+            counted = len(sequence.generated_ids) - 1 if end_of_turn else None
+            self._finish(sequence, response.finish_reason, response.prompt_cache, counted=counted)
+
+    def _emit(self, sequence: _Sequence, text: str, final: bool) -> bool:
+        """Stream the visible part of `text` (held back while it may start a stop string; all of it when
+        `final`). Returns True when a stop string matched: it is never shown."""
         sequence.raw_text += text
         sequence.stop_state, visible, state_name = sequence.stops.step(sequence.stop_state, text)
-        if state_name is None:  # a stop string matched: it is not returned
-            if visible:
-                sequence.pieces.append(visible)
-                put(TurnChunk(request_id, visible))
-            stop = _matched_stop(sequence.request.stop, sequence.raw_text)
-            if response.finish_reason is None:
-                self._finish_early(sequence, "stop_sequence", stop)
-            else:
-                self._finish(sequence, "stop_sequence", response.prompt_cache, stop_sequence=stop)
-            return
-        if response.finish_reason == "length":
-            sequence.stop_state, rest, _ = sequence.stops.flush(sequence.stop_state)
-            visible += rest
-        if visible:
-            sequence.pieces.append(visible)
-            put(TurnChunk(request_id, visible))
-        if response.finish_reason == "length":
-            self._finish(sequence, "length", response.prompt_cache)
-
-    def _emit(self, sequence: _Sequence, text: str, final: bool = False) -> None:
-        sequence.raw_text += text
-        sequence.stop_state, visible, _ = sequence.stops.step(sequence.stop_state, text)
-        if final:
+        matched = state_name is None
+        if final and not matched:
             sequence.stop_state, rest, _ = sequence.stops.flush(sequence.stop_state)
             visible += rest
         if visible:
             sequence.pieces.append(visible)
             sequence.handle._put(TurnChunk(sequence.handle.request_id, visible))
+        return matched
 
     def _finish_early(self, sequence: _Sequence, reason: str, stop_sequence: str | None = None) -> None:
         """Take a sequence out of the running batch (cancelled, or a stop string matched)."""
