@@ -163,54 +163,38 @@ def percentile(values: list[float], p: int) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def run_ours(conversations, args, data_dir: Path) -> dict:
+def run_server(command: list[str], env: dict, ready_path: str, conversations, args, sessions: bool, model: str):
+    """Start a server on a free port, drive the workload against it, stop it."""
     port = free_port()
-    env = {**os.environ, "SEMANTIC_AGENT_CACHE_DIR": str(data_dir / "bench-caches"), "HF_HUB_OFFLINE": "1"}
+    url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "workbench.cli", "serve", "--port", str(port)],
-        env=env,
+        [*command, "--port", str(port)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_ready(f"http://127.0.0.1:{port}", process, "/health")
-        return drive(f"http://127.0.0.1:{port}", conversations, args.turns, args.new_tokens, True, "default")
+        wait_ready(url, process, ready_path)
+        return drive(url, conversations, args.turns, args.new_tokens, sessions, model)
     finally:
         process.terminate()
         process.wait(timeout=120)
+
+
+def run_ours(conversations, args, data_dir: Path) -> dict:
+    command = [sys.executable, "-m", "workbench.cli", "serve"]
+    env = {"SEMANTIC_AGENT_CACHE_DIR": str(data_dir / "bench-caches")}
+    return run_server(command, env, "/health", conversations, args, True, "default")
 
 
 def run_mlx_lm(conversations, args, model_dir: str, batch: int) -> dict:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            MLX_LM_WRAPPER,
-            "--model",
-            model_dir,
-            "--port",
-            str(port),
-            "--decode-concurrency",
-            str(batch),
-            "--prompt-concurrency",
-            str(batch),
-            "--log-level",
-            "ERROR",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process, "/v1/models")
-        # mlx_lm.server names the model it was started with "default_model".
-        return drive(f"http://127.0.0.1:{port}", conversations, args.turns, args.new_tokens, False, "default_model")
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
+    command = [
+        *(sys.executable, "-c", MLX_LM_WRAPPER, "--model", model_dir),
+        *("--decode-concurrency", str(batch), "--prompt-concurrency", str(batch), "--log-level", "ERROR"),
+    ]
+    # mlx_lm.server names the model it was started with "default_model".
+    return run_server(command, {}, "/v1/models", conversations, args, False, "default_model")
 
 
 def decode_scaling(settings, new_tokens: int) -> dict[int, float]:

@@ -28,31 +28,27 @@ def test_home(snap_compare):
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=settle)
 
 
-def test_inspector(snap_compare):
-    async def open_inspector(pilot):
+def after_key(key: str):
+    """A run_before that waits for the app to settle, then opens a screen with `key`."""
+
+    async def run_before(pilot) -> None:
         await settle(pilot)
-        await pilot.press("f3")
+        await pilot.press(key)
         await pilot.pause(0.3)
 
-    assert snap_compare(make_app(), terminal_size=SIZE, run_before=open_inspector)
+    return run_before
+
+
+def test_inspector(snap_compare):
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=after_key("f3"))
 
 
 def test_model_screen(snap_compare):
-    async def open_model(pilot):
-        await settle(pilot)
-        await pilot.press("f4")
-        await pilot.pause(0.3)
-
-    assert snap_compare(make_app(), terminal_size=SIZE, run_before=open_model)
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=after_key("f4"))
 
 
 def test_help(snap_compare):
-    async def open_help(pilot):
-        await settle(pilot)
-        await pilot.press("f1")
-        await pilot.pause(0.3)
-
-    assert snap_compare(make_app(), terminal_size=SIZE, run_before=open_help)
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=after_key("f1"))
 
 
 def test_home_small_terminal(snap_compare):
