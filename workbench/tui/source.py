@@ -68,7 +68,8 @@ class LocalSource:
     def inspect(self, agent_id: str | None) -> dict:
         """The pool (hot and warm tiers) and the agent's row with its block counts."""
         overview = self.engine.kv_overview()
-        rows = agent_rows(self.store.all(), overview, self.engine.model_id)
+        session = self.store.get(agent_id) if agent_id is not None else None
+        rows = agent_rows([session] if session else [], overview, self.engine.model_id)
         row = next((r for r in rows if r["id"] == agent_id), None)
         if row is not None:
             row["blocks"] = block_counts(overview, agent_id)
