@@ -37,14 +37,22 @@ class TurnHandle:
         self._cancelled = threading.Event()
         # Called on the engine thread with every event (an asyncio server wakes its loop with it).
         self._on_event = on_event
+        self._shape = None  # turns a tool-offering turn's text into tool-call events
+
+    def begin(self, loaded: LoadedModel) -> None:
+        """Called on the engine thread as the turn starts on `loaded`."""
+        from engine.tools.stream import output_stream
+
+        self._shape = output_stream(self.request, loaded.tokenizer)
 
     def _put(self, event: TurnEvent) -> None:
-        self._events.put(event)
-        if self._on_event is not None:
-            try:
-                self._on_event(event)
-            except Exception:  # noqa: BLE001 - a consumer that went away must not stop the engine
-                log.debug("event listener of %s failed", self.request_id, exc_info=True)
+        for shaped in self._shape(event) if self._shape is not None else (event,):
+            self._events.put(shaped)
+            if self._on_event is not None:
+                try:
+                    self._on_event(shaped)
+                except Exception:  # noqa: BLE001 - a consumer that went away must not stop the engine
+                    log.debug("event listener of %s failed", self.request_id, exc_info=True)
 
     @property
     def request_id(self) -> str:
@@ -429,6 +437,7 @@ class Engine:
             put(TurnFailed(handle.request_id, "the request was cancelled before it started", "cancelled"))
             return
         self._busy = True
+        handle.begin(self._loaded)
         try:
             for event in run_turn(
                 self._loaded,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.requests import ToolCall
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -51,16 +53,38 @@ class TurnChunk:
 
 
 @dataclass(frozen=True)
+class ToolCallStart:
+    """The model began call number `index` (0, 1, ... within the turn) of tool `name`."""
+
+    request_id: str
+    index: int
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of call `index`'s arguments JSON; the pieces of one call concatenate to its arguments."""
+
+    request_id: str
+    index: int
+    arguments: str
+
+
+@dataclass(frozen=True)
 class TurnFinished:
     request_id: str
     text: str
-    # "stop" (end of turn), "stop_sequence", "length" (max_tokens or context) or "cancelled"
+    # "stop" (end of turn), "stop_sequence", "length" (max_tokens or context), "tool_calls" or "cancelled"
     finish_reason: str
     usage: Usage
     cache: CacheReport
     timing: Timing
     stop_sequence: str | None = None
     prompt_token_ids: list[int] = field(default_factory=list, repr=False)
+    tool_calls: tuple[ToolCall, ...] = ()
+    # Calls the model wrote that did not parse (returned as text instead)
+    invalid_tool_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,4 +94,4 @@ class TurnFailed:
     kind: str  # "request" (the caller's input), "cancelled" (before it started) or "internal"
 
 
-TurnEvent = TurnStarted | PrefillProgress | TurnChunk | TurnFinished | TurnFailed
+TurnEvent = TurnStarted | PrefillProgress | TurnChunk | ToolCallStart | ToolCallDelta | TurnFinished | TurnFailed

@@ -29,14 +29,22 @@ from engine.requests import GenerationRequest
 def render_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
     """Token ids of the chat-templated conversation, ending with the assistant's turn opener (or, when the
     last message is the assistant's, with its text, to be continued)."""
+    from engine.tools.formats import tool_format
+    from engine.tools.render import template_inputs
+
     tokenizer = loaded.tokenizer
-    messages = [message.model_dump() for message in request.messages]
+    fmt = tool_format(tokenizer, constrained=request.constrained)
+    messages, tools = template_inputs(request, fmt)
     # A conversation that ends with the assistant's words is continued from them (answer prefill).
     continues = messages[-1]["role"] == "assistant"
     if tokenizer.chat_template:
         try:
             text = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=not continues, continue_final_message=continues, tokenize=False
+                messages,
+                **({"tools": tools} if tools else {}),
+                add_generation_prompt=not continues,
+                continue_final_message=continues,
+                tokenize=False,
             )
         except Exception as exc:  # jinja raises TemplateError / its own exceptions from raise_exception
             raise RequestError(f"the model's chat template rejected the conversation: {exc}") from None
@@ -137,7 +145,7 @@ def _generate(turn: _Turn) -> Generator[TurnEvent, None, list[int]]:
     params = request.sampling
     if params.seed is not None:
         mx.random.seed(params.seed)
-    logits_processors = [_ban_tokens(loaded.tokenizer.eos_token_ids)] if params.ignore_eos else None
+    logits_processors = turn_processors(loaded, request) or None
     sampler = make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
     stops = TextStateMachine({"normal": [(stop, None) for stop in request.stop]} if request.stop else None)
     stop_state = stops.make_state()
@@ -231,6 +239,17 @@ def _generate(turn: _Turn) -> Generator[TurnEvent, None, list[int]]:
         prompt_token_ids=turn.prompt,
     )
     return generated_ids
+
+
+def turn_processors(loaded: LoadedModel, request: GenerationRequest) -> list:
+    """Logits processors for a turn: an end-of-turn ban, and the grammar of a constrained turn."""
+    from engine.tools.grammar import constraint_processor
+
+    processors = [_ban_tokens(loaded.tokenizer.eos_token_ids)] if request.sampling.ignore_eos else []
+    constraint = constraint_processor(loaded.tokenizer, request)
+    if constraint is not None:
+        processors.append(constraint)
+    return processors
 
 
 def _ban_tokens(token_ids):

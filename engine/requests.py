@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Names the APIs allow for functions: the same rule for OpenAI and Anthropic tools.
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,128}$"
+
+
+class ToolCall(BaseModel):
+    """A call the model made: `arguments` is the JSON text of its arguments object."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ToolSpec(BaseModel):
+    """A function the model may call; `parameters` is the JSON schema of its arguments."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
 class ChatMessage(BaseModel):
+    """One turn. An assistant turn may carry tool calls; a "tool" turn is one call's result."""
+
     model_config = ConfigDict(frozen=True)
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None  # the tool a "tool" turn answers
+    is_error: bool = False  # a "tool" turn that reports a failed call
 
 
 class SamplingParams(BaseModel):
@@ -38,6 +67,22 @@ class GenerationRequest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     session_id: str | None = None
     request_id: str = Field(default_factory=lambda: f"req_{uuid.uuid4().hex[:16]}")
+    tools: list[ToolSpec] = Field(default_factory=list)
+    # "auto": the model may call a tool; "required": it must (`tool_name`: that one); "none": tools hidden.
+    tool_choice: Literal["auto", "none", "required"] = "auto"
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True
+    # A JSON schema the answer text must match (structured output); {"type": "object"} for any object.
+    response_schema: dict[str, Any] | None = None
+
+    @property
+    def offers_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def constrained(self) -> bool:
+        """Sampling follows a grammar: a forced tool call or a response schema."""
+        return (self.offers_tools and self.tool_choice == "required") or self.response_schema is not None
 
     @field_validator("messages")
     @classmethod
@@ -45,6 +90,17 @@ class GenerationRequest(BaseModel):
         if messages[-1].role == "user" and not messages[-1].content.strip():
             raise ValueError("the message is empty; type something to send")
         return messages
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> GenerationRequest:
+        names = [tool.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("tool names must be unique")
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice requires a tool call but no tools were given")
+        if self.tool_name is not None and self.tool_name not in names:
+            raise ValueError(f"tool_choice names {self.tool_name!r}, which is not among the tools")
+        return self
 
     @field_validator("stop")
     @classmethod

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from engine.errors import RequestError
 from engine.events import CacheReport, PrefillProgress, Timing, TurnChunk, TurnFailed, TurnFinished, TurnStarted, Usage
-from engine.generation import _ban_tokens, _matched_stop, check_context, render_prompt
+from engine.generation import _matched_stop, check_context, render_prompt, turn_processors
 from engine.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class BatchScheduler:
         try:
             prompt = render_prompt(self.loaded, request)
             check_context(len(prompt), self.loaded.info.context_length)
+            processors = turn_processors(self.loaded, request)
         except RequestError as exc:
             put(TurnFailed(handle.request_id, str(exc), "request"))
             return False
@@ -143,10 +144,11 @@ class BatchScheduler:
             max_tokens=[max_tokens],
             caches=[cache],
             samplers=[_sampler(params.temperature, params.top_p, params.min_p, params.top_k)],
-            logits_processors=[[_ban_tokens(self.eos_ids)] if params.ignore_eos else []],
+            logits_processors=[processors],
             stop_sequences=[StopSequences([] if params.ignore_eos else [[eos] for eos in self.eos_ids])],
         )
         self.active[sequence.uid] = sequence
+        handle.begin(self.loaded)
         put(TurnStarted(handle.request_id, len(prompt), report))
         return True
 
