@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from api.errors import ApiError, from_validation_error
-from engine.requests import ChatMessage, GenerationRequest, SamplingParams
+from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolSpec
 
 # Used when a request names no temperature: sane for small local models (the APIs document 1.0).
 DEFAULT_TEMPERATURE = 0.7
@@ -21,6 +21,11 @@ def generation_request(
     top_k: int | None = None,
     seed: int | None = None,
     stop: list[str] | None = None,
+    tools: list[ToolSpec] | None = None,
+    tool_choice: str = "auto",
+    tool_name: str | None = None,
+    parallel_tool_calls: bool = True,
+    response_schema: dict | None = None,
 ) -> GenerationRequest:
     try:
         return GenerationRequest(
@@ -34,6 +39,11 @@ def generation_request(
             ),
             stop=stop or [],
             session_id=session_id,
+            tools=tools or [],
+            tool_choice=tool_choice,
+            tool_name=tool_name,
+            parallel_tool_calls=parallel_tool_calls,
+            response_schema=response_schema,
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None
@@ -41,3 +51,15 @@ def generation_request(
 
 def text_only_error(kind: str, where: str) -> ApiError:
     return ApiError(400, f"{where}: {kind} input is not supported; this server's models read text only", param=where)
+
+
+def tool_names_by_call_id(messages) -> dict[str, str]:
+    """Which tool each earlier call id named: tool results carry only the id, some templates want the name."""
+    return {call.id: call.name for message in messages for call in message.tool_calls}
+
+
+def check_schema(schema, where: str) -> dict:
+    """A JSON schema the grammar can use: an object (a boolean or missing schema is a client mistake)."""
+    if not isinstance(schema, dict):
+        raise ApiError(400, f"{where}: a JSON schema object is required", param=where)
+    return schema

@@ -45,6 +45,12 @@ class Metrics:
         self.cache_hits = Counter(
             "agent_memory_cache_hits", "Turns by where their KV prefix came from.", ["tier"], registry=self.registry
         )
+        self.tool_calls = Counter(
+            "agent_memory_tool_calls",
+            "Tool calls the model wrote: valid ones, and invalid ones returned as text.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(engine_getter))
 
     def observe_turn(self, finished: TurnFinished) -> None:
@@ -52,6 +58,8 @@ class Metrics:
         self.cached_tokens.inc(finished.usage.cached_tokens)
         self.generated_tokens.inc(finished.usage.completion_tokens)
         self.cache_hits.labels(finished.cache.source).inc()
+        self.tool_calls.labels("valid").inc(len(finished.tool_calls))
+        self.tool_calls.labels("invalid").inc(finished.invalid_tool_calls)
         if finished.finish_reason != "cancelled":
             self.ttft.labels(finished.cache.source).observe(finished.timing.ttft_s)
 

@@ -45,7 +45,11 @@ class EventStream:
     def opened(self) -> bool:
         return self.response is not None
 
-    async def send(self, text: str) -> None:
+    async def send(self, *texts: str) -> None:
+        """Send events in one write; nothing to send is a no-op."""
+        text = "".join(texts)
+        if not text:
+            return
         if self.response is None:
             self.request.ctx.streamed = True  # the metrics middleware leaves this request to `close`
             self.response = await self.request.respond(content_type="text/event-stream", headers=SSE_HEADERS)

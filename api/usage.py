@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from engine.events import TurnFinished, Usage
 
-ANTHROPIC_STOP = {"stop": "end_turn", "stop_sequence": "stop_sequence", "length": "max_tokens", "cancelled": "end_turn"}
-OPENAI_FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "cancelled": "stop"}
+ANTHROPIC_STOP = {
+    "stop": "end_turn",
+    "stop_sequence": "stop_sequence",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "cancelled": "end_turn",
+}
+OPENAI_FINISH = {
+    "stop": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "cancelled": "stop",
+}
 
 
 def anthropic_input_usage(prompt_tokens: int, cached_tokens: int, kv_enabled: bool) -> dict:

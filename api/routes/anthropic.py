@@ -11,46 +11,52 @@ from sanic.response import json as json_response
 
 from api import sse
 from api.bridge import TurnStream, failure
-from api.errors import error_body
-from api.generation import generation_request, text_only_error
+from api.errors import ApiError, error_body
+from api.generation import check_schema, generation_request, text_only_error, tool_names_by_call_id
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest, TextBlock
 from api.sessions import session_id_from
 from api.usage import ANTHROPIC_STOP, anthropic_input_usage, anthropic_usage
 from api.validation import parse, read_json
-from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
-from engine.requests import ChatMessage
+from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from engine.requests import ChatMessage, ToolCall, ToolSpec
 
 bp = Blueprint("anthropic", url_prefix="/v1/messages")
 
 
 def engine_messages(parsed: MessagesRequest | CountTokensRequest) -> list[ChatMessage]:
-    """System prompt and turns as chat messages; the same input always renders the same text (cache reuse)."""
+    """System prompt and turns as chat messages; the same input always renders the same text (cache reuse).
+    A user turn's tool_result blocks become "tool" turns, before the text sent with them."""
     messages = []
     if parsed.system:
         system = parsed.system if isinstance(parsed.system, str) else "\n".join(b.text for b in parsed.system)
         if system.strip():
             messages.append(ChatMessage(role="system", content=system))
     for index, message in enumerate(parsed.messages):
-        content = message.content
-        text = content if isinstance(content, str) else _blocks_text(content, f"messages.{index}.content")
-        messages.append(ChatMessage(role=message.role, content=text))
+        where = f"messages.{index}.content"
+        blocks = [TextBlock(type="text", text=message.content)] if isinstance(message.content, str) else message.content
+        texts, calls = [], []
+        for number, block in enumerate(blocks):
+            if block.type == "text":
+                texts.append(block.text)
+            elif block.type in ("image", "document"):
+                raise text_only_error(block.type, f"{where}.{number}")
+            elif block.type == "tool_use":
+                arguments = json.dumps(block.input, ensure_ascii=False)
+                calls.append(ToolCall(id=block.id, name=block.name, arguments=arguments))
+            elif block.type == "tool_result":
+                messages.append(
+                    ChatMessage(
+                        role="tool",
+                        content=_result_text(block.content, f"{where}.{number}.content"),
+                        tool_call_id=block.tool_use_id,
+                        name=tool_names_by_call_id(messages).get(block.tool_use_id),
+                        is_error=bool(block.is_error),
+                    )
+                )
+            # thinking blocks are the model's own scratch work: not sent back to it
+        if texts or calls or not any(block.type == "tool_result" for block in blocks):
+            messages.append(ChatMessage(role=message.role, content="\n".join(texts), tool_calls=tuple(calls)))
     return messages
-
-
-def _blocks_text(blocks: list, where: str) -> str:
-    parts = []
-    for index, block in enumerate(blocks):
-        if block.type == "text":
-            parts.append(block.text)
-        elif block.type in ("image", "document"):
-            raise text_only_error(block.type, f"{where}.{index}")
-        elif block.type == "tool_use":
-            parts.append(f"[tool call {block.name} {json.dumps(block.input, ensure_ascii=False, sort_keys=True)}]")
-        elif block.type == "tool_result":
-            label = "tool error" if block.is_error else "tool result"
-            parts.append(f"[{label} {block.tool_use_id}]\n{_result_text(block.content, f'{where}.{index}.content')}")
-        # thinking blocks are the model's own scratch work: not sent back to it
-    return "\n".join(parts)
 
 
 def _result_text(content, where: str) -> str:
@@ -62,6 +68,30 @@ def _result_text(content, where: str) -> str:
     return "\n".join(block.text for block in content)
 
 
+def _tools(parsed: MessagesRequest | CountTokensRequest) -> dict:
+    """tools, tool_choice and output_config.format as the engine's request fields."""
+    tools = [
+        ToolSpec(
+            name=tool.name,
+            description=tool.description or "",
+            parameters=check_schema(tool.input_schema, f"tools.{index}.input_schema"),
+        )
+        for index, tool in enumerate(parsed.tools or ())
+    ]
+    choice = parsed.tool_choice
+    mode = {"auto": "auto", "any": "required", "tool": "required", "none": "none"}[choice.type] if choice else "auto"
+    if choice is not None and choice.type == "tool" and not choice.name:
+        raise ApiError(400, "tool_choice.name: required when tool_choice.type is 'tool'", param="tool_choice.name")
+    output_format = parsed.output_config.format if parsed.output_config else None
+    return {
+        "tools": tools,
+        "tool_choice": mode,
+        "tool_name": choice.name if choice is not None and choice.type == "tool" else None,
+        "parallel_tool_calls": not (choice and choice.disable_parallel_tool_use),
+        "response_schema": output_format.schema_ if output_format is not None else None,
+    }
+
+
 def _request(parsed: MessagesRequest, body: dict, headers):
     return generation_request(
         engine_messages(parsed),
@@ -71,7 +101,27 @@ def _request(parsed: MessagesRequest, body: dict, headers):
         top_p=parsed.top_p,
         top_k=parsed.top_k,
         stop=parsed.stop_sequences,
+        **_tools(parsed),
     )
+
+
+def tool_use_id(call_id: str) -> str:
+    return "toolu_" + call_id.removeprefix("call_")
+
+
+def _content(finished: TurnFinished) -> list[dict]:
+    blocks = [{"type": "text", "text": finished.text}] if finished.text or not finished.tool_calls else []
+    for call in finished.tool_calls:
+        blocks.append({"type": "tool_use", "id": tool_use_id(call.id), "name": call.name, "input": _input(call)})
+    return blocks
+
+
+def _input(call) -> dict:
+    try:
+        value = json.loads(call.arguments)
+    except ValueError:  # a call cut short by max_tokens: its arguments are incomplete
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 @bp.post("")
@@ -98,7 +148,7 @@ async def create_message(request):
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": finished.text}],
+                "content": _content(finished),
                 "stop_reason": ANTHROPIC_STOP[finished.finish_reason],
                 "stop_sequence": finished.stop_sequence,
                 "usage": anthropic_usage(finished.usage, engine.kv_enabled),
@@ -107,7 +157,9 @@ async def create_message(request):
 
 
 async def _stream(request, turn: TurnStream, message_id: str, model: str, kv_enabled: bool):
-    """message_start, one text block (start, deltas, stop), message_delta, message_stop; pings between."""
+    """message_start, content blocks (text, tool_use) each as start, deltas, stop; message_delta,
+    message_stop; pings between. A block opens when its first piece arrives."""
+    blocks = _BlockWriter()
     async with sse.EventStream(request) as stream:
         async for event in turn.events():
             if event is None:
@@ -125,20 +177,15 @@ async def _stream(request, turn: TurnStream, message_id: str, model: str, kv_ena
                     "usage": {**usage, "output_tokens": 0},
                 }
                 await stream.send(sse.event("message_start", {"type": "message_start", "message": message}))
-                await stream.send(
-                    sse.event(
-                        "content_block_start",
-                        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                    )
-                )
             elif isinstance(event, TurnChunk):
-                delta = {"type": "text_delta", "text": event.text}
-                await stream.send(
-                    sse.event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
-                )
+                await stream.send(*blocks.text(event.text))
+            elif isinstance(event, ToolCallStart):
+                await stream.send(*blocks.tool_use(tool_use_id(event.call_id), event.name))
+            elif isinstance(event, ToolCallDelta):
+                await stream.send(*blocks.delta({"type": "input_json_delta", "partial_json": event.arguments}))
             elif isinstance(event, TurnFinished):
                 request.app.ctx.server.metrics.observe_turn(event)
-                await stream.send(sse.event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+                await stream.send(*blocks.close(final=True))
                 delta = {"stop_reason": ANTHROPIC_STOP[event.finish_reason], "stop_sequence": event.stop_sequence}
                 await stream.send(
                     sse.event(
@@ -153,6 +200,41 @@ async def _stream(request, turn: TurnStream, message_id: str, model: str, kv_ena
                 await stream.send(sse.event("error", error_body(True, failure(event))))
 
 
+class _BlockWriter:
+    """Content block events in order: the open block is closed before the next one starts."""
+
+    def __init__(self):
+        self.count = 0  # blocks started so far
+        self.open: str | None = None  # "text" | "tool_use"
+
+    def text(self, text: str) -> list[str]:
+        events = [] if self.open == "text" else [*self.close(), self._start({"type": "text", "text": ""}, "text")]
+        return [*events, *self.delta({"type": "text_delta", "text": text})]
+
+    def tool_use(self, block_id: str, name: str) -> list[str]:
+        block = {"type": "tool_use", "id": block_id, "name": name, "input": {}}
+        return [*self.close(), self._start(block, "tool_use")]
+
+    def delta(self, delta: dict) -> list[str]:
+        index = self.count - 1
+        return [sse.event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})]
+
+    def close(self, final: bool = False) -> list[str]:
+        """Stop the open block; at the end of a message that had none, an empty text block."""
+        if self.open is None:
+            if final and not self.count:
+                return [self._start({"type": "text", "text": ""}, "text"), *self.close()]
+            return []
+        self.open = None
+        return [sse.event("content_block_stop", {"type": "content_block_stop", "index": self.count - 1})]
+
+    def _start(self, block: dict, kind: str) -> str:
+        self.open = kind
+        self.count += 1
+        index = self.count - 1
+        return sse.event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+
+
 @bp.post("/count_tokens")
 async def count_tokens(request):
     server = request.app.ctx.server
@@ -160,6 +242,6 @@ async def count_tokens(request):
     parsed = parse(CountTokensRequest, body)
     engine = server.ready_engine()
     server.served_model(parsed.model)
-    generation = generation_request(engine_messages(parsed), 1, None)
+    generation = generation_request(engine_messages(parsed), 1, None, **_tools(parsed))
     count = await asyncio.to_thread(engine.count_tokens, generation)
     return json_response({"input_tokens": count})

@@ -11,19 +11,20 @@ from sanic.response import json as json_response
 from api import sse
 from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
-from api.generation import generation_request, text_only_error
-from api.schemas.openai import ChatCompletionRequest
+from api.generation import check_schema, generation_request, text_only_error, tool_names_by_call_id
+from api.schemas.openai import ChatCompletionRequest, NamedToolChoice
 from api.sessions import session_id_from
 from api.usage import OPENAI_FINISH, openai_usage
 from api.validation import parse, read_json
-from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
-from engine.requests import ChatMessage
+from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from engine.requests import ChatMessage, ToolCall, ToolSpec
 
 bp = Blueprint("openai", url_prefix="/v1/chat")
 
 # Used when a request sets neither max_tokens nor max_completion_tokens (the context limit still applies).
 DEFAULT_MAX_TOKENS = 2048
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 
 
 def engine_messages(parsed: ChatCompletionRequest) -> list[ChatMessage]:
@@ -31,13 +32,17 @@ def engine_messages(parsed: ChatCompletionRequest) -> list[ChatMessage]:
     for index, message in enumerate(parsed.messages):
         text = _content_text(message.content, f"messages.{index}.content")
         if message.role in ("tool", "function"):
-            label = message.tool_call_id or message.name or "call"
-            messages.append(ChatMessage(role="user", content=f"[tool result {label}]\n{text}"))
+            call_id = message.tool_call_id or message.name or "call"
+            names = tool_names_by_call_id(messages)
+            messages.append(
+                ChatMessage(role="tool", content=text, tool_call_id=call_id, name=names.get(call_id, message.name))
+            )
             continue
-        if message.role == "assistant" and message.tool_calls:
-            calls = [_call_text(call) for call in message.tool_calls]
-            text = "\n".join(part for part in (text, *calls) if part)
-        messages.append(ChatMessage(role=ROLES[message.role], content=text))
+        calls = tuple(
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+            for call in message.tool_calls or ()
+        )
+        messages.append(ChatMessage(role=ROLES[message.role], content=text, tool_calls=calls))
     return messages
 
 
@@ -55,9 +60,32 @@ def _content_text(content, where: str) -> str:
     return "\n".join(parts)
 
 
-def _call_text(call: dict) -> str:
-    function = call.get("function") or {}
-    return f"[tool call {function.get('name', '?')} {function.get('arguments', '{}')}]"
+def _tools(parsed: ChatCompletionRequest) -> dict:
+    """tools, tool_choice and response_format as the engine's request fields."""
+    tools = [
+        ToolSpec(
+            name=tool.function.name,
+            description=tool.function.description or "",
+            parameters=check_schema(tool.function.parameters or EMPTY_PARAMETERS, f"tools.{index}.function.parameters"),
+        )
+        for index, tool in enumerate(parsed.tools or ())
+    ]
+    choice, name = parsed.tool_choice, None
+    if isinstance(choice, NamedToolChoice):
+        choice, name = "required", choice.function.name
+    schema = None
+    if parsed.response_format is not None and parsed.response_format.type == "json_object":
+        schema = {"type": "object"}
+    elif parsed.response_format is not None and parsed.response_format.type == "json_schema":
+        format_schema = parsed.response_format.json_schema
+        schema = check_schema(format_schema and format_schema.schema_, "response_format.json_schema.schema")
+    return {
+        "tools": tools,
+        "tool_choice": choice or "auto",
+        "tool_name": name,
+        "parallel_tool_calls": parsed.parallel_tool_calls is not False,
+        "response_schema": schema,
+    }
 
 
 def _request(parsed: ChatCompletionRequest, body: dict, headers):
@@ -72,7 +100,15 @@ def _request(parsed: ChatCompletionRequest, body: dict, headers):
         top_p=parsed.top_p,
         seed=parsed.seed,
         stop=stop,
+        **_tools(parsed),
     )
+
+
+def _tool_calls(finished: TurnFinished) -> list[dict]:
+    return [
+        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        for call in finished.tool_calls
+    ]
 
 
 @bp.post("/completions")
@@ -101,7 +137,13 @@ async def create_chat_completion(request):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": finished.text, "refusal": None},
+                        "message": {
+                            "role": "assistant",
+                            # OpenAI sends null content beside tool calls when the model wrote no text
+                            "content": finished.text or (None if finished.tool_calls else ""),
+                            "refusal": None,
+                            **({"tool_calls": _tool_calls(finished)} if finished.tool_calls else {}),
+                        },
                         "logprobs": None,
                         "finish_reason": OPENAI_FINISH[finished.finish_reason],
                     }
@@ -127,6 +169,12 @@ async def _stream(request, turn: TurnStream, head: dict, include_usage: bool):
                 await stream.send(chunk({"role": "assistant", "content": ""}))
             elif isinstance(event, TurnChunk):
                 await stream.send(chunk({"content": event.text}))
+            elif isinstance(event, ToolCallStart):
+                call = {"index": event.index, "id": event.call_id, "type": "function"}
+                await stream.send(chunk({"tool_calls": [{**call, "function": {"name": event.name, "arguments": ""}}]}))
+            elif isinstance(event, ToolCallDelta):
+                call = {"index": event.index, "function": {"arguments": event.arguments}}
+                await stream.send(chunk({"tool_calls": [call]}))
             elif isinstance(event, TurnFinished):
                 request.app.ctx.server.metrics.observe_turn(event)
                 await stream.send(chunk({}, OPENAI_FINISH[event.finish_reason]))

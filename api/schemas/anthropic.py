@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.requests import TOOL_NAME_PATTERN
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -56,9 +58,26 @@ class Message(_Open):
 
 
 class Tool(_Open):
-    name: str
+    # Client tools only ("custom" or no type): server tools (web search, code execution) run at Anthropic.
+    type: Literal["custom"] | None = None
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
     description: str | None = None
-    input_schema: dict[str, Any] | None = None
+    input_schema: dict[str, Any]
+
+
+class ToolChoice(_Open):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class OutputFormat(_Open):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Open):
+    format: OutputFormat | None = None
 
 
 class Metadata(_Open):
@@ -70,9 +89,9 @@ class _Conversation(_Open):
     messages: list[Message] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
     tools: list[Tool] | None = None
-    tool_choice: dict[str, Any] | None = None
+    tool_choice: ToolChoice | None = None
     thinking: dict[str, Any] | None = None
-    output_config: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
 
 
 class MessagesRequest(_Conversation):

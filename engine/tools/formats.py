@@ -64,24 +64,21 @@ def call_json(name: str, arguments: Any) -> str:
     return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
 
 
-def fallback_instructions(tools: list[ToolSpec], tool_choice: str, tool_name: str | None) -> str:
-    """The system prompt section that teaches a template without tool support our call format."""
+def fallback_instructions(tools: list[ToolSpec]) -> str:
+    """The system prompt section that teaches a template without tool support our call format. It does
+    not depend on tool_choice (a grammar enforces a forced call), so turn after turn it renders the same
+    and the conversation's KV cache is reused."""
     listing = "\n".join(
         json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}, ensure_ascii=False)
         for t in tools
     )
-    if tool_name is not None:
-        rule = f"You must call the tool {tool_name!r} now."
-    elif tool_choice == "required":
-        rule = "You must call one of the tools now."
-    else:
-        rule = "Call a tool only when it helps to answer; otherwise answer in plain text."
     return (
         "You have access to these tools:\n"
         f"<tools>\n{listing}\n</tools>\n"
         "To call a tool, write one line per call, exactly like this:\n"
         f'{FALLBACK_START}\n{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}\n{FALLBACK_END}\n'
-        f"Tool results come back in <tool_response> tags. {rule}"
+        "Tool results come back in <tool_response> tags. Call a tool only when it helps to answer; "
+        "otherwise answer in plain text."
     )
 
 

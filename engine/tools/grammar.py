@@ -33,7 +33,7 @@ def build_grammar(request: GenerationRequest, fmt: ToolFormat | None) -> str:
     if request.offers_tools and fmt is not None:
         tools = [t for t in request.tools if request.tool_name in (None, t.name)]
         schema = _one_of([_call_schema(t) for t in tools])
-        rules.append(f"call: {json.dumps(fmt.start)} \"\\n\" %json {json.dumps(schema)} \"\\n\" {json.dumps(fmt.end)}")
+        rules.append(f'call: {json.dumps(fmt.start)} "\\n" %json {json.dumps(schema)} "\\n" {json.dumps(fmt.end)}')
         parallel = request.parallel_tool_calls and request.tool_name is None
         more = min(MAX_PARALLEL_CALLS, max(2, len(tools))) - 1 if parallel else 0
         rules.append(f'calls: call ("\\n" call){{0,{more}}}' if more else "calls: call")

@@ -27,7 +27,7 @@ def template_inputs(request: GenerationRequest, fmt: ToolFormat | None) -> tuple
         return messages, tools
     messages = _fallback_messages(request.messages)
     if request.offers_tools:
-        section = fallback_instructions(request.tools, request.tool_choice, request.tool_name)
+        section = fallback_instructions(request.tools)
         if messages and messages[0]["role"] == "system":
             messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{section}"}
         else:
