@@ -51,6 +51,8 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        for outcome in ("valid", "invalid"):  # both series exist from the first scrape
+            self.tool_calls.labels(outcome)
         self.registry.register(_EngineCollector(engine_getter))
 
     def observe_turn(self, finished: TurnFinished) -> None:
