@@ -6,6 +6,18 @@ import json
 
 from tests.conftest import run_cli
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+        },
+    },
+}
+
 
 def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
     jobs = tmp_path / "jobs.jsonl"
@@ -15,18 +27,24 @@ def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
         "this is not json",
         {"id": "c"},
         {"id": "d", "prompt": "Name a colour.", "max_tokens": 6},
+        {"id": "t", "prompt": "Weather in Oslo?", "max_tokens": 40, "tools": [WEATHER], "tool_choice": "get_weather"},
+        {"id": "u", "prompt": "Weather in Oslo?", "tools": [WEATHER], "tool_choice": "get_time"},
     ]
     jobs.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
     output = tmp_path / "results.jsonl"
 
     first = run_cli("batch", str(jobs), "-o", str(output), data_dir=data_dir)
-    assert first.returncode == 1, first.stderr  # two bad lines
+    assert first.returncode == 1, first.stderr  # three bad lines
     rows = {row["id"]: row for row in map(json.loads, output.read_text().splitlines())}
-    assert set(rows) == {"a", "b", "line:3", "c", "d"}
+    assert set(rows) == {"a", "b", "line:3", "c", "d", "t", "u"}
     assert "Paris" in rows["a"]["text"] and rows["a"]["usage"]["completion_tokens"] > 0
     assert rows["b"]["session"] == "batch-agent"
     assert rows["line:3"]["line"] == 3 and "not JSON" in rows["line:3"]["error"]
     assert rows["c"]["line"] == 4 and "messages" in rows["c"]["error"]
+    (call,) = rows["t"]["tool_calls"]
+    assert rows["t"]["finish_reason"] == "tool_calls" and call["name"] == "get_weather"
+    assert isinstance(json.loads(call["arguments"])["city"], str)
+    assert rows["u"]["line"] == 7 and "not among the tools" in rows["u"]["error"]
 
     jobs.write_text(jobs.read_text() + json.dumps({"id": "e", "prompt": "Say yes.", "max_tokens": 4}) + "\n")
     second = run_cli("batch", str(jobs), "-o", str(output), data_dir=data_dir)

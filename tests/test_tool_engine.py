@@ -54,7 +54,10 @@ CITY = ToolSpec(
     description="Weather for a city",
     parameters={
         "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 30}},
+        "properties": {
+            "city": {"type": "string", "maxLength": 12},
+            "days": {"type": "integer", "minimum": 1, "maximum": 30},
+        },
         "required": ["city", "days"],
     },
 )

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import EngineBusy, EngineError
 from engine.events import TurnFailed, TurnFinished
-from engine.requests import ChatMessage, GenerationRequest, SamplingParams
+from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolSpec
 from engine.settings import Settings
 from workbench.chat import json_result
 from workbench.cli import report_error
@@ -33,7 +33,17 @@ class BatchJob(BaseModel):
     prompt: str | None = None
     max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.2, ge=0.0, le=5.0)
-    tools: list[dict] | None = None  # accepted; tool calling is not applied to batch jobs yet
+    # ToolSpec objects ({"name", "description", "parameters"}) or OpenAI's {"type": "function", "function": ...}
+    tools: list[ToolSpec] = Field(default_factory=list)
+    # "auto", "required", "none", or the name of the tool to call
+    tool_choice: str = "auto"
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _openai_tool_shape(cls, tools):
+        if not isinstance(tools, list):
+            return tools
+        return [t["function"] if isinstance(t, dict) and t.get("type") == "function" else t for t in tools]
 
     @model_validator(mode="after")
     def _one_input(self) -> BatchJob:
@@ -48,6 +58,9 @@ class BatchJob(BaseModel):
             max_tokens=self.max_tokens,
             sampling=SamplingParams(temperature=self.temperature, top_p=0.9 if self.temperature else 1.0),
             session_id=self.session,
+            tools=self.tools,
+            tool_choice=self.tool_choice if self.tool_choice in ("auto", "required", "none") else "required",
+            tool_name=None if self.tool_choice in ("auto", "required", "none") else self.tool_choice,
         )
 
 

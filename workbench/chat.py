@@ -153,6 +153,11 @@ def json_result(session_id: str, finished: TurnFinished) -> dict:
             "cached_tokens": finished.usage.cached_tokens,
         },
         "cache": {"source": finished.cache.source, "reused_tokens": finished.cache.reused_tokens},
+        **(
+            {"tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in finished.tool_calls]}
+            if finished.tool_calls
+            else {}
+        ),
         "timing": {
             "ttft_s": round(finished.timing.ttft_s, 4),
             "prefill_tokens_per_s": round(finished.timing.prefill_tokens_per_s, 2),
