@@ -140,12 +140,12 @@ def _generate(turn: _Turn) -> Generator[TurnEvent, None, list[int]]:
     from mlx_lm.sample_utils import make_sampler
 
     request, loaded, reused = turn.request, turn.loaded, turn.report.reused_tokens
+    logits_processors = turn_processors(loaded, request) or None  # a bad schema fails before the turn starts
     yield TurnStarted(request.request_id, len(turn.prompt), turn.report)
 
     params = request.sampling
     if params.seed is not None:
         mx.random.seed(params.seed)
-    logits_processors = turn_processors(loaded, request) or None
     sampler = make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
     stops = TextStateMachine({"normal": [(stop, None) for stop in request.stop]} if request.stop else None)
     stop_state = stops.make_state()

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from engine.engine import Engine
+from engine.events import TurnFailed
 from engine.generation import render_prompt
 from engine.loader import LoadedModel
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolCall, ToolSpec
@@ -82,6 +83,14 @@ def native_engine(native_model_dir, data_dir):
         yield running
 
 
+@pytest.fixture(scope="module")
+def serial_engine(tiny_model_dir, data_dir):
+    """One request at a time: the stream_generate path (sliding-window and quantized-KV models take it)."""
+    settings = Settings(data_dir=data_dir, mlx_model_id=str(tiny_model_dir), kv_memory=False, mlx_max_batch_size=1)
+    with Engine(settings) as running:
+        yield running
+
+
 def request(messages, **kwargs) -> GenerationRequest:
     return GenerationRequest(
         messages=messages, max_tokens=60, sampling=SamplingParams(temperature=0.0), tools=[CITY, SEARCH], **kwargs
@@ -138,9 +147,9 @@ def test_native_template_renders_tools_itself(native_engine):
     assert "<tool_response>\nError: timeout\n</tool_response>" in text
 
 
-@pytest.mark.parametrize("which", ["fallback", "native"])
-def test_random_model_forced_calls_are_valid(which, tiny_engine, native_engine):
-    engine = tiny_engine if which == "fallback" else native_engine
+@pytest.mark.parametrize("which", ["fallback", "native", "serial"])
+def test_random_model_forced_calls_are_valid(which, tiny_engine, native_engine, serial_engine):
+    engine = {"fallback": tiny_engine, "native": native_engine, "serial": serial_engine}[which]
     schemas = {CITY.name: CITY.parameters, SEARCH.name: SEARCH.parameters}
     for choice, name in [("required", "get_weather"), ("required", "search"), ("required", None)]:
         finished = engine.generate(
@@ -176,10 +185,11 @@ def test_random_model_response_schema_is_valid(tiny_engine):
     jsonschema.validate(json.loads(finished.text), schema)
 
 
-def test_unusable_schema_is_a_request_error(tiny_engine):
-    from engine.errors import RequestError
-
-    with pytest.raises(RequestError, match="grammar"):
-        tiny_engine.generate(
-            GenerationRequest(messages=[ChatMessage(role="user", content="Go.")], response_schema={"type": "bogus"})
-        )
+@pytest.mark.parametrize("batched", [True, False])
+def test_unusable_schema_is_a_request_error_before_the_turn_starts(batched, tiny_engine, serial_engine):
+    engine = tiny_engine if batched else serial_engine
+    handle = engine.submit(
+        GenerationRequest(messages=[ChatMessage(role="user", content="Go.")], response_schema={"type": "bogus"})
+    )
+    (event,) = list(handle.events())
+    assert isinstance(event, TurnFailed) and event.kind == "request" and "grammar" in event.message
