@@ -96,7 +96,7 @@ def call_rates(eng: Engine) -> tuple[float, int, float]:
             eng.submit(
                 GenerationRequest(
                     messages=[ChatMessage(role="user", content=prompt)],
-                    max_tokens=120,
+                    max_tokens=256,
                     sampling=SamplingParams(temperature=0.0),
                     tools=TOOLS,
                     tool_choice=choice,

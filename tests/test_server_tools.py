@@ -188,11 +188,33 @@ TWO_TOOLS = [
 ]
 
 
-def test_parallel_calls_keep_order_and_indexes(oai):
+# An agent that has called both tools at once before: the small model follows its own example.
+PARALLEL_HISTORY = [
+    {"role": "user", "content": "What's the weather in Rome, and what time is it in Lima?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+            {
+                "id": "c2",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": '{"timezone": "America/Lima"}'},
+            },
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "21 C, clear"},
+    {"role": "tool", "tool_call_id": "c2", "content": "09:40"},
+    {"role": "assistant", "content": "It is 21 C and clear in Rome, and 09:40 in Lima."},
+    {"role": "user", "content": "What's the weather in Paris, and what time is it in Tokyo?"},
+]
+
+
+def test_parallel_calls_keep_order_and_indexes(oai, claude):
     chunks = list(
         oai.chat.completions.create(
             model="m",
-            messages=[{"role": "user", "content": "What's the weather in Paris, and what time is it in Tokyo?"}],
+            messages=PARALLEL_HISTORY,
             tools=TWO_TOOLS,
             tool_choice="required",
             temperature=0,
@@ -202,15 +224,47 @@ def test_parallel_calls_keep_order_and_indexes(oai):
     )
     deltas = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
     starts = [call for call in deltas if call.id]
-    assert [call.index for call in starts] == list(range(len(starts))) and len(starts) >= 2
+    assert [call.index for call in starts] == [0, 1]
+    assert [call.function.name for call in starts] == ["get_weather", "get_time"]
     for call in starts:
         arguments = "".join(d.function.arguments or "" for d in deltas if d.index == call.index)
         schema = {t["function"]["name"]: t["function"]["parameters"] for t in TWO_TOOLS}[call.function.name]
         jsonschema.validate(json.loads(arguments), schema)
+    # The same calls as Anthropic tool_use blocks, in order.
+    blocks = claude.messages.create(
+        model="c",
+        max_tokens=200,
+        messages=[
+            {"role": "user", "content": PARALLEL_HISTORY[0]["content"]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Rome"}},
+                    {"type": "tool_use", "id": "c2", "name": "get_time", "input": {"timezone": "America/Lima"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "c1", "content": "21 C, clear"},
+                    {"type": "tool_result", "tool_use_id": "c2", "content": "09:40"},
+                ],
+            },
+            {"role": "assistant", "content": PARALLEL_HISTORY[4]["content"]},
+            {"role": "user", "content": PARALLEL_HISTORY[5]["content"]},
+        ],
+        tools=[
+            anthropic_tool(t["function"]["name"], t["function"]["description"], t["function"]["parameters"])
+            for t in TWO_TOOLS
+        ],
+        tool_choice={"type": "any"},
+        extra_body={"temperature": 0},
+    ).content
+    assert [b.name for b in blocks if b.type == "tool_use"] == ["get_weather", "get_time"]
     # Without parallel calls the grammar allows exactly one.
     single = oai.chat.completions.create(
         model="m",
-        messages=[{"role": "user", "content": "What's the weather in Paris, and what time is it in Tokyo?"}],
+        messages=PARALLEL_HISTORY,
         tools=TWO_TOOLS,
         tool_choice="required",
         parallel_tool_calls=False,

@@ -193,3 +193,24 @@ def test_unusable_schema_is_a_request_error_before_the_turn_starts(batched, tiny
     )
     (event,) = list(handle.events())
     assert isinstance(event, TurnFailed) and event.kind == "request" and "grammar" in event.message
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_random_model_parallel_calls_are_each_valid(parallel, tiny_engine):
+    """Sampled freely under the grammar, a random model makes one or several calls, each one valid."""
+    schemas = {CITY.name: CITY.parameters, SEARCH.name: SEARCH.parameters}
+    counts = []
+    for seed in range(6):
+        finished = tiny_engine.generate(
+            request(
+                [ChatMessage(role="user", content="Go.")],
+                tool_choice="required",
+                parallel_tool_calls=parallel,
+            ).model_copy(update={"max_tokens": 400, "sampling": SamplingParams(temperature=1.0, seed=seed)})
+        )
+        if finished.finish_reason == "length":
+            continue  # a call cut by max_tokens is allowed to be incomplete
+        counts.append(len(finished.tool_calls))
+        for call in finished.tool_calls:
+            jsonschema.validate(json.loads(call.arguments), schemas[call.name])
+    assert counts and (max(counts) > 1 if parallel else set(counts) == {1})

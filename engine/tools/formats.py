@@ -75,8 +75,9 @@ def fallback_instructions(tools: list[ToolSpec]) -> str:
     return (
         "You have access to these tools:\n"
         f"<tools>\n{listing}\n</tools>\n"
-        "To call a tool, write one line per call, exactly like this:\n"
+        "To call a tool, write exactly this:\n"
         f'{FALLBACK_START}\n{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}\n{FALLBACK_END}\n'
+        f"To call several tools at once, write the calls one right after the other: {FALLBACK_END}{FALLBACK_START}\n"
         "Tool results come back in <tool_response> tags. Call a tool only when it helps to answer; "
         "otherwise answer in plain text."
     )

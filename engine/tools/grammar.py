@@ -3,7 +3,7 @@ schema) masks the logits at every step, so the output is always a complete, sche
 
 llguidance was picked over outlines-core (and xgrammar, which needs torch) by measurement on the
 default model's 49k vocabulary: ~0.03 ms per token mask against ~0.4 ms, with Lark grammars that
-embed JSON schemas (`%json`) for call tags and parallel calls. See docs/tool-calling.md.
+embed JSON schemas (`%json`), for call tags and parallel calls. See docs/tool-calling.md.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from engine.errors import RequestError
 from engine.requests import GenerationRequest, ToolSpec
 from engine.tools.formats import ToolFormat, tool_format
 
-# Calls one constrained turn may make when parallel calls are allowed: max(2, number of tools), at most
-# 8. A small model left free repeats its last call until max_tokens.
 MAX_PARALLEL_CALLS = 8
 # Compact JSON with json.dumps' separators: what the history renderer writes back (cache reuse).
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
@@ -27,16 +25,25 @@ _tokenizers_lock = threading.Lock()
 
 
 def build_grammar(request: GenerationRequest, fmt: ToolFormat | None) -> str:
-    """The Lark grammar (llguidance dialect) a constrained turn's output must match."""
+    """The Lark grammar (llguidance dialect) a constrained turn's output must match.
+
+    Parallel calls name distinct tools, in the order the tools were given: a small model left free
+    repeats its last call until max_tokens, and calls made in parallel have no order of their own.
+    """
     rules = []
     alternatives = []
     if request.offers_tools and fmt is not None:
         tools = [t for t in request.tools if request.tool_name in (None, t.name)]
-        schema = _one_of([_call_schema(t) for t in tools])
-        rules.append(f'call: {json.dumps(fmt.start)} "\\n" %json {json.dumps(schema)} "\\n" {json.dumps(fmt.end)}')
-        parallel = request.parallel_tool_calls and request.tool_name is None
-        more = min(MAX_PARALLEL_CALLS, max(2, len(tools))) - 1 if parallel else 0
-        rules.append(f'calls: call ("\\n" call){{0,{more}}}' if more else "calls: call")
+        open_tag, close_tag = json.dumps(fmt.start), json.dumps(fmt.end)
+        for number, tool in enumerate(tools):
+            schema = json.dumps(_with_options(_call_schema(tool)))
+            rules.append(f'call_{number}: {open_tag} "\\n" %json {schema} "\\n" {close_tag}')
+        call = " | ".join(f"call_{k}" for k in range(len(tools)))
+        rules.append(f"call: {call}")
+        # Calls follow each other without a newline: at a call's end the model chooses between another
+        # call and the end of its turn (a newline first leads small models into repeating the call).
+        several = request.parallel_tool_calls and request.tool_name is None
+        rules.append(f"calls: call{{1,{MAX_PARALLEL_CALLS}}}" if several else "calls: call")
         alternatives.append("calls")
     if request.response_schema is not None and not (request.offers_tools and request.tool_choice == "required"):
         rules.append(f"answer: %json {json.dumps(_with_options(_closed(request.response_schema)))}")
@@ -59,10 +66,6 @@ def _call_schema(tool: ToolSpec) -> dict:
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
-
-
-def _one_of(schemas: list[dict]) -> dict:
-    return _with_options(schemas[0] if len(schemas) == 1 else {"anyOf": schemas})
 
 
 def _with_options(schema: dict) -> dict:

@@ -84,6 +84,7 @@ def _fallback_messages(messages: list[ChatMessage]) -> list[dict]:
             continue
         if message.tool_calls:
             calls = [fallback_call_text(c.name, _arguments(c.arguments)) for c in message.tool_calls]
-            content = "\n".join(part for part in (content, *calls) if part)
+            # Back to back, as the grammar writes them (the same tokens are found in the cache next turn)
+            content = "\n".join(part for part in (content, "".join(calls)) if part)
         rendered.append({"role": message.role, "content": content})
     return [{k: v for k, v in m.items() if k != "_results"} for m in rendered]
