@@ -215,7 +215,10 @@ def test_native_format_cut_mid_call_is_text():
 
 def test_back_to_back_calls_as_the_grammar_writes_them():
     parser = ToolCallParser(FALLBACK, stream_arguments=True)
-    text = '<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call><tool_call>\n{"name": "b", "arguments": {}}\n</tool_call>'
+    text = (
+        '<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>'
+        '<tool_call>\n{"name": "b", "arguments": {}}\n</tool_call>'
+    )
     outputs = run(parser, [text[i : i + 3] for i in range(0, len(text), 3)])
     assert [(c.name, c.arguments) for c in parser.calls] == [("a", '{"x": 1}'), ("b", "{}")]
     assert text_of(outputs) == ""
