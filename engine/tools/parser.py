@@ -208,17 +208,7 @@ def _parse_json_body(body: str) -> list[ParsedCall] | None:
         value = json.loads(body)
     except ValueError:
         return None
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return None
-    arguments = value.get("arguments", value.get("parameters", {}))
-    if isinstance(arguments, str):  # some models write the arguments as a JSON string
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return None
-    if not isinstance(arguments, dict):
-        return None
-    return [ParsedCall(value["name"], json.dumps(arguments, ensure_ascii=False))]
+    return _calls([value])
 
 
 def _parse_native(fmt: ToolFormat, body: str) -> list[ParsedCall] | None:
@@ -226,19 +216,24 @@ def _parse_native(fmt: ToolFormat, body: str) -> list[ParsedCall] | None:
         parsed = fmt.parse_body(body)
     except Exception:  # noqa: BLE001 - mlx-lm's parsers raise many kinds; all mean "not a call"
         return None
+    return _calls(parsed if isinstance(parsed, list) else [parsed])
+
+
+def _calls(values: list) -> list[ParsedCall] | None:
+    """Calls from parsed {"name", "arguments" (or "parameters")} objects; None unless all are well formed."""
     calls = []
-    for call in parsed if isinstance(parsed, list) else [parsed]:
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+    for value in values:
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             return None
-        arguments = call.get("arguments", {})
-        if isinstance(arguments, str):
+        arguments = value.get("arguments", value.get("parameters", {}))
+        if isinstance(arguments, str):  # some models write the arguments as a JSON string
             try:
                 arguments = json.loads(arguments)
             except ValueError:
                 return None
         if not isinstance(arguments, dict):
             return None
-        calls.append(ParsedCall(call["name"], json.dumps(arguments, ensure_ascii=False)))
+        calls.append(ParsedCall(value["name"], json.dumps(arguments, ensure_ascii=False)))
     return calls or None
 
 
