@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def can_batch(model, kv_bits: int | None) -> bool:
-    """Plain KV caches batch (BatchKVCache); quantized and sliding-window caches take the one-at-a-time path."""
-    from mlx_lm.models.cache import KVCache, make_prompt_cache
+    """Plain and sliding-window KV caches batch (BatchKVCache, BatchRotatingKVCache); quantized caches
+    take the one-at-a-time path (mlx-lm's QuantizedKVCache cannot be merged)."""
+    from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
-    return kv_bits is None and all(type(cache) is KVCache for cache in make_prompt_cache(model))
+    return kv_bits is None and all(type(cache) in (KVCache, RotatingKVCache) for cache in make_prompt_cache(model))
 
 
 @lru_cache(maxsize=64)

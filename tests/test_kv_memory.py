@@ -120,6 +120,30 @@ def test_gemma3_resume_matches_cold(data_dir, tmp_path, gemma_cold_engine, targe
 
 
 @pytest.mark.slow
+def test_gemma3_concurrent_resumes_in_one_batch_match_cold(data_dir, tmp_path):
+    """Three agents with histories past Gemma's 512-token window (wrapped sliding caches of different
+    lengths) resume hot together, merged into one batch: each says what a cold one-at-a-time run says."""
+    settings = {"mlx_model_id": "gemma3-270m", "data_dir": data_dir}
+    eng = engine_for(data_dir, tmp_path / "kv", "gemma3-270m")
+    try:
+        assert eng.batching
+        histories = [history(target, eng.tokenizer) for target in (700, 1000, 1400)]
+        firsts = [eng.submit(greedy(m, f"g{i}")) for i, m in enumerate(histories)]
+        seconds = [
+            [*m, ChatMessage(role="assistant", content=f.result().text), ChatMessage(role="user", content="Who?")]
+            for m, f in zip(histories, firsts, strict=True)
+        ]
+        resumed = [eng.submit(greedy(m, f"g{i}")) for i, m in enumerate(seconds)]
+        resumed = [h.result() for h in resumed]
+        eng.check_integrity()
+    finally:
+        eng.close()
+    assert all(r.cache.source == "hot" and r.usage.cached_tokens > 600 for r in resumed)
+    with Engine(Settings(**settings, kv_memory=False, mlx_max_batch_size=1)) as cold:
+        assert [r.text for r in resumed] == [cold.generate(greedy(m)).text for m in seconds]
+
+
+@pytest.mark.slow
 def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine, caplog):
     cache_dir = tmp_path / "kv"
     eng = engine_for(data_dir, cache_dir)
