@@ -24,6 +24,7 @@ from engine.events import (
 )
 from engine.loader import LoadedModel
 from engine.requests import GenerationRequest
+from engine.sampling import request_sampler
 
 
 def render_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
@@ -137,16 +138,12 @@ def _generate(turn: _Turn) -> Generator[TurnEvent, None, list[int]]:
     """Prefill what is not cached, decode, and return the generated token ids."""
     import mlx.core as mx
     from mlx_lm.generate import TextStateMachine, stream_generate
-    from mlx_lm.sample_utils import make_sampler
 
     request, loaded, reused = turn.request, turn.loaded, turn.report.reused_tokens
     logits_processors = turn_processors(loaded, request) or None  # a bad schema fails before the turn starts
     yield TurnStarted(request.request_id, len(turn.prompt), turn.report)
 
-    params = request.sampling
-    if params.seed is not None:
-        mx.random.seed(params.seed)
-    sampler = make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
+    sampler = request_sampler(request.sampling)
     stops = TextStateMachine({"normal": [(stop, None) for stop in request.stop]} if request.stop else None)
     stop_state = stops.make_state()
 

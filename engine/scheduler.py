@@ -16,12 +16,12 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from engine.errors import RequestError
 from engine.events import CacheReport, PrefillProgress, Timing, TurnChunk, TurnFailed, TurnFinished, TurnStarted, Usage
 from engine.generation import _matched_stop, check_context, render_prompt, turn_processors
 from engine.loader import LoadedModel
+from engine.sampling import request_sampler
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,6 @@ def can_batch(model, kv_bits: int | None) -> bool:
     from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
     return kv_bits is None and all(type(cache) in (KVCache, RotatingKVCache) for cache in make_prompt_cache(model))
-
-
-@lru_cache(maxsize=64)
-def _sampler(temperature: float, top_p: float, min_p: float, top_k: int):
-    # One object per distinct setting, so a batch that shares a setting samples in one call.
-    from mlx_lm.sample_utils import make_sampler
-
-    return make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
 
 
 @dataclass
@@ -131,10 +123,6 @@ class BatchScheduler:
         else:
             cache, report = make_prompt_cache(self.loaded.model), CacheReport()
         params = request.sampling
-        if params.seed is not None:
-            import mlx.core as mx
-
-            mx.random.seed(params.seed)
         stops = TextStateMachine({"normal": [(stop, None) for stop in request.stop]} if request.stop else None)
         detokenizer = self.loaded.tokenizer.detokenizer
         detokenizer.reset()
@@ -144,7 +132,7 @@ class BatchScheduler:
             [prompt[report.reused_tokens :]],
             max_tokens=[max_tokens],
             caches=[cache],
-            samplers=[_sampler(params.temperature, params.top_p, params.min_p, params.top_k)],
+            samplers=[request_sampler(params)],
             logits_processors=[processors],
             stop_sequences=[StopSequences([] if params.ignore_eos else [[eos] for eos in self.eos_ids])],
         )

@@ -136,3 +136,19 @@ def test_full_queue_refuses(data_dir, default_engine, tmp_path):
             handle.cancel()
         for handle in handles:  # every accepted request ends: finished (cancelled) or never started
             assert type(list(handle.events())[-1]).__name__ in ("TurnFinished", "TurnFailed")
+
+
+def test_a_seeded_request_samples_the_same_alone_or_in_a_batch(data_dir, tmp_path):
+    settings = Settings(data_dir=data_dir, agent_cache_dir=tmp_path / "kv", kv_memory=False, mlx_max_batch_size=8)
+
+    def sampled(prompt: str, seed: int | None) -> GenerationRequest:
+        return ask(prompt, max_tokens=24).model_copy(update={"sampling": SamplingParams(temperature=1.0, seed=seed)})
+
+    with Engine(settings) as running:
+        alone = running.generate(sampled("Tell me a story about a cat.", 7)).text
+        others = [running.submit(sampled(p, None)) for p in PROMPTS[:3]]
+        together = running.submit(sampled("Tell me a story about a cat.", 7))
+        other_seed = running.submit(sampled("Tell me a story about a cat.", 8))
+        assert together.result().text == alone
+        assert other_seed.result().text != alone
+        assert all(h.result().usage.completion_tokens > 0 for h in others)

@@ -1,0 +1,48 @@
+"""Samplers for requests: mlx-lm's sampling chain, shared by requests with the same settings, or with a
+random key of its own for a seeded request, so its tokens do not depend on what else shares its batch."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from engine.requests import SamplingParams
+
+
+def request_sampler(params: SamplingParams):
+    if params.seed is None or params.temperature == 0:
+        return _shared_sampler(params.temperature, params.top_p, params.min_p, params.top_k)
+    return SeededSampler(params)
+
+
+@lru_cache(maxsize=64)
+def _shared_sampler(temperature: float, top_p: float, min_p: float, top_k: int):
+    # One object per distinct setting, so a batch that shares a setting samples in one call.
+    from mlx_lm.sample_utils import make_sampler
+
+    return make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
+
+
+class SeededSampler:
+    """mlx-lm's filters (top-p, min-p, top-k) and a categorical draw with this request's own key."""
+
+    def __init__(self, params: SamplingParams):
+        import mlx.core as mx
+        from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+        self.filters = []
+        if 0 < params.top_p < 1.0:
+            self.filters.append(lambda logprobs: apply_top_p(logprobs, params.top_p))
+        if params.min_p != 0.0:
+            self.filters.append(lambda logprobs: apply_min_p(logprobs, params.min_p))
+        if params.top_k > 0:
+            self.filters.append(lambda logprobs: apply_top_k(logprobs, params.top_k))
+        self.inverse_temperature = 1.0 / params.temperature
+        self.key = mx.random.key(params.seed)
+
+    def __call__(self, logprobs):
+        import mlx.core as mx
+
+        for keep in self.filters:
+            logprobs = keep(logprobs)
+        self.key, draw = mx.random.split(self.key)
+        return mx.random.categorical(logprobs * self.inverse_temperature, key=draw)
