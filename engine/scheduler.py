@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from engine.errors import RequestError
 from engine.events import CacheReport, PrefillProgress, Timing, TurnChunk, TurnFailed, TurnFinished, TurnStarted, Usage
 from engine.generation import _matched_stop, check_context, render_prompt, turn_processors
+from engine.kv.blocks import common_prefix_length
 from engine.loader import LoadedModel
 from engine.sampling import request_sampler
 
@@ -48,6 +49,8 @@ class _Sequence:
     pieces: list[str] = field(default_factory=list)
     raw_text: str = ""
     first_token_at: float | None = None
+    # Tokens of this prompt that waiting requests share: offered to them once it is prefilled
+    shared_prefix: int = 0
 
     @property
     def request(self):
@@ -77,6 +80,7 @@ class BatchScheduler:
         )
         self.generator = self._new_generator()
         self.eos_ids = sorted(loaded.tokenizer.eos_token_ids)
+        self._prompts: dict[str, list[int]] = {}  # rendered prompts of waiting requests, by request id
 
     @property
     def busy(self) -> bool:
@@ -96,10 +100,49 @@ class BatchScheduler:
             if session_id is not None and session_id in running_sessions:
                 skipped.append(handle)  # waits for its session's running turn
                 continue
+            if not handle._cancelled.is_set() and self._follows_a_prefill(handle):
+                skipped.append(handle)  # waits for a prefix another request is computing right now
+                continue
             if self._start(handle) and session_id is not None:
                 running_sessions.add(session_id)
         skipped.extend(self.waiting)
         self.waiting = skipped
+
+    def _prompt(self, handle) -> list[int]:
+        """The request's prompt tokens, rendered once (RequestError for a bad conversation)."""
+        prompt = self._prompts.get(handle.request_id)
+        if prompt is None:
+            prompt = self._prompts[handle.request_id] = render_prompt(self.loaded, handle.request)
+        return prompt
+
+    def _follows_a_prefill(self, handle) -> bool:
+        """Several agents that arrive together with a common prefix (a shared system prompt) would each
+        compute it. A request whose prompt shares at least a block more than the KV memory holds with a
+        prompt being prefilled waits for that prefill, then restores the prefix from it (see _on_token):
+        it waits at most one prefill, never for the other's generation."""
+        if self.memory is None or not self.memory.enabled:
+            return False
+        try:
+            prompt = self._prompt(handle)
+        except RequestError:
+            return False  # _start reports it
+        block = self.memory.block_tokens
+        leader, common = None, 0
+        for sequence in self.active.values():
+            if sequence.first_token_at is None:
+                length = common_prefix_length(prompt[:-1], sequence.prompt[:-1])
+                if length > common:
+                    leader, common = sequence, length
+        if leader is None or common < block or common < self.memory.cached_prefix_length(prompt) + block:
+            return False
+        leader.shared_prefix = max(leader.shared_prefix, common)
+        return True
+
+    def _share_prefix(self, sequence: _Sequence) -> None:
+        """The sequence's prompt is prefilled: offer the part that waiting requests share."""
+        extracted = self.generator.extract_cache([sequence.uid]).get(sequence.uid)
+        if extracted is not None:
+            self.memory.share(sequence.prompt[: sequence.shared_prefix], extracted[0])
 
     def _start(self, handle) -> bool:
         from mlx_lm.generate import StopSequences, TextStateMachine
@@ -111,12 +154,14 @@ class BatchScheduler:
             return False
         admitted = time.perf_counter()
         try:
-            prompt = render_prompt(self.loaded, request)
+            prompt = self._prompt(handle)
             check_context(len(prompt), self.loaded.info.context_length)
             processors = turn_processors(self.loaded, request)
         except RequestError as exc:
             put(TurnFailed(handle.request_id, str(exc), "request"))
             return False
+        finally:
+            self._prompts.pop(handle.request_id, None)
         if self.memory is not None:
             restored = self.memory.acquire(request.session_id, prompt)
             cache, report = restored.cache, CacheReport(restored.source, restored.reused_tokens, restored.restore_s)
@@ -163,6 +208,8 @@ class BatchScheduler:
     def _on_token(self, sequence: _Sequence, response) -> None:
         if sequence.first_token_at is None:
             sequence.first_token_at = time.perf_counter()
+            if sequence.shared_prefix:
+                self._share_prefix(sequence)
         sequence.generated_ids.append(response.token)
         end_of_turn = response.finish_reason == "stop"  # an end-of-turn token: not part of the answer
         if not end_of_turn:

@@ -152,3 +152,33 @@ def test_a_seeded_request_samples_the_same_alone_or_in_a_batch(data_dir, tmp_pat
         assert together.result().text == alone
         assert other_seed.result().text != alone
         assert all(h.result().usage.completion_tokens > 0 for h in others)
+
+
+def test_agents_arriving_together_compute_their_shared_prefix_once(default_engine, sequential_engine, tmp_path):
+    """Four agents with one long system prompt, submitted at once: one prefills the prefix, the others
+    wait for that prefill and restore it; every answer is what a cold one-at-a-time run says."""
+    system = "You are the harbour archivist. " + "Ledgers list grain, salt and timber by week. " * 60
+    conversations = [
+        [ChatMessage(role="system", content=system), ChatMessage(role="user", content=question)]
+        for question in ("Which goods are listed?", "Who keeps the ledgers?", "Name a week.", "Is salt listed?")
+    ]
+    settings = Settings(
+        data_dir=default_engine.settings.data_dir, agent_cache_dir=tmp_path / "kv", mlx_max_batch_size=8
+    )
+    with Engine(settings) as running:
+        handles = [
+            running.submit(GenerationRequest(messages=m, max_tokens=12, sampling=SamplingParams(temperature=0.0)))
+            for m in conversations
+        ]
+        results = [handle.result() for handle in handles]
+        running.check_integrity()
+    expected = [
+        sequential_engine.generate(
+            GenerationRequest(messages=m, max_tokens=12, sampling=SamplingParams(temperature=0.0))
+        ).text
+        for m in conversations
+    ]
+    prefix_tokens = results[0].usage.prompt_tokens - 20
+    assert results[0].usage.cached_tokens == 0
+    assert all(r.cache.source == "hot" and r.usage.cached_tokens >= prefix_tokens for r in results[1:])
+    assert [r.text for r in results] == expected

@@ -39,6 +39,7 @@ from engine.kv.warm import SessionSnapshot, WarmTier, WriteJob
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "\x00anonymous"  # hot slot for requests without a session id (not a valid user id)
+SHARED_PREFIX = "\x00shared-prefix"  # hot slot for a prefix offered to waiting requests (share())
 
 
 @dataclass
@@ -234,9 +235,9 @@ class KVMemory:
         return build_cache(self.layout, full, sliding, matched, self.compute_dtype)
 
     # -- release ---------------------------------------------------------------------------------------
-    def release(self, session_id: str | None, tokens: list[int], cache: list) -> None:
+    def release(self, session_id: str | None, tokens: list[int], cache: list, key: str | None = None) -> None:
         """Keep a finished turn's cache: hot now, warm behind the response."""
-        key = session_id or ANONYMOUS
+        key = key or session_id or ANONYMOUS
         if not self.enabled:
             self.hot.release_pin(key)
             return
@@ -255,6 +256,25 @@ class KVMemory:
             self.writer.submit(job)
         nbytes = sum(c.nbytes for c in cache)
         self.hot.put(HotEntry(key, tokens, cache, nbytes))
+
+    def share(self, tokens: list[int], cache: list) -> bool:
+        """Offer the first len(tokens) tokens of a running turn's freshly prefilled cache (extracted from
+        the batch; `cache` may hold more and is trimmed) to requests that wait for that prefix. They find
+        it as another agent's hot cache; its blocks go to the warm tier like an anonymous turn's."""
+        if not self.enabled or not _trim(cache, cache_offset(cache) - len(tokens)):
+            return False  # a wrapped sliding window cannot be cut
+        self.release(None, tokens, cache, key=SHARED_PREFIX)
+        return True
+
+    def cached_prefix_length(self, prompt: list[int]) -> int:
+        """How much of `prompt` could be restored now from the hot tier or shared warm blocks (cheap: a
+        session's own warm snapshot is not read)."""
+        limit = len(prompt) - 1
+        best = max((common_prefix_length(prompt[:limit], e.tokens) for e in self.hot.entries()), default=0)
+        if self.warm.enabled and self.layout.resumable_everywhere():
+            names = block_names(prompt[:limit], self.root, self.block_tokens)
+            best = max(best, self.warm.has_blocks(self.fingerprint, names) * self.block_tokens)
+        return best
 
     def _write_job(self, session_id: str, tokens: list[int], cache: list) -> WriteJob:
         names = block_names(tokens, self.root, self.block_tokens)
@@ -321,7 +341,7 @@ class KVMemory:
                     "last_used": entry.last_used,
                 }
                 for entry in self.hot.entries()
-                if entry.session_id != ANONYMOUS
+                if entry.session_id not in (ANONYMOUS, SHARED_PREFIX)
             },
         }
 
