@@ -5,8 +5,11 @@ Every error leaves as JSON in the called API's shape. A 500 is a bug: it is logg
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import os
+import signal
 import time
 
 from sanic import Sanic
@@ -42,18 +45,31 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
         app.blueprint(blueprint)
 
     @app.before_server_start
-    async def start_engine(app, _):
+    async def start_engine(app):
         if engine.state == "loading" and not engine.started:
             engine.start(wait=False)
 
+    @app.before_server_stop
+    async def second_signal_exits_at_once(app):
+        # Shutdown has begun (running requests get the grace period). A second SIGTERM/SIGINT means "now":
+        # exit without waiting; every file on disk is complete (temp + fsync + rename), so nothing is corrupt.
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, _exit_now, number)
+
     @app.after_server_stop
-    async def stop_engine(app, _):
+    async def stop_engine(app):
         engine.close()  # finishes queued work and writes every pending KV block to disk
 
     app.on_request(_on_request, priority=100)
     app.on_response(_on_response)
     app.error_handler.add(Exception, _on_error)
     return app
+
+
+def _exit_now(number: int) -> None:
+    log.warning("second %s: exiting now; pending KV writes are dropped", signal.Signals(number).name)
+    os._exit(128 + number)
 
 
 async def _on_request(request):

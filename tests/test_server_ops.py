@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ADMIN_KEY, API_KEY, ServerProcess
+from tests.conftest import ADMIN_KEY, API_KEY, ServerProcess, run_cli
 
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "x", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
@@ -316,3 +316,38 @@ def test_sigterm_finishes_the_running_turn_and_keeps_its_cache(default_engine, d
         assert reply["usage"]["prompt_tokens_details"]["cached_tokens"] > 0  # read back from disk
     finally:
         assert second.stop() == 0
+
+
+def test_a_second_sigterm_exits_at_once_and_leaves_a_clean_cache(default_engine, data_dir, tmp_path):
+    cache_dir = tmp_path / "kv"
+    cache_dir.mkdir()
+    running = ServerProcess(data_dir, cache_dir)
+    running.wait_ready()
+    # A finished turn first, so the cache dir holds files, then a long one that is still running.
+    httpx.post(
+        f"{running.base_url}/v1/chat/completions",
+        json={"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}], "user": "two-sig"},
+        timeout=300,
+    )
+    body = {"model": "m", "max_tokens": 2000, "stream": True, "messages": [{"role": "user", "content": "A long tale."}]}
+    first_signal = second_signal = None
+    try:
+        with httpx.stream("POST", f"{running.base_url}/v1/chat/completions", json=body, timeout=300) as response:
+            for line in response.iter_lines():  # read on: a client that stops reading would cancel the turn
+                if not line.startswith("data: {"):
+                    continue
+                if first_signal is None:
+                    running.process.send_signal(signal.SIGTERM)  # graceful: the stream goes on
+                    first_signal = time.monotonic()
+                elif second_signal is None and time.monotonic() - first_signal > 1:
+                    running.process.send_signal(signal.SIGTERM)
+                    second_signal = time.monotonic()
+    except httpx.HTTPError:
+        pass  # the server went away mid-stream
+    code = running.process.wait(timeout=60)
+    assert second_signal is not None and time.monotonic() - second_signal < 15, running.log()
+    assert code == 128 + signal.SIGTERM, running.log()
+    assert "second SIGTERM" in running.log()
+    running.stop()
+    check = run_cli("cache", "check", data_dir=data_dir, env={"SEMANTIC_AGENT_CACHE_DIR": str(cache_dir)})
+    assert check.returncode == 0 and "0 failed their checksum, 0 missing" in check.stdout, check.stdout + check.stderr
