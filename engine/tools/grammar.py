@@ -16,20 +16,17 @@ from engine.errors import RequestError
 from engine.requests import GenerationRequest, ToolSpec
 from engine.tools.formats import ToolFormat, tool_format
 
-MAX_PARALLEL_CALLS = 8
+MAX_PARALLEL_CALLS = 8  # calls one forced turn may make
 # Compact JSON with json.dumps' separators: what the history renderer writes back (cache reuse).
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
 
-_tokenizers: dict[int, Any] = {}
+_tokenizers: dict[int, Any] = {}  # id(tokenizer) -> (tokenizer, llguidance tokenizer): one per model loaded
 _tokenizers_lock = threading.Lock()
 
 
 def build_grammar(request: GenerationRequest, fmt: ToolFormat | None) -> str:
-    """The Lark grammar (llguidance dialect) a constrained turn's output must match.
-
-    Parallel calls name distinct tools, in the order the tools were given: a small model left free
-    repeats its last call until max_tokens, and calls made in parallel have no order of their own.
-    """
+    """The Lark grammar (llguidance dialect) a constrained turn's output must match: one call (or up to
+    MAX_PARALLEL_CALLS when parallel calls are allowed) of the offered tools, and/or the response schema."""
     rules = []
     alternatives = []
     if request.offers_tools and fmt is not None:
