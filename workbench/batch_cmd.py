@@ -41,6 +41,8 @@ class BatchJob(BaseModel):
     @field_validator("tools", mode="before")
     @classmethod
     def _openai_tool_shape(cls, tools):
+        if tools is None:
+            return []
         if not isinstance(tools, list):
             return tools
         return [t["function"] if isinstance(t, dict) and t.get("type") == "function" else t for t in tools]
