@@ -12,17 +12,17 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_settings import bench_settings  # noqa: E402
+
 import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
 from engine.engine import Engine  # noqa: E402
 from engine.events import TurnChunk, TurnFinished, TurnStarted  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
-from engine.settings import load_settings  # noqa: E402
 
 FILLER = (
     "The history of the city spans many centuries, with markets, bridges, libraries and harbours "
@@ -98,12 +98,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # KV memory off: repeated prompts would otherwise be served from the cache, not prefilled.
-    overrides = {"mlx_model_id": args.model, "kv_memory": False}
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    settings = load_settings(**overrides)
-    if args.data_dir is None and str(settings.data_dir) == "~/.agent_memory":
-        settings = load_settings(**overrides, data_dir=tempfile.mkdtemp(prefix="agent-memory-bench-"))
+    settings = bench_settings(args.data_dir, mlx_model_id=args.model, kv_memory=False)
 
     import mlx.core as mx
     from mlx_lm.utils import load

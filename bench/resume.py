@@ -24,10 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_settings import bench_settings  # noqa: E402
+
 import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
 from engine.engine import Engine  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
-from engine.settings import Settings, load_settings  # noqa: E402
+from engine.settings import Settings  # noqa: E402
 
 FILLER = (
     "The archive holds letters from sailors, merchants and scholars, each describing the weather, the prices "
@@ -162,9 +164,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    base = load_settings(mlx_model_id=args.model, **({"data_dir": args.data_dir} if args.data_dir else {}))
-    if args.data_dir is None and str(base.data_dir) == "~/.agent_memory":
-        base = load_settings(mlx_model_id=args.model, data_dir=tempfile.mkdtemp(prefix="agent-memory-bench-"))
+    base = bench_settings(args.data_dir, mlx_model_id=args.model)
     scratch = Path(tempfile.mkdtemp(prefix="resume-", dir=base.data_path))
     settings = base.model_copy(update={"agent_cache_dir": scratch / "kv"})
 

@@ -16,15 +16,15 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_settings import bench_settings  # noqa: E402
+
 import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
 from engine.engine import Engine  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolSpec  # noqa: E402
-from engine.settings import load_settings  # noqa: E402
 
 LIST_SCHEMA = {
     "type": "object",
@@ -131,12 +131,7 @@ def main() -> None:
     report = {}
     for model in args.models.split(","):
         # KV memory off: every turn is computed, as the comparison needs.
-        overrides = {"mlx_model_id": model, "kv_memory": False}
-        if args.data_dir:
-            overrides["data_dir"] = args.data_dir
-        settings = load_settings(**overrides)
-        if args.data_dir is None and str(settings.data_dir) == "~/.agent_memory":
-            settings = load_settings(**overrides, data_dir=tempfile.mkdtemp(prefix="agent-memory-bench-"))
+        settings = bench_settings(args.data_dir, mlx_model_id=model, kv_memory=False)
         with Engine(settings) as eng:
             eng.wait_ready()
             eng.generate(  # warm-up: the grammar tokenizer is built once per model
