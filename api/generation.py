@@ -53,11 +53,6 @@ def text_only_error(kind: str, where: str) -> ApiError:
     return ApiError(400, f"{where}: {kind} input is not supported; this server's models read text only", param=where)
 
 
-def tool_names_by_call_id(messages) -> dict[str, str]:
-    """Which tool each earlier call id named: tool results carry only the id, some templates want the name."""
-    return {call.id: call.name for message in messages for call in message.tool_calls}
-
-
 def check_schema(schema, where: str) -> dict:
     """A JSON schema the grammar can use: an object (a boolean or missing schema is a client mistake)."""
     if not isinstance(schema, dict):

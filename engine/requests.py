@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Names the APIs allow for functions: the same rule for OpenAI and Anthropic tools.
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,128}$"
+# The arguments schema of a tool that takes none
+NO_ARGUMENTS = {"type": "object", "properties": {}}
 
 
 class ToolCall(BaseModel):
@@ -28,7 +30,7 @@ class ToolSpec(BaseModel):
 
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     description: str = ""
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    parameters: dict[str, Any] = Field(default_factory=lambda: dict(NO_ARGUMENTS))
 
 
 class ChatMessage(BaseModel):
@@ -40,7 +42,7 @@ class ChatMessage(BaseModel):
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
-    name: str | None = None  # the tool a "tool" turn answers
+    name: str | None = None  # the tool a "tool" turn answers (else found from the call with its id)
     is_error: bool = False  # a "tool" turn that reports a failed call
 
 

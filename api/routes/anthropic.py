@@ -12,7 +12,7 @@ from sanic.response import json as json_response
 from api import sse
 from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
-from api.generation import check_schema, generation_request, text_only_error, tool_names_by_call_id
+from api.generation import check_schema, generation_request, text_only_error
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest, TextBlock
 from api.sessions import session_id_from
 from api.usage import ANTHROPIC_STOP, anthropic_input_usage, anthropic_usage
@@ -49,7 +49,6 @@ def engine_messages(parsed: MessagesRequest | CountTokensRequest) -> list[ChatMe
                         role="tool",
                         content=_result_text(block.content, f"{where}.{number}.content"),
                         tool_call_id=block.tool_use_id,
-                        name=tool_names_by_call_id(messages).get(block.tool_use_id),
                         is_error=bool(block.is_error),
                     )
                 )

@@ -11,20 +11,19 @@ from sanic.response import json as json_response
 from api import sse
 from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
-from api.generation import check_schema, generation_request, text_only_error, tool_names_by_call_id
+from api.generation import check_schema, generation_request, text_only_error
 from api.schemas.openai import ChatCompletionRequest, NamedToolChoice
 from api.sessions import session_id_from
 from api.usage import OPENAI_FINISH, openai_usage
 from api.validation import parse, read_json
 from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted
-from engine.requests import ChatMessage, ToolCall, ToolSpec
+from engine.requests import NO_ARGUMENTS, ChatMessage, ToolCall, ToolSpec
 
 bp = Blueprint("openai", url_prefix="/v1/chat")
 
 # Used when a request sets neither max_tokens nor max_completion_tokens (the context limit still applies).
 DEFAULT_MAX_TOKENS = 2048
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 
 
 def engine_messages(parsed: ChatCompletionRequest) -> list[ChatMessage]:
@@ -33,10 +32,7 @@ def engine_messages(parsed: ChatCompletionRequest) -> list[ChatMessage]:
         text = _content_text(message.content, f"messages.{index}.content")
         if message.role in ("tool", "function"):
             call_id = message.tool_call_id or message.name or "call"
-            names = tool_names_by_call_id(messages)
-            messages.append(
-                ChatMessage(role="tool", content=text, tool_call_id=call_id, name=names.get(call_id, message.name))
-            )
+            messages.append(ChatMessage(role="tool", content=text, tool_call_id=call_id, name=message.name))
             continue
         calls = tuple(
             ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
@@ -66,7 +62,7 @@ def _tools(parsed: ChatCompletionRequest) -> dict:
         ToolSpec(
             name=tool.function.name,
             description=tool.function.description or "",
-            parameters=check_schema(tool.function.parameters or EMPTY_PARAMETERS, f"tools.{index}.function.parameters"),
+            parameters=check_schema(tool.function.parameters or NO_ARGUMENTS, f"tools.{index}.function.parameters"),
         )
         for index, tool in enumerate(parsed.tools or ())
     ]

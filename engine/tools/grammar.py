@@ -91,13 +91,14 @@ def constraint_processor(tokenizer, request: GenerationRequest):
     import llguidance
 
     fmt = tool_format(tokenizer, constrained=True) if request.offers_tools else None
+    vocabulary = grammar_tokenizer(tokenizer)
     try:
-        matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer), build_grammar(request, fmt))
+        matcher = llguidance.LLMatcher(vocabulary, build_grammar(request, fmt))
     except (ValueError, TypeError) as exc:
         raise RequestError(f"cannot build a grammar from the given JSON schema: {exc}") from None
     if matcher.is_error():
         raise RequestError(f"cannot build a grammar from the given JSON schema: {matcher.get_error()}")
-    return GrammarProcessor(matcher, grammar_tokenizer(tokenizer).vocab_size)
+    return GrammarProcessor(matcher, vocabulary.vocab_size)
 
 
 class GrammarProcessor:

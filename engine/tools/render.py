@@ -22,7 +22,9 @@ def template_inputs(request: GenerationRequest, fmt: ToolFormat | None) -> tuple
     """(messages, tools) for `apply_chat_template`; tools is None when the template is not given them."""
     native = fmt is not None and fmt.native
     if native:
-        messages = [_native_message(m) for m in request.messages]
+        # Results carry only their call's id; templates that print the tool's name get it from the call.
+        names = {call.id: call.name for message in request.messages for call in message.tool_calls}
+        messages = [_native_message(m, names) for m in request.messages]
         tools = [_native_tool(t) for t in request.tools] if request.offers_tools else None
         return messages, tools
     messages = _fallback_messages(request.messages)
@@ -43,7 +45,7 @@ def _arguments(text: str) -> Any:
         return text
 
 
-def _native_message(message: ChatMessage) -> dict:
+def _native_message(message: ChatMessage, names: dict[str, str]) -> dict:
     rendered: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
         rendered["tool_calls"] = [
@@ -52,8 +54,9 @@ def _native_message(message: ChatMessage) -> dict:
         ]
     if message.role == "tool":
         rendered["tool_call_id"] = message.tool_call_id
-        if message.name:
-            rendered["name"] = message.name
+        name = names.get(message.tool_call_id, message.name)
+        if name:
+            rendered["name"] = name
         if message.is_error:
             rendered["content"] = f"Error: {message.content}"
     return rendered
