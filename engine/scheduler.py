@@ -149,19 +149,18 @@ class BatchScheduler:
         from mlx_lm.models.cache import make_prompt_cache
 
         request, put = handle.request, handle._put
+        rendered = self._prompts.pop(handle.request_id, None)  # the request leaves the waiting queue here
         if handle._cancelled.is_set():
             put(TurnFailed(handle.request_id, "the request was cancelled before it started", "cancelled"))
             return False
         admitted = time.perf_counter()
         try:
-            prompt = self._prompt(handle)
+            prompt = rendered if rendered is not None else render_prompt(self.loaded, request)
             check_context(len(prompt), self.loaded.info.context_length)
             processors = turn_processors(self.loaded, request)
         except RequestError as exc:
             put(TurnFailed(handle.request_id, str(exc), "request"))
             return False
-        finally:
-            self._prompts.pop(handle.request_id, None)
         if self.memory is not None:
             restored = self.memory.acquire(request.session_id, prompt)
             cache, report = restored.cache, CacheReport(restored.source, restored.reused_tokens, restored.restore_s)
