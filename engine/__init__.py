@@ -12,3 +12,4 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 _blas.preload()
 # Registered after OpenBLAS's own exit hook, so it runs first (atexit is last-in, first-out).
 _runtime.install_exit_hooks()
+_runtime.keep_freed_memory()

@@ -295,9 +295,12 @@ class Engine:
     def _run(self) -> None:
         import mlx.core as mx
 
+        from engine import cpu_attention
+
         # Every MLX call on this thread runs on a stream it owns: evaluating on the default or on
         # mlx-lm's thread-local stream off the main thread aborts the process at exit.
         self._stream = mx.new_stream(mx.default_device())
+        cpu_attention.enable_on_this_thread(self.settings.mlx_cpu_attention == "numpy")
         with mx.stream(self._stream):
             self._load()
             stopping = False

@@ -77,6 +77,8 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
     import mlx.core as mx
     from mlx_lm.utils import dequantize_model, load_model, load_tokenizer
 
+    from engine import cpu_attention
+
     source = resolve(model_id, models_path)
     model_dir = prepare(source, models_path, progress)
     if progress:
@@ -93,6 +95,7 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
             model = dequantize_model(model)
         model.set_dtype(mx.float32)
         mx.eval(model.parameters())
+        cpu_attention.install(model)
     if progress:
         progress("loading", 1, 1)
 

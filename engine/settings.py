@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     mlx_prefill_step_size: int = Field(
         default=512, ge=16, le=65536, description="Prompt tokens processed per prefill step."
     )
+    mlx_cpu_attention: Literal["numpy", "mlx"] = Field(
+        default="numpy",
+        description="CPU backend: attention softmax in numpy (vectorised exp, ~4x faster) or in MLX's own kernel.",
+    )
     agent_cache_dir: Path | None = Field(default=None, description="Warm KV tier on disk; default <data_dir>/caches.")
     agent_max_agents_in_memory: int = Field(default=5, ge=1, description="Agents resident in the hot tier.")
     agent_disk_budget_mb: int = Field(default=20480, ge=1, description="Warm KV tier budget on disk (MB).")

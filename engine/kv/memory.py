@@ -13,9 +13,12 @@ release(session, tokens, cache) -- engine thread, after the turn's last event
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -71,6 +74,7 @@ class WarmWriter:
         self._thread.join(timeout=60)
 
     def _run(self) -> None:
+        _lower_this_threads_priority()
         while True:
             job = self._jobs.get()
             try:
@@ -361,6 +365,16 @@ class KVMemory:
         report = self.warm.check(repair=False)
         if report["bad"] or report["missing"]:
             raise AssertionError(f"warm tier damaged: {report}")
+
+
+def _lower_this_threads_priority() -> None:
+    """Writes happen behind the response: the next turn's prefill should not share the CPU with them.
+
+    On Linux a thread has its own nice value (setpriority on its thread id); elsewhere this does nothing.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _parameters(model) -> list:
