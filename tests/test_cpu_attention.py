@@ -91,7 +91,9 @@ def test_greedy_output_is_the_same_with_either_attention(tiny_model_dir, data_di
     )
     outputs = {}
     for mode in ("numpy", "mlx"):
-        settings = Settings(data_dir=data_dir, mlx_model_id=str(tiny_model_dir), kv_memory=False, mlx_cpu_attention=mode)
+        settings = Settings(
+            data_dir=data_dir, mlx_model_id=str(tiny_model_dir), kv_memory=False, mlx_cpu_attention=mode
+        )
         with Engine(settings) as eng:
             outputs[mode] = eng.generate(request).text
     assert outputs["numpy"] == outputs["mlx"]
