@@ -63,14 +63,14 @@ class _Sequence:
 
 class BatchScheduler:
     def __init__(self, loaded: LoadedModel, memory, max_batch_size: int, prefill_step_size: int, stream):
-        from mlx_lm.generate import BatchGenerator
+        from engine.batch_generator import LeanBatchGenerator
 
         self.loaded = loaded
         self.memory = memory
         self.max_batch_size = max_batch_size
         self.waiting: deque = deque()  # TurnHandles in arrival order
         self.active: dict[int, _Sequence] = {}  # by BatchGenerator uid
-        self._new_generator = lambda: BatchGenerator(
+        self._new_generator = lambda: LeanBatchGenerator(
             loaded.model,
             max_tokens=1,
             completion_batch_size=max_batch_size,
