@@ -178,8 +178,8 @@ def build_cache(layout: CacheLayout, full: dict[int, tuple], sliding: dict[int, 
     def batched(x):
         if isinstance(x, tuple | list):
             return tuple(batched(part) for part in x)
-        array = x if isinstance(x, mx.array) else mx.array(x)
-        return array[None] if array.dtype == mx.uint32 else array[None].astype(dtype)
+        array = (x if isinstance(x, mx.array) else mx.array(x))[None]
+        return array if array.dtype in (mx.uint32, dtype) else array.astype(dtype)
 
     caches = []
     for index, kind in enumerate(layout.layers):

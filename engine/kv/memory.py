@@ -14,6 +14,7 @@ release(session, tokens, cache) -- engine thread, after the turn's last event
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -22,6 +23,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from engine.kv.blocks import block_names, common_prefix_length, root_name
 from engine.kv.hot import HotEntry, HotPool
@@ -33,11 +36,9 @@ from engine.kv.layout import (
     decode_from_disk,
     encode_for_disk,
     full_layer_slice,
-    join_tokens,
     sliding_window_snapshot,
-    take_tokens,
 )
-from engine.kv.warm import SessionSnapshot, WarmTier, WriteJob
+from engine.kv.warm import MissingBlock, SessionSnapshot, WarmTier, WriteJob
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class KVMemory:
     def _from_warm(self, session_id: str | None, prompt: list[int], limit: int):
         if not self.warm.enabled:
             return None
-        snapshot = self.warm.session(self.fingerprint, session_id, decode=decode_mlx) if session_id else None
+        snapshot = self.warm.session(self.fingerprint, session_id) if session_id else None
         if snapshot is not None:
             matched = common_prefix_length(prompt[:limit], snapshot.tokens)
             end = len(snapshot.tokens)
@@ -203,36 +204,84 @@ class KVMemory:
             return None
         return count * self.block_tokens, "warm", lambda: self._build_from_blocks(names[:count])
 
-    def _read_blocks(self, names: list[str]) -> list[dict] | None:
-        return self.warm.read_blocks(self.fingerprint, names, decode=decode_mlx)
-
     def _build_from_blocks(self, names: list[str]):
-        blocks = self._read_blocks(names)
-        if blocks is None:
-            return None
-        full = {layer: _concat([self._kv(b[layer]) for b in blocks]) for layer in self.layout.full_layers}
-        return build_cache(self.layout, full, {}, len(names) * self.block_tokens, self.compute_dtype)
+        tokens = len(names) * self.block_tokens
+        full = self._full_layers(names, None, tokens)
+        return None if full is None else build_cache(self.layout, full, {}, tokens, self.compute_dtype)
 
-    def _kv(self, parts: dict):
+    def _full_layers(self, names: list[str], tail: dict | None, tokens: int) -> dict[int, tuple] | None:
+        """Every full-attention layer's (keys, values) for the first `tokens` tokens: the named blocks in
+        order, then `tail`. None if a block is missing or damaged."""
+        import mlx.core as mx
+
+        pieces = self.warm.iter_blocks(self.fingerprint, names)
+        if tail is not None:
+            pieces = itertools.chain(pieces, [tail])
+        try:
+            if self.compute_dtype == mx.float32 and not self.kv_bits:
+                return self._fill(pieces, tokens)
+            collected = list(pieces)
+        except MissingBlock:
+            return None
+        return {layer: self._kv([piece[layer] for piece in collected], tokens) for layer in self.layout.full_layers}
+
+    def _fill(self, pieces, tokens: int) -> dict[int, tuple]:
+        """Upcast each piece straight into float32 MLX arrays (written through numpy views) as it
+        arrives: restoring overlaps reading, in one pass, without a joined copy."""
+        import mlx.core as mx
+
+        arrays: dict[int, tuple] = {}
+        views: dict[int, tuple] = {}
+        start = 0
+        for piece in pieces:
+            count = 0
+            for layer in self.layout.full_layers:
+                keys, values = self._float_parts(piece[layer])
+                if layer not in arrays:
+                    heads, _, dim = keys.shape
+                    arrays[layer] = (mx.zeros((heads, tokens, dim)), mx.zeros((heads, tokens, values.shape[2])))
+                    mx.eval(arrays[layer])
+                    views[layer] = tuple(np.asarray(array) for array in arrays[layer])
+                count = min(keys.shape[1], tokens - start)
+                np.copyto(views[layer][0][:, start : start + count], keys[:, :count])
+                np.copyto(views[layer][1][:, start : start + count], values[:, :count])
+            start += count
+            if start >= tokens:
+                break
+        return arrays
+
+    def _float_parts(self, parts: dict) -> tuple:
+        """A piece's keys and values as float numpy arrays (8-bit disk parts dequantized by MLX)."""
+        import mlx.core as mx
+
+        if "k" in parts:
+            return parts["k"], parts["v"]
+        keys, values = decode_from_disk({name: mx.array(array) for name, array in parts.items()}, mx.float32)
+        mx.eval(keys, values)
+        return np.asarray(keys), np.asarray(values)
+
+    def _kv(self, sources: list[dict], tokens: int | None = None):
+        """One layer's (keys, values) in MLX from its disk parts in consecutive pieces (blocks, then the
+        tail), cut at `tokens`. Joined in numpy first, so MLX copies and converts each part once."""
+        import mlx.core as mx
+
+        parts = {}
+        for name in sources[0]:
+            pieces = [source[name] for source in sources]
+            joined = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+            parts[name] = mx.array(joined if tokens is None else joined[:, :tokens])
         return decode_from_disk(parts, self.compute_dtype, quantized=bool(self.kv_bits))
 
     def _build_from_snapshot(self, snapshot: SessionSnapshot, matched: int):
         block_count = min(len(snapshot.chain), -(-matched // self.block_tokens))
-        blocks = self._read_blocks(snapshot.chain[:block_count])
-        if blocks is None:
-            return None
         covered = block_count * self.block_tokens
-        full = {}
-        for layer in self.layout.full_layers:
-            parts = [self._kv(b[layer]) for b in blocks]
-            if matched > covered:
-                parts.append(self._kv(snapshot.tail[layer]))
-            keys, values = _concat(parts)
-            full[layer] = (take_tokens(keys, 0, matched, axis=1), take_tokens(values, 0, matched, axis=1))
+        full = self._full_layers(snapshot.chain[:block_count], snapshot.tail if matched > covered else None, matched)
+        if full is None:
+            return None
         sliding = {}
         end = len(snapshot.tokens)
         for layer in self.layout.sliding_layers:
-            keys, values = self._kv(snapshot.windows[layer])
+            keys, values = self._kv([snapshot.windows[layer]])
             # Windows hold the last min(end, window) tokens; below the window they start at token 0.
             drop = end - matched
             sliding[layer] = (keys[:, : keys.shape[1] - drop], values[:, : values.shape[1] - drop])
@@ -391,20 +440,3 @@ def _trim(cache: list, count: int) -> bool:
     for c in cache:
         c.trim(count)
     return True
-
-
-def _concat(parts: list[tuple]) -> tuple:
-    """Join per-block (keys, values) along the token axis, in MLX (one copy, lazily)."""
-    return join_tokens([p[0] for p in parts], axis=1), join_tokens([p[1] for p in parts], axis=1)
-
-
-def decode_mlx(payload: bytes):
-    """A warm payload's layers as MLX parts (read by MLX itself), and its metadata."""
-    import io
-
-    import mlx.core as mx
-
-    from engine.kv.warm import group_layers
-
-    arrays, metadata = mx.load(io.BytesIO(payload), format="safetensors", return_metadata=True)
-    return group_layers(arrays), metadata

@@ -86,14 +86,33 @@ def group_layers(tensors: dict) -> dict[int, dict]:
     return layers
 
 
-def decode_numpy(payload: bytes) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, str]]:
-    """A payload's layers as numpy parts, and its metadata."""
-    from safetensors.numpy import load
+SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I8": np.int8, "U32": np.uint32}
 
-    # safetensors.numpy.load drops metadata; read it from the header.
+
+def decode_numpy(payload: bytes) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, str]]:
+    """A payload's layers as numpy parts (read-only views of `payload`, no copy), and its metadata.
+
+    bfloat16 parts (quantization scales of a bfloat16 model) come back as float32, exactly.
+    """
     header_size = int.from_bytes(payload[:8], "little")
-    metadata = json.loads(payload[8 : 8 + header_size]).get("__metadata__", {})
-    return group_layers(load(payload)), metadata
+    header = json.loads(payload[8 : 8 + header_size])
+    metadata = header.pop("__metadata__", {})
+    base = 8 + header_size
+    tensors = {}
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if info["dtype"] == "BF16":
+            raw = np.frombuffer(payload, np.uint16, (end - start) // 2, base + start)
+            tensors[name] = (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            continue
+        dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+        tensors[name] = np.frombuffer(payload, dtype, (end - start) // dtype.itemsize, base + start).reshape(shape)
+    return group_layers(tensors), metadata
+
+
+class MissingBlock(Exception):
+    """A block named in a chain is not on disk (any more) or failed its checksum."""
 
 
 class WarmTier:
@@ -175,11 +194,19 @@ class WarmTier:
             count += 1
         return count
 
-    def read_blocks(self, fingerprint: str, names: list[str], decode=decode_numpy) -> list[dict] | None:
-        """The layers of each named block, or None if any is missing or damaged (it is dropped).
+    def read_blocks(self, fingerprint: str, names: list[str]) -> list[dict] | None:
+        """The layers of each named block, or None if any is missing or damaged (it is dropped)."""
+        try:
+            return list(self.iter_blocks(fingerprint, names))
+        except MissingBlock:
+            return None
 
-        Files are read and checksummed on two threads (both release the GIL); decoding stays on the
-        calling thread, which may be the one that owns MLX.
+    def iter_blocks(self, fingerprint: str, names: list[str]):
+        """The layers of each named block in order, as each arrives; raises MissingBlock at the first
+        one that is missing or damaged (a damaged one is dropped from the index).
+
+        Files are read and checksummed ahead on two threads (both release the GIL), so the caller can
+        use one block while the next ones are read; decoding (zero-copy views) stays on its thread.
         """
         rows = {}
         for name in names:
@@ -189,19 +216,17 @@ class WarmTier:
                 .fetchone()
             )
             if row is None:
-                return None
+                raise MissingBlock(name)
             rows[name] = row
         with ThreadPoolExecutor(max_workers=2) as pool:
-            payloads = list(pool.map(lambda n: self._read_payload(rows[n][0], rows[n][1]), names))
-        blocks = []
-        for name, payload in zip(names, payloads, strict=True):
-            if payload is None:
-                self._drop("blocks", name)
-                return None
-            blocks.append(decode(payload)[0])
+            payloads = pool.map(lambda n: self._read_payload(rows[n][0], rows[n][1]), names)
+            for name, payload in zip(names, payloads, strict=True):
+                if payload is None:
+                    self._drop("blocks", name)
+                    raise MissingBlock(name)
+                yield decode_numpy(payload)[0]
         if names:
             self._touch("blocks", f"name IN ({','.join('?' * len(names))})", tuple(names))
-        return blocks
 
     def _read_payload(self, file: str, sha256: str) -> bytes | None:
         """The file's bytes if they match their checksum; logs and returns None otherwise."""
@@ -216,7 +241,7 @@ class WarmTier:
             return None
         return payload
 
-    def session(self, fingerprint: str, session_id: str, decode=decode_numpy) -> SessionSnapshot | None:
+    def session(self, fingerprint: str, session_id: str) -> SessionSnapshot | None:
         if not self.enabled:
             return None
         key = session_key(session_id)
@@ -231,7 +256,7 @@ class WarmTier:
         if payload is None:
             self._drop("sessions", key)
             return None
-        layers, metadata = decode(payload)
+        layers, metadata = decode_numpy(payload)
         windows = {layer: kv for layer, kv in layers.items() if str(layer) in json.loads(metadata["windows"])}
         tail = {layer: kv for layer, kv in layers.items() if layer not in windows}
         self._touch("sessions", "key=? AND fingerprint=?", (key, fingerprint))
