@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_write_bytes
+from engine.atomic import atomic_write_chunks
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, tokens INTEGER NOT NULL, chain TEXT NOT NULL,
     last_used REAL NOT NULL, PRIMARY KEY (key, fingerprint));
 """
+
+
+SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I8": np.int8, "U32": np.uint32}
+SAFETENSORS_NAMES = {np.dtype(dtype): name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 def session_key(session_id: str) -> str:
@@ -66,16 +70,41 @@ class WriteJob:
     blocks: dict[str, dict[int, dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
-def _pack(layers: dict[int, dict[str, np.ndarray]], metadata: dict[str, str]) -> bytes:
-    """Tensors named `<part>.<layer>` (e.g. `k.3`, `vq.3`) in one safetensors payload."""
-    from safetensors.numpy import save
+@dataclass
+class Payload:
+    """A safetensors file as the chunks to write (header, then each tensor's own memory) and its checksum."""
 
-    tensors = {
-        f"{part}.{layer}": np.ascontiguousarray(array)
-        for layer, parts in layers.items()
-        for part, array in parts.items()
-    }
-    return save(tensors, metadata=metadata)
+    chunks: list
+    sha256: str
+    size: int
+
+
+def _pack(layers: dict[int, dict[str, np.ndarray]], metadata: dict[str, str]) -> Payload:
+    """Tensors named `<part>.<layer>` (e.g. `k.3`, `vq.3`) in the safetensors format.
+
+    Written straight from the arrays rather than joined into one bytes object first: no second copy
+    of a 100 MB cache, and hashing and writing release the GIL the engine thread needs.
+    """
+    header: dict = {"__metadata__": metadata}
+    arrays = []
+    offset = 0
+    for layer, parts in layers.items():
+        for part, array in parts.items():
+            array = np.ascontiguousarray(array)
+            header[f"{part}.{layer}"] = {
+                "dtype": SAFETENSORS_NAMES[array.dtype],
+                "shape": list(array.shape),
+                "data_offsets": [offset, offset + array.nbytes],
+            }
+            arrays.append(array)
+            offset += array.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    chunks = [len(encoded).to_bytes(8, "little") + encoded, *(memoryview(a).cast("B") for a in arrays if a.nbytes)]
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return Payload(chunks, digest.hexdigest(), sum(len(c) for c in chunks))
 
 
 def group_layers(tensors: dict) -> dict[int, dict]:
@@ -84,9 +113,6 @@ def group_layers(tensors: dict) -> dict[int, dict]:
         part, layer = name.rsplit(".", 1)
         layers.setdefault(int(layer), {})[part] = value
     return layers
-
-
-SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I8": np.int8, "U32": np.uint32}
 
 
 def decode_numpy(payload: bytes) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, str]]:
@@ -306,10 +332,10 @@ class WarmTier:
                 continue
             payload = _pack(layers, {"block": name, "fingerprint": job.fingerprint})
             file = f"{job.fingerprint}/blocks/{name[:2]}/{name}.safetensors"
-            atomic_write_bytes(self.root / file, payload)
+            atomic_write_chunks(self.root / file, payload.chunks)
             db.execute(
                 "INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)",
-                (name, job.fingerprint, file, hashlib.sha256(payload).hexdigest(), len(payload), now),
+                (name, job.fingerprint, file, payload.sha256, payload.size, now),
             )
         snapshot = job.snapshot
         if snapshot is None:
@@ -325,7 +351,7 @@ class WarmTier:
         payload = _pack(layers, metadata)
         # A new file name per write: a reader holding the old index row still finds the old file.
         file = f"{job.fingerprint}/sessions/{key}.{uuid.uuid4().hex[:12]}.safetensors"
-        atomic_write_bytes(self.root / file, payload)
+        atomic_write_chunks(self.root / file, payload.chunks)
         previous = db.execute(
             "SELECT file FROM sessions WHERE key=? AND fingerprint=?", (key, job.fingerprint)
         ).fetchone()
@@ -336,8 +362,8 @@ class WarmTier:
                 job.fingerprint,
                 snapshot.session_id,
                 file,
-                hashlib.sha256(payload).hexdigest(),
-                len(payload),
+                payload.sha256,
+                payload.size,
                 len(snapshot.tokens),
                 json.dumps(snapshot.chain),
                 now,
