@@ -11,8 +11,10 @@ def bench_settings(data_dir: str | None, **overrides) -> Settings:
     """`load_settings(**overrides)` in `data_dir`; without one (and without SEMANTIC_DATA_DIR), in a new
     temporary directory, so a benchmark never fills the user's ~/.agent_memory."""
     if data_dir:
-        return load_settings(**overrides, data_dir=data_dir)
-    settings = load_settings(**overrides)
-    if str(settings.data_dir) == "~/.agent_memory":
-        settings = load_settings(**overrides, data_dir=tempfile.mkdtemp(prefix="agent-memory-bench-"))
+        settings = load_settings(**overrides, data_dir=data_dir)
+    else:
+        settings = load_settings(**overrides)
+        if str(settings.data_dir) == "~/.agent_memory":
+            settings = load_settings(**overrides, data_dir=tempfile.mkdtemp(prefix="agent-memory-bench-"))
+    settings.data_path.mkdir(parents=True, exist_ok=True)
     return settings
