@@ -4,8 +4,8 @@ MLX's CPU `exp` runs at ~85 M elements/s (no SIMD); numpy's runs at ~2 G/s. Atte
 cache is dominated by that softmax: a 45-token turn over 4k cached tokens of the default model costs
 ~0.75 s in `mx.fast.scaled_dot_product_attention` and ~0.2 s here, and a cold 4k prefill spends more
 than half its time there. So on the CPU backend, for float32 attention big enough to matter, the
-engine thread computes attention with numpy (BLAS matmuls, vectorised exp) on zero-copy views of
-the MLX arrays, one slab of query rows at a time so that the scores stay in cache.
+engine thread keeps the matmuls in MLX and does the softmax with numpy, in place on the scores through
+a zero-copy view, one slab of query rows at a time so that the scores stay in the CPU's cache.
 
 `install(model)` points the model's modules at `dispatch`, which uses numpy only on threads that
 called `enable_on_this_thread()` (the engine thread) and falls back to mlx-lm's own function for

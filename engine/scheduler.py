@@ -61,6 +61,9 @@ class _Sequence:
         return self.request.session_id
 
 
+MIN_PREFILL_CHUNK = 64  # tokens per prompt per step, however many prompts share a step
+
+
 class BatchScheduler:
     def __init__(self, loaded: LoadedModel, memory, max_batch_size: int, prefill_step_size: int, stream):
         from engine.batch_generator import LeanBatchGenerator
@@ -68,6 +71,7 @@ class BatchScheduler:
         self.loaded = loaded
         self.memory = memory
         self.max_batch_size = max_batch_size
+        self.prefill_step_size = prefill_step_size
         self.waiting: deque = deque()  # TurnHandles in arrival order
         self.active: dict[int, _Sequence] = {}  # by BatchGenerator uid
         self._new_generator = lambda: LeanBatchGenerator(
@@ -192,6 +196,11 @@ class BatchScheduler:
             self._finish_early(sequence, "cancelled")
         if not self.active:
             return
+        # The prompts being prefilled share one chunk of tokens per step (a token budget), so however
+        # many arrive together, a step (the others' next token, a newcomer's start) takes about as long
+        # as one chunk.
+        prefilling = sum(1 for s in self.active.values() if s.first_token_at is None)
+        self.generator.prefill_step_size = max(MIN_PREFILL_CHUNK, self.prefill_step_size // max(prefilling, 1))
         prompt_responses, generation_responses = self.generator.next()
         for response in prompt_responses:
             sequence = self.active.get(response.uid)

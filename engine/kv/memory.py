@@ -227,7 +227,8 @@ class KVMemory:
 
     def _fill(self, pieces, tokens: int) -> dict[int, tuple]:
         """Upcast each piece straight into float32 MLX arrays (written through numpy views) as it
-        arrives: restoring overlaps reading, in one pass, without a joined copy."""
+        arrives: restoring overlaps reading, in one pass, without a joined copy. Every piece is
+        consumed, so the warm tier records the blocks as used."""
         import mlx.core as mx
 
         arrays: dict[int, tuple] = {}
@@ -246,8 +247,6 @@ class KVMemory:
                 np.copyto(views[layer][0][:, start : start + count], keys[:, :count])
                 np.copyto(views[layer][1][:, start : start + count], values[:, :count])
             start += count
-            if start >= tokens:
-                break
         return arrays
 
     def _float_parts(self, parts: dict) -> tuple:
