@@ -1,5 +1,6 @@
 """Continuous batching on the real default model: same greedy outputs as one at a time, sessions
-serialized, cancellation frees a slot, long prefills interleave with decoding, a full queue refuses."""
+serialized, cancellation frees a slot, long prefills interleave with decoding and share each step, a full
+queue refuses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from engine.engine import Engine
 from engine.errors import EngineBusy
-from engine.events import TurnChunk, TurnStarted
+from engine.events import PrefillProgress, TurnChunk, TurnStarted
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
 from tests.conftest import ask
@@ -182,3 +183,38 @@ def test_agents_arriving_together_compute_their_shared_prefix_once(default_engin
     assert results[0].usage.cached_tokens == 0
     assert all(r.cache.source == "hot" and r.usage.cached_tokens >= prefix_tokens for r in results[1:])
     assert [r.text for r in results] == expected
+
+
+def test_prompts_prefilled_together_share_each_step(tiny_model_dir, data_dir, tmp_path):
+    """Four long prompts arriving together read a quarter of a chunk each per step, so one step (and
+    every other stream's next token) waits for about one chunk of prefill, not four."""
+    chunk = 512  # a quarter of it is above the 64-token floor a prompt always gets
+    settings = Settings(
+        data_dir=data_dir,
+        mlx_model_id=str(tiny_model_dir),
+        agent_cache_dir=tmp_path / "kv",
+        kv_memory=False,
+        mlx_prefill_step_size=chunk,
+    )
+    done_tokens: dict[int, list[int]] = {}
+    lock = threading.Lock()
+
+    def record(index):
+        def on_event(event):
+            if isinstance(event, PrefillProgress):
+                with lock:
+                    done_tokens.setdefault(index, []).append(event.done_tokens)
+
+        return on_event
+
+    with Engine(settings) as eng:
+        handles = [
+            eng.submit(ask(f"Topic {i}. " + " ".join(f"fact {j} about {i}" for j in range(60)), 1), on_event=record(i))
+            for i in range(4)
+        ]
+        for handle in handles:
+            assert handle.result().usage.prompt_tokens > 3 * chunk // 4
+    increments = [b - a for seen in done_tokens.values() for a, b in zip(seen, seen[1:], strict=False)]
+    assert len(done_tokens) == 4 and increments
+    assert max(increments) <= chunk
+    assert sorted(increments)[len(increments) // 2] <= chunk // 4  # most steps were shared four ways
