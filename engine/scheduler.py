@@ -53,6 +53,11 @@ class _Sequence:
     shared_prefix: int = 0
 
     @property
+    def prefilling(self) -> bool:
+        """Its prompt is still being read (no token generated yet)."""
+        return self.first_token_at is None
+
+    @property
     def request(self):
         return self.handle.request
 
@@ -133,7 +138,7 @@ class BatchScheduler:
         block = self.memory.block_tokens
         leader, common = None, 0
         for sequence in self.active.values():
-            if sequence.first_token_at is None:
+            if sequence.prefilling:
                 length = common_prefix_length(prompt[:-1], sequence.prompt[:-1])
                 if length > common:
                     leader, common = sequence, length
@@ -199,7 +204,7 @@ class BatchScheduler:
         # The prompts being prefilled share one chunk of tokens per step (a token budget), so however
         # many arrive together, a step (the others' next token, a newcomer's start) takes about as long
         # as one chunk.
-        prefilling = sum(1 for s in self.active.values() if s.first_token_at is None)
+        prefilling = sum(1 for s in self.active.values() if s.prefilling)
         self.generator.prefill_step_size = max(MIN_PREFILL_CHUNK, self.prefill_step_size // max(prefilling, 1))
         prompt_responses, generation_responses = self.generator.next()
         for response in prompt_responses:

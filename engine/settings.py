@@ -38,7 +38,10 @@ class Settings(BaseSettings):
         default=30.0, ge=0, le=3600, description="Seconds running requests get to finish on SIGTERM/SIGINT."
     )
     mlx_prefill_step_size: int = Field(
-        default=512, ge=16, le=65536, description="Prompt tokens processed per prefill step."
+        default=512,
+        ge=16,
+        le=65536,
+        description="Prompt tokens processed per step, shared by the prompts being prefilled (at least 64 each).",
     )
     mlx_cpu_attention: Literal["numpy", "mlx"] = Field(
         default="numpy",

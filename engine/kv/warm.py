@@ -220,13 +220,6 @@ class WarmTier:
             count += 1
         return count
 
-    def read_blocks(self, fingerprint: str, names: list[str]) -> list[dict] | None:
-        """The layers of each named block, or None if any is missing or damaged (it is dropped)."""
-        try:
-            return list(self.iter_blocks(fingerprint, names))
-        except MissingBlock:
-            return None
-
     def iter_blocks(self, fingerprint: str, names: list[str]):
         """The layers of each named block in order, as each arrives; raises MissingBlock at the first
         one that is missing or damaged (a damaged one is dropped from the index).
