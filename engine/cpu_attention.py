@@ -24,8 +24,8 @@ from mlx_lm.models import base
 # Below this many scores (batch x heads x queries x keys) MLX's own kernel is about as fast. (The
 # per-layer synchronisation costs little: on the CPU, `mx.async_eval` of a step runs mostly inline.)
 MIN_SCORES = 1 << 14
-# Scores per slab: 4 MB of float32 stays in the CPU's cache through max, exp, sum and divide.
-SLAB_SCORES = 1 << 20
+# Scores per slab: 8 MB of float32 stays in the CPU's last-level cache through max, exp, sum and divide.
+SLAB_SCORES = 1 << 21
 # Masked scores: finite, so a fully masked row (left padding in a batch) gets uniform weights as it
 # does in MLX, instead of NaNs that would reach the padding's keys and values; far enough below any
 # real score that its weight is exactly 0, near enough to 0 that subtracting a row's max cannot overflow.
@@ -67,8 +67,8 @@ def attention(queries, keys, values, scale: float, mask) -> mx.array:
 
     `mask` is None, "causal" (query i sits at position S - L + i) or an array broadcastable to
     (B, Hq, L, S): boolean (True = attend) or additive. The matmuls stay in MLX (one BLAS in the
-    process); each slab of scores is evaluated, normalised in place through a zero-copy numpy view,
-    and multiplied by the values.
+    process); each slab of scores is evaluated, exponentiated in place through a zero-copy numpy
+    view, multiplied by the values and divided by its rows' sums.
     """
     batch, num_heads, num_queries, head_dim = queries.shape
     num_kv_heads, num_keys = keys.shape[1], keys.shape[2]
@@ -95,8 +95,9 @@ def attention(queries, keys, values, scale: float, mask) -> mx.array:
             _apply_mask(view, mask, masks, first, last, start, stop, num_queries)
             view -= view.max(axis=-1, keepdims=True)
             np.exp(view, out=view)
-            view /= view.sum(axis=-1, keepdims=True)
-            pending = [(scores @ values[first:last]).reshape(*shape, -1)]
+            # Normalised after the product: one pass over the scores fewer.
+            sums = mx.array(view.sum(axis=-1, keepdims=True))
+            pending = [(scores @ values[first:last]).reshape(*shape, -1) / sums]
             slabs.extend(pending)
     if len(slabs) > 1:
         per_seq = -(-num_queries // rows)
@@ -124,10 +125,13 @@ def _apply_mask(scores, mask, masks, first: int, last: int, start: int, stop: in
     """Mask scores (sequences, Hkv, group, rows, S) of sequences first:last, query rows start:stop."""
     num_keys = scores.shape[-1]
     if isinstance(mask, str):
-        # Row r may see keys up to S - L + r: the columns past it lie in the last L keys.
-        first_hidden = num_keys - num_queries + np.arange(start, stop) + 1
-        hidden = np.arange(num_keys)[None, :] >= first_hidden[:, None]
-        np.copyto(scores, MASKED, where=hidden)
+        # Row r may see keys up to S - L + r: only the columns after the slab's first row's last key
+        # can be hidden.
+        first_column = num_keys - num_queries + start + 1
+        if first_column < num_keys:
+            first_hidden = np.arange(stop - start) + 1  # within scores[..., first_column - 1 :]
+            hidden = np.arange(num_keys - first_column + 1)[None, :] >= first_hidden[:, None]
+            np.copyto(scores[..., first_column - 1 :], MASKED, where=hidden)
     elif masks is not None:
         part = masks[first:last, :, :, start:stop]
         if part.dtype == np.bool_:

@@ -195,23 +195,26 @@ class KVMemory:
             window = self.layout.min_window
             usable = window is None or matched == end or end < window
             if matched > 0 and usable:
-                return matched, "warm", lambda: self._build_from_snapshot(snapshot, matched)
+                return matched, "warm", lambda: self._build_from_snapshot(snapshot, matched, len(prompt))
         if not self.layout.resumable_everywhere():
             return None
         names = block_names(prompt[:limit], self.root, self.block_tokens)
         count = self.warm.has_blocks(self.fingerprint, names)
         if count == 0:
             return None
-        return count * self.block_tokens, "warm", lambda: self._build_from_blocks(names[:count])
+        return count * self.block_tokens, "warm", lambda: self._build_from_blocks(names[:count], len(prompt))
 
-    def _build_from_blocks(self, names: list[str]):
+    def _build_from_blocks(self, names: list[str], prompt_tokens: int):
         tokens = len(names) * self.block_tokens
-        full = self._full_layers(names, None, tokens)
+        full = self._full_layers(names, None, tokens, prompt_tokens)
         return None if full is None else build_cache(self.layout, full, {}, tokens, self.compute_dtype)
 
-    def _full_layers(self, names: list[str], tail: dict | None, tokens: int) -> dict[int, tuple] | None:
+    def _full_layers(
+        self, names: list[str], tail: dict | None, tokens: int, prompt_tokens: int
+    ) -> dict[int, tuple] | None:
         """Every full-attention layer's (keys, values) for the first `tokens` tokens: the named blocks in
-        order, then `tail`. None if a block is missing or damaged."""
+        order, then `tail`. None if a block is missing or damaged. Float32 arrays have room for the
+        rest of a `prompt_tokens` prompt and the start of the answer."""
         import mlx.core as mx
 
         pieces = self.warm.iter_blocks(self.fingerprint, names)
@@ -219,16 +222,17 @@ class KVMemory:
             pieces = itertools.chain(pieces, [tail])
         try:
             if self.compute_dtype == mx.float32 and not self.kv_bits:
-                return self._fill(pieces, tokens)
+                return self._fill(pieces, tokens, _capacity(prompt_tokens))
             collected = list(pieces)
         except MissingBlock:
             return None
         return {layer: self._kv([piece[layer] for piece in collected], tokens) for layer in self.layout.full_layers}
 
-    def _fill(self, pieces, tokens: int) -> dict[int, tuple]:
+    def _fill(self, pieces, tokens: int, capacity: int) -> dict[int, tuple]:
         """Upcast each piece straight into float32 MLX arrays (written through numpy views) as it
-        arrives: restoring overlaps reading, in one pass, without a joined copy. Every piece is
-        consumed, so the warm tier records the blocks as used."""
+        arrives: restoring overlaps reading, in one pass, without a joined copy. The arrays hold
+        `capacity` tokens, so the new turn is written in place (mlx-lm grows a full cache by copying
+        it). Every piece is consumed, so the warm tier records the blocks as used."""
         import mlx.core as mx
 
         arrays: dict[int, tuple] = {}
@@ -240,7 +244,8 @@ class KVMemory:
                 keys, values = self._float_parts(piece[layer])
                 if layer not in arrays:
                     heads, _, dim = keys.shape
-                    arrays[layer] = (mx.zeros((heads, tokens, dim)), mx.zeros((heads, tokens, values.shape[2])))
+                    shapes = (heads, max(capacity, tokens), dim), (heads, max(capacity, tokens), values.shape[2])
+                    arrays[layer] = (mx.zeros(shapes[0]), mx.zeros(shapes[1]))
                     mx.eval(arrays[layer])
                     views[layer] = tuple(np.asarray(array) for array in arrays[layer])
                 count = min(keys.shape[1], tokens - start)
@@ -271,10 +276,11 @@ class KVMemory:
             parts[name] = mx.array(joined if tokens is None else joined[:, :tokens])
         return decode_from_disk(parts, self.compute_dtype, quantized=bool(self.kv_bits))
 
-    def _build_from_snapshot(self, snapshot: SessionSnapshot, matched: int):
+    def _build_from_snapshot(self, snapshot: SessionSnapshot, matched: int, prompt_tokens: int):
         block_count = min(len(snapshot.chain), -(-matched // self.block_tokens))
         covered = block_count * self.block_tokens
-        full = self._full_layers(snapshot.chain[:block_count], snapshot.tail if matched > covered else None, matched)
+        tail = snapshot.tail if matched > covered else None
+        full = self._full_layers(snapshot.chain[:block_count], tail, matched, prompt_tokens)
         if full is None:
             return None
         sliding = {}
@@ -429,6 +435,13 @@ def _parameters(model) -> list:
     from mlx.utils import tree_flatten
 
     return [value for _, value in tree_flatten(model.parameters())]
+
+
+def _capacity(prompt_tokens: int) -> int:
+    """Tokens a restored cache has room for: the whole prompt and one growth step of mlx-lm's KVCache."""
+    from mlx_lm.models.cache import KVCache
+
+    return (prompt_tokens // KVCache.step + 2) * KVCache.step
 
 
 def _trim(cache: list, count: int) -> bool:
