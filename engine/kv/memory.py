@@ -14,7 +14,6 @@ release(session, tokens, cache) -- engine thread, after the turn's last event
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import queue
@@ -38,6 +37,7 @@ from engine.kv.layout import (
     full_layer_slice,
     sliding_window_snapshot,
 )
+from engine.kv.restore import restore_float32
 from engine.kv.warm import MissingBlock, SessionSnapshot, WarmTier, WriteJob
 
 log = logging.getLogger(__name__)
@@ -217,52 +217,17 @@ class KVMemory:
         rest of a `prompt_tokens` prompt and the start of the answer."""
         import mlx.core as mx
 
-        pieces = self.warm.iter_blocks(self.fingerprint, names)
-        if tail is not None:
-            pieces = itertools.chain(pieces, [tail])
         try:
             if self.compute_dtype == mx.float32 and not self.kv_bits:
-                return self._fill(pieces, tokens, _capacity(prompt_tokens))
-            collected = list(pieces)
+                capacity = _capacity(prompt_tokens)
+                layers, blocks = self.layout.full_layers, self.block_tokens
+                return restore_float32(self.warm, self.fingerprint, names, tail, layers, blocks, tokens, capacity)
+            pieces = list(self.warm.iter_blocks(self.fingerprint, names))
         except MissingBlock:
             return None
-        return {layer: self._kv([piece[layer] for piece in collected], tokens) for layer in self.layout.full_layers}
-
-    def _fill(self, pieces, tokens: int, capacity: int) -> dict[int, tuple]:
-        """Upcast each piece straight into float32 MLX arrays (written through numpy views) as it
-        arrives: restoring overlaps reading, in one pass, without a joined copy. The arrays hold
-        `capacity` tokens, so the new turn is written in place (mlx-lm grows a full cache by copying
-        it). Every piece is consumed, so the warm tier records the blocks as used."""
-        import mlx.core as mx
-
-        arrays: dict[int, tuple] = {}
-        views: dict[int, tuple] = {}
-        start = 0
-        for piece in pieces:
-            count = 0
-            for layer in self.layout.full_layers:
-                keys, values = self._float_parts(piece[layer])
-                if layer not in arrays:
-                    heads, _, dim = keys.shape
-                    shapes = (heads, max(capacity, tokens), dim), (heads, max(capacity, tokens), values.shape[2])
-                    arrays[layer] = (mx.zeros(shapes[0]), mx.zeros(shapes[1]))
-                    mx.eval(arrays[layer])
-                    views[layer] = tuple(np.asarray(array) for array in arrays[layer])
-                count = min(keys.shape[1], tokens - start)
-                np.copyto(views[layer][0][:, start : start + count], keys[:, :count])
-                np.copyto(views[layer][1][:, start : start + count], values[:, :count])
-            start += count
-        return arrays
-
-    def _float_parts(self, parts: dict) -> tuple:
-        """A piece's keys and values as float numpy arrays (8-bit disk parts dequantized by MLX)."""
-        import mlx.core as mx
-
-        if "k" in parts:
-            return parts["k"], parts["v"]
-        keys, values = decode_from_disk({name: mx.array(array) for name, array in parts.items()}, mx.float32)
-        mx.eval(keys, values)
-        return np.asarray(keys), np.asarray(values)
+        if tail is not None:
+            pieces.append(tail)
+        return {layer: self._kv([piece[layer] for piece in pieces], tokens) for layer in self.layout.full_layers}
 
     def _kv(self, sources: list[dict], tokens: int | None = None):
         """One layer's (keys, values) in MLX from its disk parts in consecutive pieces (blocks, then the

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
 import sqlite3
 import threading
@@ -115,8 +116,9 @@ def group_layers(tensors: dict) -> dict[int, dict]:
     return layers
 
 
-def decode_numpy(payload: bytes) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, str]]:
-    """A payload's layers as numpy parts (read-only views of `payload`, no copy), and its metadata.
+def decode_numpy(payload) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, str]]:
+    """A payload's layers as numpy parts (read-only views of `payload`, bytes or a mapped file: no
+    copy), and its metadata.
 
     bfloat16 parts (quantization scales of a bfloat16 model) come back as float32, exactly.
     """
@@ -135,6 +137,14 @@ def decode_numpy(payload: bytes) -> tuple[dict[int, dict[str, np.ndarray]], dict
         dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
         tensors[name] = np.frombuffer(payload, dtype, (end - start) // dtype.itemsize, base + start).reshape(shape)
     return group_layers(tensors), metadata
+
+
+def _map(path: Path) -> mmap.mmap:
+    """A file's bytes, mapped read-only: the numpy views of a payload are views of the page cache, with
+    no copy into a new buffer (the checksum reads the file in, sequentially, with the kernel's
+    read-ahead)."""
+    with path.open("rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 class MissingBlock(Exception):
@@ -224,8 +234,9 @@ class WarmTier:
         """The layers of each named block in order, as each arrives; raises MissingBlock at the first
         one that is missing or damaged (a damaged one is dropped from the index).
 
-        Files are read and checksummed ahead on two threads (both release the GIL), so the caller can
-        use one block while the next ones are read; decoding (zero-copy views) stays on its thread.
+        Reading starts at the call: files are mapped, read and checksummed ahead on two threads (both
+        release the GIL), while the caller does other work or uses the blocks already in; decoding
+        (zero-copy views) happens as each is taken. Close the iterator to stop reading early.
         """
         rows = {}
         for name in names:
@@ -237,23 +248,29 @@ class WarmTier:
             if row is None:
                 raise MissingBlock(name)
             rows[name] = row
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            payloads = pool.map(lambda n: self._read_payload(rows[n][0], rows[n][1]), names)
+        pool = ThreadPoolExecutor(max_workers=2)
+        payloads = [pool.submit(self._read_payload, *rows[name]) for name in names]
+        return self._decoded_blocks(names, payloads, pool)
+
+    def _decoded_blocks(self, names: list[str], payloads: list, pool: ThreadPoolExecutor):
+        try:
             for name, payload in zip(names, payloads, strict=True):
-                if payload is None:
+                if payload.result() is None:
                     self._drop("blocks", name)
                     raise MissingBlock(name)
-                yield decode_numpy(payload)[0]
+                yield decode_numpy(payload.result())[0]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         if names:
             self._touch("blocks", f"name IN ({','.join('?' * len(names))})", tuple(names))
 
-    def _read_payload(self, file: str, sha256: str) -> bytes | None:
+    def _read_payload(self, file: str, sha256: str) -> mmap.mmap | None:
         """The file's bytes if they match their checksum; logs and returns None otherwise."""
         path = self.root / file
         try:
-            payload = path.read_bytes()
-        except OSError as exc:
-            log.warning("KV cache file %s is missing (%s); dropping it and recomputing", path, exc)
+            payload = _map(path)
+        except (OSError, ValueError) as exc:
+            log.warning("KV cache file %s is missing or unreadable (%s); dropping it and recomputing", path, exc)
             return None
         if hashlib.sha256(payload).hexdigest() != sha256:
             log.warning("KV cache file %s failed its checksum; dropping it and recomputing", path)

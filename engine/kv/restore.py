@@ -1,0 +1,113 @@
+"""Restoring full-attention layers from the warm tier into float32 MLX arrays (the CPU backend).
+
+    engine thread                           reader threads (WarmTier.iter_blocks)
+    size the arrays (from the tail, else      map + checksum every block, ahead
+    the first block), mx.zeros: the pages ─┐
+    fault in while the blocks are read     │  helper thread
+    upcast even blocks into their tokens ◄─┴─► upcast odd blocks into their tokens
+
+The float16 → float32 upcast writes each block once, straight into the new cache's arrays (numpy
+views; only the engine thread calls MLX), on two threads. The arrays have room for more tokens than
+they are given, so the new turn is written in place (mlx-lm grows a full cache by copying it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from engine.kv.layout import decode_from_disk
+from engine.kv.upcast import float16_into_float32
+from engine.kv.warm import WarmTier
+
+
+def restore_float32(
+    warm: WarmTier,
+    fingerprint: str,
+    names: list[str],
+    tail: dict | None,
+    full_layers: list[int],
+    block_tokens: int,
+    tokens: int,
+    capacity: int,
+) -> dict[int, tuple]:
+    """Every full layer's (keys, values) as float32 MLX arrays of shape (heads, max(capacity,
+    tokens), dim) holding the first `tokens` tokens: the named blocks in order, then `tail` (decoded
+    disk parts by layer). Raises MissingBlock when a block is missing or damaged."""
+    import mlx.core as mx
+
+    arrays: dict[int, tuple] = {}
+    copied = []  # (start token, layers left to the engine thread) per piece
+    reading = contextlib.closing(warm.iter_blocks(fingerprint, names))
+    with ThreadPoolExecutor(max_workers=1) as helper, reading as blocks:
+        pieces = enumerate(blocks)
+        sizing = tail
+        if sizing is None:  # sized from the first block
+            first = next(pieces)
+            pieces, sizing = itertools.chain([first], pieces), first[1]
+        for layer in full_layers:
+            size = max(capacity, tokens)
+            arrays[layer] = tuple(mx.zeros((x.shape[0], size, x.shape[2])) for x in _float_parts(sizing[layer]))
+        mx.eval(list(arrays.values()))
+        targets = {layer: tuple(np.asarray(array) for array in pair) for layer, pair in arrays.items()}
+        pending = []
+        for index, piece in pieces:
+            start = index * block_tokens
+            if index % 2:
+                pending.append((start, helper.submit(_copy_piece, piece, targets, start, tokens)))
+            else:
+                copied.append((start, _copy_piece(piece, targets, start, tokens)))
+        copied.extend((start, future.result()) for start, future in pending)
+    if tail is not None:
+        start = len(names) * block_tokens
+        copied.append((start, _copy_piece(tail, targets, start, tokens)))
+    for start, leftover in copied:
+        _copy_leftover(leftover, targets, start, tokens)
+    return arrays
+
+
+def _copy_piece(piece: dict, targets: dict, start: int, tokens: int) -> dict:
+    """Copy a piece's float parts into the arrays from token `start` on; returns the layers whose
+    parts are 8-bit (MLX dequantizes them, on the engine thread)."""
+    leftover = {}
+    for layer, (keys_view, values_view) in targets.items():
+        parts = piece[layer]
+        if "k" not in parts:
+            leftover[layer] = parts
+            continue
+        _copy_tokens(parts["k"], keys_view, start, tokens)
+        _copy_tokens(parts["v"], values_view, start, tokens)
+    return leftover
+
+
+def _copy_leftover(leftover: dict, targets: dict, start: int, tokens: int) -> None:
+    for layer, parts in leftover.items():
+        keys, values = _float_parts(parts)
+        _copy_tokens(keys, targets[layer][0], start, tokens)
+        _copy_tokens(values, targets[layer][1], start, tokens)
+
+
+def _copy_tokens(source: np.ndarray, target: np.ndarray, start: int, tokens: int) -> None:
+    """target[:, start:] = source (heads, count, dim), cut at `tokens`."""
+    count = min(source.shape[1], tokens - start)
+    if count <= 0:
+        return
+    part, window = source[:, :count], target[:, start : start + count]
+    if part.dtype == np.float16:
+        float16_into_float32(part, window)
+    else:
+        np.copyto(window, part)
+
+
+def _float_parts(parts: dict) -> tuple:
+    """A piece's keys and values as float numpy arrays (8-bit disk parts dequantized by MLX)."""
+    import mlx.core as mx
+
+    if "k" in parts:
+        return parts["k"], parts["v"]
+    keys, values = decode_from_disk({name: mx.array(array) for name, array in parts.items()}, mx.float32)
+    mx.eval(keys, values)
+    return np.asarray(keys), np.asarray(values)
