@@ -1,17 +1,25 @@
-"""mlx-lm's BatchGenerator, less the copies of a lone sequence's KV cache.
+"""mlx-lm's BatchGenerator with fewer copies of a lone sequence's KV cache and, on the CPU, no forward
+pass that a token waits for without needing it.
 
-mlx-lm 0.32 copies a sequence's whole cache three times per turn even when it runs alone (for a
+Copies. mlx-lm 0.32 copies a sequence's whole cache three times per turn even when it runs alone (for a
 resumed agent with 4k cached tokens, ~200 MB of float32 each): `merge` copies the cache into a new
 batch buffer sized exactly to it (so the first new token grows it: another copy), `split` deep-copies
 the prompt batch when its prompts start generating, and `extract` copies the finished sequence back
 out. Here a sequence that is alone in its batch hands its arrays over at each of those points, and a
-split that moves every prompt hands the caches over too.
+split that moves every prompt hands the caches over too. Handing over is safe because the side that
+gives the arrays away drops them at once: MLX then owns a single reference and writes in place.
 
-Handing over is safe because the side that gives the arrays away drops them at once: MLX then owns a
-single reference and writes the next tokens in place.
+First token (CPU). mlx-lm reads a prompt's last token in a forward pass of its own, and computes each
+next token before it returns the current one. On a GPU that second pass overlaps; on the CPU
+`mx.async_eval` computes inline, so every turn's first token waited for two passes more than it needs
+(each a full read of the weights). Here the chunk that reads a prompt's last token also yields its
+first token (the vocabulary projection computed for that position only), and each token is returned
+before the next one is computed.
 """
 
 from __future__ import annotations
+
+import time
 
 from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBatch
 from mlx_lm.models.cache import BatchKVCache, KVCache
@@ -26,6 +34,31 @@ class _PromptBatch(PromptProcessingBatch):
         moved.prompt_cache = list(self.prompt_cache)
         self.filter([])  # empties this batch's lists; `moved` keeps its own
         return moved
+
+    def prompt_to_end(self, tokens: list[list[int]], rows: list[int], last_logits):
+        """mlx-lm's `prompt` for one chunk (at most a step's tokens per prompt) that ends the prompts
+        of `rows`: returns the model's output at each one's last token, from `last_logits(inputs,
+        caches, rows, positions)`."""
+        import mlx.core as mx
+        from mlx_lm.generate import _right_pad_prompts
+
+        for held, new in zip(self.tokens, tokens, strict=True):
+            held += new
+        lengths = [len(t) for t in tokens]
+        padding = [max(lengths) - length for length in lengths]
+        if max(padding) > 0:
+            inputs = _right_pad_prompts(tokens, max_length=max(lengths))
+            for cache in self.prompt_cache:
+                cache.prepare(lengths=lengths, right_padding=padding)
+        else:
+            inputs = mx.array(tokens)
+        logits = last_logits(inputs, self.prompt_cache, rows, [lengths[row] - 1 for row in rows])
+        if max(padding) > 0:
+            for cache in self.prompt_cache:
+                cache.finalize()
+        mx.eval(logits, [cache.state for cache in self.prompt_cache])
+        mx.clear_cache()
+        return logits
 
 
 class _GenerationBatch(GenerationBatch):
@@ -52,10 +85,16 @@ class _GenerationBatch(GenerationBatch):
     def _feed(self) -> None:
         """One forward pass over the tokens last reported: the caches take them in and the next tokens
         are sampled (the body of mlx-lm's step)."""
-        import mlx.core as mx
-
         inputs = self._next_tokens
         logits = self.model(inputs[:, None], cache=self.prompt_cache)[:, -1, :]
+        for tokens, token in zip(self.tokens, inputs.tolist(), strict=True):
+            tokens.append(token)  # `tokens` are the ones in the caches
+        self._sample(logits, inputs)
+
+    def _sample(self, logits, inputs) -> None:
+        """The next tokens from `logits` (one row per sequence), the model's output for `inputs`."""
+        import mlx.core as mx
+
         if any(self.logits_processors):
             processed_logits = []
             for e in range(len(self.uids)):
@@ -73,10 +112,33 @@ class _GenerationBatch(GenerationBatch):
             sampled = (samplers[0] if samplers else self.fallback_sampler)(logprobs)
         else:
             sampled = mx.concatenate([s(logprobs[e : e + 1]) for e, s in enumerate(samplers)], axis=0)
-        for tokens, token in zip(self.tokens, inputs.tolist(), strict=True):
-            tokens.append(token)  # `tokens` are the ones in the caches
         self._next_tokens, self._next_logprobs = sampled, list(logprobs)
         self._unfed = False
+
+    @classmethod
+    def started(cls, prompts: PromptProcessingBatch, logits):
+        """A batch of prompts whose last token the prompt batch has read, the first token sampled from
+        `logits` (the model's output at each one's last token) and not reported yet: the state mlx-lm's
+        constructor reaches with one more forward pass over the last prompt token."""
+        import mlx.core as mx
+        from mlx_lm.models.cache import TokenBuffer
+
+        batch = cls.__new__(cls)
+        batch.model, batch.uids, batch.prompt_cache = prompts.model, prompts.uids, prompts.prompt_cache
+        batch.tokens, batch.samplers, batch.fallback_sampler = (
+            prompts.tokens,
+            prompts.samplers,
+            prompts.fallback_sampler,
+        )
+        batch.logits_processors, batch.stop_sequences = prompts.logits_processors, prompts.stop_sequences
+        batch.max_tokens, batch.evaluates_inline = prompts.max_tokens, True
+        batch._current_tokens, batch._current_logprobs = None, []
+        # As in mlx-lm: the context starts without the last prompt token, which the first sample adds.
+        batch._token_context = [TokenBuffer(tokens[:-1]) for tokens in batch.tokens]
+        batch._num_tokens = [0] * len(batch.uids)
+        batch._matchers = [stops.matcher() for stops in batch.stop_sequences]
+        batch._sample(logits, mx.array([tokens[-1] for tokens in batch.tokens]))
+        return batch
 
     def extend(self, batch):
         # Newcomers arrive with their first token sampled and not yet reported: the running
@@ -110,6 +172,10 @@ class LeanBatchGenerator(BatchGenerator):
         self._prompt_batch.__class__ = _PromptBatch
         self._generation_batch.__class__ = _GenerationBatch
         self._generation_batch.evaluates_inline = self._stream.device == mx.cpu
+        # On the CPU, a prompt's first token comes from the chunk that reads its last token, instead
+        # of one more forward pass over that token alone (mlx-lm's way, which every turn waits for).
+        with mx.stream(self._stream):
+            self._head = _split_head(self.model) if self._generation_batch.evaluates_inline else None
 
     def _make_batch(self, n: int):
         if n != 1:
@@ -127,6 +193,80 @@ class LeanBatchGenerator(BatchGenerator):
         ]
         return prompt_batch
 
+    def insert_segments(self, segments, *args, **kwargs):
+        uids = super().insert_segments(segments, *args, **kwargs)
+        if self._head is not None:
+            # mlx-lm splits the last token off into its own segment; it is read with the rest here.
+            for entry in list(self._unprocessed_sequences)[-len(uids) :]:
+                parts = entry[1]
+                if len(parts) > 1 and len(parts[-1]) == 1:
+                    last = parts.pop()
+                    parts[-1] = parts[-1] + last
+        return uids
+
+    def _next(self):
+        if self._head is None:
+            return super()._next()
+        import mlx.core as mx
+
+        prompt_responses, generation_responses = [], []
+        if len(self._generation_batch) > 0:
+            tic = time.perf_counter()
+            generation_responses = self._generation_batch.next()
+            self._counters.decode_time += time.perf_counter() - tic
+            self._counters.generation_tokens += len(generation_responses)
+            self._counters.generation_steps += 1
+            if self._counters.generation_steps % 512 == 0:
+                mx.clear_cache()
+        if len(self._generation_batch) >= self.completion_batch_size:
+            return prompt_responses, generation_responses
+        joining = min(
+            self.prefill_batch_size - len(self._prompt_batch),
+            self.completion_batch_size - len(self._generation_batch),
+            len(self._unprocessed_sequences),
+        )
+        if joining > 0:
+            self._prompt_batch.extend(self._make_batch(joining))
+
+        # One chunk of every prompt; the prompts it ends start generating with the token it yields.
+        chunks, ending = [], []
+        for row, processing in enumerate(self._currently_processing):
+            segments = processing[0]
+            chunk = segments[0][: self.prefill_step_size]
+            segments[0] = segments[0][len(chunk) :]
+            response = PromptProcessingBatch.Response(self._prompt_batch.uids[row], 0, False, False)
+            if not segments[0]:
+                segments.pop(0)
+                response.end_of_segment = True
+                if not segments:
+                    response.end_of_prompt = True
+                    ending.append(row)
+            processing[1] += len(chunk)
+            response.progress = (processing[1], processing[2])
+            prompt_responses.append(response)
+            chunks.append(chunk)
+        if not chunks:
+            return prompt_responses, generation_responses
+        self._counters.prompt_tokens += sum(len(chunk) for chunk in chunks)
+        tic = time.perf_counter()
+        if not ending:
+            self._prompt_batch.prompt(chunks)
+        else:
+            logits = self._prompt_batch.prompt_to_end(chunks, ending, self._last_logits)
+            self._currently_processing = [p for row, p in enumerate(self._currently_processing) if row not in ending]
+            self._generation_batch.extend(_GenerationBatch.started(self._prompt_batch.split(ending), logits))
+        self._counters.prompt_time += time.perf_counter() - tic
+        return prompt_responses, generation_responses
+
+    def _last_logits(self, inputs, caches, rows: list[int], positions: list[int]):
+        """The model's output at one position of each of `rows`, the vocabulary projection computed
+        for those positions only."""
+        import mlx.core as mx
+
+        trunk, head = self._head
+        hidden = trunk(inputs, caches)
+        return head(hidden[mx.array(rows), mx.array(positions)][:, None, :])[:, 0, :]
+
     def remove(self, uids, return_prompt_caches=False):
         batch = self._generation_batch
         batch._dropping_extracted = set(batch.uids) <= set(uids)
@@ -134,6 +274,28 @@ class LeanBatchGenerator(BatchGenerator):
             return super().remove(uids, return_prompt_caches=return_prompt_caches)
         finally:
             batch._dropping_extracted = False
+
+
+def _split_head(model):
+    """(trunk, head) such that model(x) is head(trunk(x)) (mlx-lm's usual `self.model` then tied
+    embeddings or `lm_head`), checked on two tokens; None for a model built otherwise."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    trunk = getattr(model, "model", None)
+    head = getattr(model, "lm_head", None)
+    if head is None:
+        head = getattr(getattr(trunk, "embed_tokens", None), "as_linear", None)
+    if not callable(trunk) or not callable(head):
+        return None
+    probe = mx.array([[1, 2]])
+    try:
+        whole = model(probe, cache=make_prompt_cache(model))
+        split = head(trunk(probe, make_prompt_cache(model)))
+        mx.eval(whole, split)
+    except Exception:  # noqa: BLE001 - any other shape of model keeps mlx-lm's way
+        return None
+    return (trunk, head) if whole.shape == split.shape and mx.allclose(whole, split).item() else None
 
 
 def _adopt(cache) -> BatchKVCache | None:

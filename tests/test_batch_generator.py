@@ -1,6 +1,7 @@
 """engine/batch_generator.py on a tiny random Llama: the same greedy tokens as mlx-lm's BatchGenerator
-while sequences join and leave, each token reported right after its own forward pass on the CPU, and a
-lone resumed cache written in place instead of copied."""
+while sequences join and leave, on the CPU the first token from the pass that reads the prompt's end
+and each token reported right after its own forward pass, and a lone resumed cache written in place
+instead of copied."""
 
 from __future__ import annotations
 
@@ -34,18 +35,23 @@ def model():
     return built
 
 
-class CountingModel:
-    """The model, counting its forward passes."""
+class Counting:
+    """A model (or its trunk, `model.model`) that counts forward passes in a shared tally."""
 
-    def __init__(self, model):
-        self.model, self.calls = model, 0
+    def __init__(self, inner, tally: list[int] | None = None):
+        self.inner, self.tally = inner, tally if tally is not None else [0]
+
+    @property
+    def calls(self) -> int:
+        return self.tally[0]
 
     def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.model(*args, **kwargs)
+        self.tally[0] += 1
+        return self.inner(*args, **kwargs)
 
     def __getattr__(self, name):
-        return getattr(self.model, name)
+        value = getattr(self.inner, name)
+        return Counting(value, self.tally) if name == "model" else value
 
 
 def history(model, tokens: list[int]) -> list:
@@ -96,17 +102,19 @@ def test_greedy_tokens_match_mlx_lm_while_sequences_join_and_leave(model):
 
 
 def test_each_token_is_reported_after_its_own_forward_pass(model):
-    counting = CountingModel(model)
+    counting = Counting(model)
     generator = LeanBatchGenerator(counting, max_tokens=1, prefill_step_size=64, stream=mx.default_stream(mx.cpu))
+    counting.tally[0] = 0
     generator.insert([list(range(1, 31))], max_tokens=[4])
     passes_at_token = []
     while len(passes_at_token) < 4:
         _, responses = generator.next()
         passes_at_token.extend(counting.calls for _ in responses)
     generator.close()
-    # One pass reads the prompt but its last token, the next reads that token and samples the first
-    # answer token; every later token needs one more pass (mlx-lm computes one ahead of what it reports).
-    assert passes_at_token == [2, 3, 4, 5]
+    # One pass reads the whole prompt and yields the first token; every later token takes one more.
+    # (mlx-lm reads the last prompt token in a pass of its own, and computes one token ahead of what
+    # it reports: [3, 4, 5, 6].)
+    assert passes_at_token == [1, 2, 3, 4]
 
 
 def test_a_lone_resumed_cache_grows_in_place(model):
