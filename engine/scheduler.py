@@ -209,7 +209,7 @@ class BatchScheduler:
         prompt_responses, generation_responses = self.generator.next()
         for response in prompt_responses:
             sequence = self.active.get(response.uid)
-            if sequence is not None and not response.end_of_prompt:
+            if sequence is not None:
                 reused = sequence.report.reused_tokens
                 done, total = response.progress
                 sequence.handle._put(PrefillProgress(sequence.handle.request_id, reused + done, reused + total))

@@ -329,7 +329,9 @@ def test_a_second_sigterm_exits_at_once_and_leaves_a_clean_cache(default_engine,
         json={"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}], "user": "two-sig"},
         timeout=300,
     )
-    body = {"model": "m", "max_tokens": 2000, "stream": True, "messages": [{"role": "user", "content": "A long tale."}]}
+    # Greedy, so the answer is long every time (sampled, "A long tale." sometimes ends after 4 tokens).
+    long_tale = [{"role": "user", "content": "Tell me a long story about a dragon and a knight."}]
+    body = {"model": "m", "max_tokens": 2000, "stream": True, "temperature": 0, "messages": long_tale}
     first_signal = second_signal = None
     try:
         with httpx.stream("POST", f"{running.base_url}/v1/chat/completions", json=body, timeout=300) as response:
