@@ -31,6 +31,23 @@ def default_engine(data_dir) -> Engine:
         yield running
 
 
+# A random-weight Llama small enough for unit tests, with SmolLM2's vocabulary size.
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 49152,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": True,
+    "rope_theta": 10000.0,
+    "eos_token_id": [2],
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(default_engine, tmp_path_factory) -> Path:
     """A random-weight Llama with SmolLM2's tokenizer: fast, and its output is arbitrary tokens."""
@@ -42,20 +59,7 @@ def tiny_model_dir(default_engine, tmp_path_factory) -> Path:
     source = Path(default_engine.info.path)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(source / name, target / name)
-    config = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": 49152,
-        "max_position_embeddings": 512,
-        "tie_word_embeddings": True,
-        "rope_theta": 10000.0,
-        "eos_token_id": [2],
-    }
+    config = TINY_LLAMA
     mx.random.seed(0)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     mx.save_safetensors(str(target / "model.safetensors"), dict(tree_flatten(model.parameters())))

@@ -12,19 +12,10 @@ from mlx_lm.models import llama
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from engine.batch_generator import LeanBatchGenerator
+from tests.conftest import TINY_LLAMA
 
-CONFIG = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-5,
-    "vocab_size": 512,
-    "tie_word_embeddings": True,
-    "rope_theta": 10000.0,
-}
+# Tokens below 512 only: a small vocabulary keeps every forward pass cheap.
+CONFIG = {**TINY_LLAMA, "vocab_size": 512}
 
 
 @pytest.fixture(scope="module")
