@@ -52,7 +52,7 @@ def history(model, tokens: list[int]) -> list:
     return cache
 
 
-def run(generator_class, model, plan) -> dict[int, list[int]]:
+def run(generator_class, model, plan) -> dict[str, list[int]]:
     """Greedy tokens per sequence; `plan` maps a step number to the (prompt, max_tokens, history)
     sequences inserted before that step."""
     generator = generator_class(model, max_tokens=1, prefill_step_size=16, stream=mx.default_stream(mx.cpu))
