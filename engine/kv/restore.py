@@ -48,8 +48,8 @@ def restore_float32(
         if sizing is None:  # sized from the first block
             first = next(pieces)
             pieces, sizing = itertools.chain([first], pieces), first[1]
+        size = max(capacity, tokens)
         for layer in full_layers:
-            size = max(capacity, tokens)
             arrays[layer] = tuple(mx.zeros((x.shape[0], size, x.shape[2])) for x in _float_parts(sizing[layer]))
         mx.eval(list(arrays.values()))
         targets = {layer: tuple(np.asarray(array) for array in pair) for layer, pair in arrays.items()}

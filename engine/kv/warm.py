@@ -254,11 +254,12 @@ class WarmTier:
 
     def _decoded_blocks(self, names: list[str], payloads: list, pool: ThreadPoolExecutor):
         try:
-            for name, payload in zip(names, payloads, strict=True):
-                if payload.result() is None:
+            for name, reading in zip(names, payloads, strict=True):
+                payload = reading.result()
+                if payload is None:
                     self._drop("blocks", name)
                     raise MissingBlock(name)
-                yield decode_numpy(payload.result())[0]
+                yield decode_numpy(payload)[0]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         if names:
