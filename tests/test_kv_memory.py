@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from engine.engine import Engine
+from engine.kv.warm import WarmTier
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
 
@@ -170,6 +173,45 @@ def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine
         eng.check_integrity()
     finally:
         eng.close()
+
+
+def test_index_with_sha256_checksums_is_still_read_and_checked(data_dir, tmp_path, cold_engine):
+    """An index from before checksums named their algorithm: renamed in place, its rows verified with sha256."""
+    cache_dir = tmp_path / "kv"
+    eng = engine_for(data_dir, cache_dir)
+    messages = history(700, eng.tokenizer)
+    try:
+        eng.generate(greedy(messages, "old"))
+        eng.flush()
+    finally:
+        eng.close()
+    legacy = []
+    with sqlite3.connect(cache_dir / "index.sqlite") as db:
+        for table in ("blocks", "sessions"):
+            db.execute(f"ALTER TABLE {table} RENAME COLUMN checksum TO sha256")
+            for file, recorded in db.execute(f"SELECT file, sha256 FROM {table}").fetchall():
+                assert recorded.startswith("xxh3-128:")
+                digest = hashlib.sha256((cache_dir / file).read_bytes()).hexdigest()
+                db.execute(f"UPDATE {table} SET sha256=? WHERE file=?", (digest, file))
+                legacy.append(file)
+    follow_up = [*messages, ChatMessage(role="assistant", content="Noted."), ChatMessage(role="user", content="Who?")]
+    eng = engine_for(data_dir, cache_dir)
+    try:
+        result = eng.generate(greedy(follow_up, "old"))
+        assert result.cache.source == "warm" and result.cache.reused_tokens >= 512
+        assert result.text == cold_engine.generate(greedy(follow_up)).text
+        eng.flush()
+        eng.check_integrity()
+    finally:
+        eng.close()
+    warm = WarmTier(cache_dir, disk_budget_mb=1024)
+    report = warm.check(repair=False)
+    assert report["checked"] > len(legacy) - 1 and not report["bad"] and not report["missing"]
+    damaged = next(file for file in legacy if "/blocks/" in file)
+    data = bytearray((cache_dir / damaged).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (cache_dir / damaged).write_bytes(bytes(data))
+    assert warm.check(repair=False)["bad"] == [damaged]
 
 
 @pytest.mark.slow

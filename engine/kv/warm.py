@@ -1,13 +1,13 @@
 """The warm tier: KV blocks and session snapshots on disk, indexed in SQLite.
 
-    <cache dir>/index.sqlite            blocks(name, fingerprint, file, sha256, bytes, last_used)
-                                        sessions(key, session_id, fingerprint, file, sha256, tokens, chain)
+    <cache dir>/index.sqlite            blocks(name, fingerprint, file, checksum, bytes, last_used)
+                                        sessions(key, session_id, fingerprint, file, checksum, tokens, chain)
     <cache dir>/<fingerprint>/blocks/<name[:2]>/<name>.safetensors     full-attention layers, one block
     <cache dir>/<fingerprint>/sessions/<key>.<version>.safetensors      tail past the last block + windows
 
 Payloads are safetensors (never pickle), written to a temp file, fsynced and renamed; the index row is
-written after the file, so an indexed file is always complete. Every read checks the file's sha256
-against the index; a mismatch drops the entry and the caller recomputes.
+written after the file, so an indexed file is always complete. Every read checks the file's checksum
+(engine/kv/checksum.py) against the index; a mismatch drops the entry and the caller recomputes.
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from engine.atomic import atomic_write_chunks
+from engine.kv.checksum import checksum_of, matches
 
 log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
-    name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL,
+    name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, file TEXT NOT NULL, checksum TEXT NOT NULL,
     bytes INTEGER NOT NULL, last_used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     key TEXT NOT NULL, fingerprint TEXT NOT NULL, session_id TEXT NOT NULL, file TEXT NOT NULL,
-    sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, tokens INTEGER NOT NULL, chain TEXT NOT NULL,
+    checksum TEXT NOT NULL, bytes INTEGER NOT NULL, tokens INTEGER NOT NULL, chain TEXT NOT NULL,
     last_used REAL NOT NULL, PRIMARY KEY (key, fingerprint));
 """
 
@@ -76,7 +77,7 @@ class Payload:
     """A safetensors file as the chunks to write (header, then each tensor's own memory) and its checksum."""
 
     chunks: list
-    sha256: str
+    checksum: str
     size: int
 
 
@@ -102,10 +103,7 @@ def _pack(layers: dict[int, dict[str, np.ndarray]], metadata: dict[str, str]) ->
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     chunks = [len(encoded).to_bytes(8, "little") + encoded, *(memoryview(a).cast("B") for a in arrays if a.nbytes)]
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return Payload(chunks, digest.hexdigest(), sum(len(c) for c in chunks))
+    return Payload(chunks, checksum_of(chunks), sum(len(c) for c in chunks))
 
 
 def group_layers(tensors: dict) -> dict[int, dict]:
@@ -167,6 +165,7 @@ class WarmTier:
             self._take_lock()
             with self._db() as db:
                 db.executescript(SCHEMA)
+                self._name_checksum_columns(db)
             if clean_up and not self.read_only:
                 # Whatever a killed process left half-written: temp files, files never indexed.
                 self.check(repair=True, verify=False)
@@ -194,6 +193,17 @@ class WarmTier:
             log.warning("another process owns the KV cache dir %s; this one uses it read-only", self.root)
             return
         self._lock_file = handle
+
+    def _name_checksum_columns(self, db: sqlite3.Connection) -> None:
+        """Rename the `sha256` columns of an index from before checksums named their algorithm (the
+        values stay valid: engine/kv/checksum.py verifies both kinds)."""
+        for table in ("blocks", "sessions"):
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if "checksum" in columns:
+                continue
+            if self.read_only:
+                raise sqlite3.OperationalError("its index is in an older format and is in use by another process")
+            db.execute(f"ALTER TABLE {table} RENAME COLUMN sha256 TO checksum")
 
     def _db(self) -> sqlite3.Connection:
         connection = getattr(self._local, "db", None)
@@ -242,7 +252,7 @@ class WarmTier:
         for name in names:
             row = (
                 self._db()
-                .execute("SELECT file, sha256 FROM blocks WHERE name=? AND fingerprint=?", (name, fingerprint))
+                .execute("SELECT file, checksum FROM blocks WHERE name=? AND fingerprint=?", (name, fingerprint))
                 .fetchone()
             )
             if row is None:
@@ -265,7 +275,7 @@ class WarmTier:
         if names:
             self._touch("blocks", f"name IN ({','.join('?' * len(names))})", tuple(names))
 
-    def _read_payload(self, file: str, sha256: str) -> mmap.mmap | None:
+    def _read_payload(self, file: str, recorded: str) -> mmap.mmap | None:
         """The file's bytes if they match their checksum; logs and returns None otherwise."""
         path = self.root / file
         try:
@@ -273,7 +283,7 @@ class WarmTier:
         except (OSError, ValueError) as exc:
             log.warning("KV cache file %s is missing or unreadable (%s); dropping it and recomputing", path, exc)
             return None
-        if hashlib.sha256(payload).hexdigest() != sha256:
+        if not matches(payload, recorded):
             log.warning("KV cache file %s failed its checksum; dropping it and recomputing", path)
             return None
         return payload
@@ -284,7 +294,7 @@ class WarmTier:
         key = session_key(session_id)
         row = (
             self._db()
-            .execute("SELECT file, sha256, chain FROM sessions WHERE key=? AND fingerprint=?", (key, fingerprint))
+            .execute("SELECT file, checksum, chain FROM sessions WHERE key=? AND fingerprint=?", (key, fingerprint))
             .fetchone()
         )
         if row is None:
@@ -346,7 +356,7 @@ class WarmTier:
             atomic_write_chunks(self.root / file, payload.chunks)
             db.execute(
                 "INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)",
-                (name, job.fingerprint, file, payload.sha256, payload.size, now),
+                (name, job.fingerprint, file, payload.checksum, payload.size, now),
             )
         snapshot = job.snapshot
         if snapshot is None:
@@ -373,7 +383,7 @@ class WarmTier:
                 job.fingerprint,
                 snapshot.session_id,
                 file,
-                payload.sha256,
+                payload.checksum,
                 payload.size,
                 len(snapshot.tokens),
                 json.dumps(snapshot.chain),
@@ -529,7 +539,7 @@ class WarmTier:
         db = self._db()
         known = set()
         for table, column in (("blocks", "name"), ("sessions", "key")):
-            for key, file, sha256 in db.execute(f"SELECT {column}, file, sha256 FROM {table}").fetchall():
+            for key, file, recorded in db.execute(f"SELECT {column}, file, checksum FROM {table}").fetchall():
                 known.add(file)
                 report["checked"] += 1
                 path = self.root / file
@@ -537,7 +547,7 @@ class WarmTier:
                     report["missing"].append(file)
                     if repair:
                         self._drop(table, key)
-                elif verify and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+                elif verify and not matches(path.read_bytes(), recorded):
                     report["bad"].append(file)
                     if repair:
                         self._drop(table, key)
