@@ -4,11 +4,12 @@ For conversation histories of 1k, 2k and 4k tokens and a new 32-token user turn,
 cold (full prefill, memory off), hot resume (same process; best of three new turns), warm resume in a
 fresh process (restored from disk, page cache dropped first; best of two), and the new turn alone as if
 there were no history (best of three). Also warm restore bandwidth against the disk's sequential read
-speed measured here, KV bytes per token hot and on disk, and how many bytes 8 agents sharing a 2k-token
-system prompt occupy.
+speed measured here (one large file) and against plainly reading the history's own cache files (many
+block files of a few MB, two readers, as a restore reads them), KV bytes per token hot and on disk, and
+how many bytes 8 agents sharing a 2k-token system prompt occupy.
 
 `--json` prints one line: per length the figures plus cold_over_hot, cold_over_warm, hot_over_new_turn,
-restore_mb_s, disk_read_mb_s.
+restore_mb_s, disk_read_mb_s (and block_files_read_mb_s).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +84,20 @@ def disk_read_mb_s(directory: Path, size_mb: int = 256) -> float:
     seconds = time.perf_counter() - started
     path.unlink()
     return size_mb * (1 << 20) / 1e6 / seconds
+
+
+def files_read_mb_s(paths: list[Path]) -> float:
+    """Read speed of `paths` with their pages dropped from the cache, on two threads."""
+    drop_page_cache(paths)
+
+    def read(path: Path) -> int:
+        with path.open("rb", buffering=0) as handle:
+            return len(handle.read())
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as readers:
+        total = sum(readers.map(read, paths))
+    return total / 1e6 / (time.perf_counter() - started)
 
 
 WARM_CHILD = """
@@ -207,9 +223,11 @@ def main() -> None:
             ]
             cold_s = cold_engine.generate(request(finals[0])).timing.ttft_s
             warm_runs = []
+            cache_files = list((scratch / f"kv-{length}").rglob("*.safetensors"))
             for final in finals:
-                drop_page_cache(list((scratch / f"kv-{length}").rglob("*.safetensors")))
+                drop_page_cache(cache_files)
                 warm_runs.append(warm_resume(run_settings, final, session))
+            files_mb_s = max(files_read_mb_s(cache_files) for _ in range(2))
             warm = min(warm_runs, key=lambda run: run["ttft_s"])
             restored_bytes = warm["reused"] * info.kv_bytes_per_token // 2
             results[str(length)] = {
@@ -226,6 +244,7 @@ def main() -> None:
                 "cold_over_warm": round(cold_s / warm["ttft_s"], 1),
                 "hot_over_new_turn": round(hot.timing.ttft_s / new_turn_s, 2),
                 "restore_mb_s": round(restored_bytes / 1e6 / warm["restore_s"], 1) if warm["restore_s"] else None,
+                "block_files_read_mb_s": round(files_mb_s, 1),
             }
         disk_mb_s = disk_read_mb_s(scratch)
         for row in results.values():
@@ -255,14 +274,15 @@ def main() -> None:
     )
     header = (
         f"{'history':>8} {'prompt':>7} {'cold s':>8} {'hot s':>7} {'warm s':>7} {'alone s':>8} "
-        f"{'cold/hot':>9} {'cold/warm':>10} {'hot/alone':>10} {'restore MB/s':>13}"
+        f"{'cold/hot':>9} {'cold/warm':>10} {'hot/alone':>10} {'restore MB/s':>13} {'files MB/s':>11}"
     )
     print(header)
     for length, row in results.items():
         print(
             f"{length:>8} {row['prompt_tokens']:>7} {row['cold_ttft_s']:>8.3f} {row['hot_ttft_s']:>7.3f} "
             f"{row['warm_ttft_s']:>7.3f} {row['new_turn_alone_ttft_s']:>8.3f} {row['cold_over_hot']:>9} "
-            f"{row['cold_over_warm']:>10} {row['hot_over_new_turn']:>10} {row['restore_mb_s']!s:>13}"
+            f"{row['cold_over_warm']:>10} {row['hot_over_new_turn']:>10} {row['restore_mb_s']!s:>13} "
+            f"{row['block_files_read_mb_s']:>11}"
         )
     per_token = summary["bytes_per_token"]
     print(

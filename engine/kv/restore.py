@@ -2,8 +2,9 @@
 
     engine thread                           reader threads (WarmTier.iter_blocks)
     size the arrays (from the tail, else      map + checksum every block, ahead
-    the first block), mx.zeros: the pages ─┐
-    fault in while the blocks are read     │  helper thread
+    the first block), mx.zeros on two
+    streams: the pages fault in on two
+    cores while the blocks are read ───────┐  helper thread
     upcast even blocks into their tokens ◄─┴─► upcast odd blocks into their tokens
 
 The float16 → float32 upcast writes each block once, straight into the new cache's arrays (numpy
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -49,8 +51,12 @@ def restore_float32(
             first = next(pieces)
             pieces, sizing = itertools.chain([first], pieces), first[1]
         size = max(capacity, tokens)
+        # Keys on this stream, values on a second one: on the CPU each stream runs on its own thread,
+        # so the new arrays' pages fault in on two cores (that costs about as much as the reading).
+        streams = (None, _second_stream())
         for layer in full_layers:
-            arrays[layer] = tuple(mx.zeros((x.shape[0], size, x.shape[2])) for x in _float_parts(sizing[layer]))
+            shapes = [(x.shape[0], size, x.shape[2]) for x in _float_parts(sizing[layer])]
+            arrays[layer] = tuple(mx.zeros(shape, stream=stream) for shape, stream in zip(shapes, streams, strict=True))
         mx.eval(list(arrays.values()))
         targets = {layer: tuple(np.asarray(array) for array in pair) for layer, pair in arrays.items()}
         pending = []
@@ -67,6 +73,21 @@ def restore_float32(
     for start, leftover in copied:
         _copy_leftover(leftover, targets, start, tokens)
     return arrays
+
+
+_thread_streams = threading.local()
+
+
+def _second_stream():
+    """Another stream on the current device, made once per thread (MLX streams belong to the thread
+    that made them)."""
+    import mlx.core as mx
+
+    device = mx.default_device()
+    streams = _thread_streams.__dict__.setdefault("by_device", {})
+    if str(device) not in streams:
+        streams[str(device)] = mx.new_stream(device)
+    return streams[str(device)]
 
 
 def _copy_piece(piece: dict, targets: dict, start: int, tokens: int) -> dict:
