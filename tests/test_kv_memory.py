@@ -146,22 +146,31 @@ def test_gemma3_concurrent_resumes_in_one_batch_match_cold(data_dir, tmp_path):
         assert [r.text for r in resumed] == [cold.generate(greedy(m)).text for m in seconds]
 
 
-@pytest.mark.slow
-def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine, caplog):
-    cache_dir = tmp_path / "kv"
+def stored_turn(data_dir: Path, cache_dir: Path, session_id: str) -> list[ChatMessage]:
+    """A ~700-token first turn of `session_id`, on disk once this returns; its messages."""
     eng = engine_for(data_dir, cache_dir)
     messages = history(700, eng.tokenizer)
     try:
-        eng.generate(greedy(messages, "victim"))
+        eng.generate(greedy(messages, session_id))
         eng.flush()
     finally:
         eng.close()
+    return messages
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine, caplog):
+    cache_dir = tmp_path / "kv"
+    messages = stored_turn(data_dir, cache_dir, "victim")
     block_files = sorted(cache_dir.rglob("blocks/*/*.safetensors"))
     assert len(block_files) >= 2
-    damaged = block_files[0]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    flip_a_byte(block_files[0])
     follow_up = [*messages, ChatMessage(role="assistant", content="Noted."), ChatMessage(role="user", content="Who?")]
     eng = engine_for(data_dir, cache_dir)
     try:
@@ -178,13 +187,7 @@ def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine
 def test_index_with_sha256_checksums_is_still_read_and_checked(data_dir, tmp_path, cold_engine):
     """An index from before checksums named their algorithm: renamed in place, its rows verified with sha256."""
     cache_dir = tmp_path / "kv"
-    eng = engine_for(data_dir, cache_dir)
-    messages = history(700, eng.tokenizer)
-    try:
-        eng.generate(greedy(messages, "old"))
-        eng.flush()
-    finally:
-        eng.close()
+    messages = stored_turn(data_dir, cache_dir, "old")
     legacy = []
     with sqlite3.connect(cache_dir / "index.sqlite") as db:
         for table in ("blocks", "sessions"):
@@ -208,9 +211,7 @@ def test_index_with_sha256_checksums_is_still_read_and_checked(data_dir, tmp_pat
     report = warm.check(repair=False)
     assert report["checked"] > len(legacy) - 1 and not report["bad"] and not report["missing"]
     damaged = next(file for file in legacy if "/blocks/" in file)
-    data = bytearray((cache_dir / damaged).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (cache_dir / damaged).write_bytes(bytes(data))
+    flip_a_byte(cache_dir / damaged)
     assert warm.check(repair=False)["bad"] == [damaged]
 
 
