@@ -223,11 +223,12 @@ def main() -> None:
             ]
             cold_s = cold_engine.generate(request(finals[0])).timing.ttft_s
             warm_runs = []
-            cache_files = list((scratch / f"kv-{length}").rglob("*.safetensors"))
+            cache_dir = scratch / f"kv-{length}"
             for final in finals:
-                drop_page_cache(cache_files)
+                # Listed each time: every turn replaces its session's snapshot file.
+                drop_page_cache(list(cache_dir.rglob("*.safetensors")))
                 warm_runs.append(warm_resume(run_settings, final, session))
-            files_mb_s = max(files_read_mb_s(cache_files) for _ in range(2))
+            files_mb_s = max(files_read_mb_s(list(cache_dir.rglob("*.safetensors"))) for _ in range(2))
             warm = min(warm_runs, key=lambda run: run["ttft_s"])
             restored_bytes = warm["reused"] * info.kv_bytes_per_token // 2
             results[str(length)] = {
