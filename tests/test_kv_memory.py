@@ -184,6 +184,7 @@ def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine
         eng.close()
 
 
+@pytest.mark.slow
 def test_index_with_sha256_checksums_is_still_read_and_checked(data_dir, tmp_path, cold_engine):
     """An index from before checksums named their algorithm: renamed in place, its rows verified with sha256."""
     cache_dir = tmp_path / "kv"

@@ -84,7 +84,9 @@ def _second_stream():
     import mlx.core as mx
 
     device = mx.default_device()
-    streams = _thread_streams.__dict__.setdefault("by_device", {})
+    streams = getattr(_thread_streams, "by_device", None)
+    if streams is None:
+        streams = _thread_streams.by_device = {}
     if str(device) not in streams:
         streams[str(device)] = mx.new_stream(device)
     return streams[str(device)]
