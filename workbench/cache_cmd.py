@@ -50,8 +50,8 @@ def show_stats(settings: Settings, json_output: bool) -> None:
         typer.echo(f"  {stats.get('reason')}")
         return
     typer.echo(
-        f"  stores {stats['dtype']} KV; {stats['files']} files: {stats['blocks']} blocks, "
-        f"{stats['sessions']} session snapshots"
+        f"  stores {stats['dtype']} KV; files: {stats['files']} (blocks: {stats['blocks']}, "
+        f"session snapshots: {stats['sessions']})"
     )
     typer.echo(
         f"  {_mb(stats['bytes'])} of {_mb(stats['budget_bytes'])} budget; shared blocks save {_mb(shared_saved)}"
