@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from engine.kv.layout import decode_from_disk
+from engine.kv.layout import INT8_GROUP, decode_from_disk
 from engine.kv.upcast import float16_into_float32
 from engine.kv.warm import WarmTier
 
@@ -55,7 +55,7 @@ def restore_float32(
         # so the new arrays' pages fault in on two cores (that costs about as much as the reading).
         streams = (None, _second_stream())
         for layer in full_layers:
-            shapes = [(x.shape[0], size, x.shape[2]) for x in _float_parts(sizing[layer])]
+            shapes = [(heads, size, dim) for heads, dim in _heads_and_dims(sizing[layer])]
             arrays[layer] = tuple(mx.zeros(shape, stream=stream) for shape, stream in zip(shapes, streams, strict=True))
         mx.eval(list(arrays.values()))
         targets = {layer: tuple(np.asarray(array) for array in pair) for layer, pair in arrays.items()}
@@ -123,6 +123,14 @@ def _copy_tokens(source: np.ndarray, target: np.ndarray, start: int, tokens: int
         float16_into_float32(part, window)
     else:
         np.copyto(window, part)
+
+
+def _heads_and_dims(parts: dict) -> tuple:
+    """(heads, head dim) of a piece's keys and of its values, read off its disk parts (8-bit ones
+    are not dequantized for it)."""
+    if "k" in parts:
+        return tuple((parts[name].shape[0], parts[name].shape[2]) for name in ("k", "v"))
+    return tuple((parts[f"{name}s"].shape[0], parts[f"{name}s"].shape[2] * INT8_GROUP) for name in ("k", "v"))
 
 
 def _float_parts(parts: dict) -> tuple:
