@@ -109,10 +109,17 @@ class BatchScheduler:
             if session_id is not None and session_id in running_sessions:
                 skipped.append(handle)  # waits for its session's running turn
                 continue
-            if not handle._cancelled.is_set() and self._follows_a_prefill(handle):
-                skipped.append(handle)  # waits for a prefix another request is computing right now
-                continue
-            if self._start(handle) and session_id is not None:
+            try:
+                if not handle._cancelled.is_set() and self._follows_a_prefill(handle):
+                    skipped.append(handle)  # waits for a prefix another request is computing right now
+                    continue
+                started = self._start(handle)
+            except Exception as exc:  # noqa: BLE001 - fail this request, keep serving the others
+                log.exception("starting %s failed", handle.request_id)
+                self._prompts.pop(handle.request_id, None)
+                handle._put(TurnFailed(handle.request_id, f"generation failed: {exc}", "internal"))
+                started = False
+            if started and session_id is not None:
                 running_sessions.add(session_id)
         skipped.extend(self.waiting)
         self.waiting = skipped

@@ -10,7 +10,7 @@ import pytest
 
 from engine.engine import Engine
 from engine.errors import EngineBusy
-from engine.events import PrefillProgress, TurnChunk, TurnStarted
+from engine.events import PrefillProgress, TurnChunk, TurnFailed, TurnStarted
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
 from tests.conftest import ask
@@ -121,6 +121,24 @@ def test_long_prefill_does_not_freeze_other_streams(batch_engine):
     a_during = [e for e in events[b_start:b_first] if e == ("a", "TurnChunk")]
     assert len(a_during) >= 2  # the stream kept going while the long prompt was read in chunks
     assert ("b", "PrefillProgress") in events[b_start:b_first]
+
+
+def test_a_request_that_fails_to_start_fails_alone(batch_engine):
+    """Whatever goes wrong while a request is admitted (here its KV restore raises) fails that request
+    with an error event; the engine thread keeps serving the next one."""
+    memory = batch_engine.memory
+
+    def broken_restore(session_id, prompt):
+        raise RuntimeError("restore went wrong")
+
+    memory.acquire = broken_restore
+    try:
+        handle = batch_engine.submit(ask("What is 2+2?", max_tokens=4, session_id="unlucky"))
+        last = list(handle.events(timeout=120))[-1]  # a dead engine thread would never answer
+    finally:
+        del memory.acquire
+    assert isinstance(last, TurnFailed) and "restore went wrong" in last.message and last.kind == "internal"
+    assert batch_engine.generate(ask("What is 2+2?", max_tokens=4, session_id="unlucky")).text
 
 
 def test_full_queue_refuses(data_dir, default_engine, tmp_path):

@@ -142,7 +142,7 @@ def test_cache_stats_check_and_repair(cli_data_dir, tmp_path):
     stats = json.loads(run_cli("cache", "stats", "--json", data_dir=cli_data_dir, env=env).stdout)
     assert stats["warm"]["sessions"] == 1 and stats["warm"]["blocks"] >= 1 and stats["warm"]["dtype"] == "float16"
     clean = run_cli("cache", "check", data_dir=cli_data_dir, env=env)
-    assert clean.returncode == 0 and "0 failed their checksum" in clean.stdout
+    assert clean.returncode == 0 and "0 damaged (checksum or contents)" in clean.stdout
 
     block = sorted((tmp_path / "kv").rglob("blocks/*/*.safetensors"))[0]
     data = bytearray(block.read_bytes())
@@ -151,11 +151,11 @@ def test_cache_stats_check_and_repair(cli_data_dir, tmp_path):
     (block.parent / "stray.safetensors").write_bytes(b"left over")
     found = run_cli("cache", "check", "--no-repair", data_dir=cli_data_dir, env=env)
     assert found.returncode == 1
-    assert "1 failed their checksum" in found.stdout and "1 not in the index" in found.stdout
+    assert "1 damaged (checksum or contents)" in found.stdout and "1 not in the index" in found.stdout
     repaired = run_cli("cache", "check", data_dir=cli_data_dir, env=env)
     assert repaired.returncode == 0 and "repaired" in repaired.stdout
     again = run_cli("cache", "check", "--no-repair", data_dir=cli_data_dir, env=env)
-    assert again.returncode == 0 and "0 failed their checksum, 0 missing, 0 not in the index" in again.stdout
+    assert again.returncode == 0 and "0 damaged (checksum or contents), 0 missing, 0 not in the index" in again.stdout
 
     listing = json.loads(run_cli("agents", "--json", data_dir=cli_data_dir, env=env).stdout)
     assert {row["id"]: row for row in listing}["frank"]["kv"]["tokens"] > 0

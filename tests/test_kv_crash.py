@@ -68,7 +68,7 @@ def test_kill_9_during_writes_leaves_a_clean_cache(data_dir, tmp_path, tiny_mode
         "cache", "check", "--no-repair", data_dir=data_dir, env={"SEMANTIC_AGENT_CACHE_DIR": str(cache_dir)}
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 failed their checksum, 0 missing, 0 not in the index" in result.stdout
+    assert "0 damaged (checksum or contents), 0 missing, 0 not in the index" in result.stdout
 
 
 DISK_FULL_CHILD = """

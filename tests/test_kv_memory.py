@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.engine import Engine
+from engine.kv.checksum import checksum_of
 from engine.kv.warm import WarmTier
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
@@ -182,6 +184,43 @@ def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine
         eng.check_integrity()
     finally:
         eng.close()
+
+
+@pytest.mark.slow
+def test_files_with_matching_checksums_that_are_not_ours_are_dropped(data_dir, tmp_path, cold_engine, caplog):
+    """A session snapshot and a block whose checksums match but whose contents no version of ours
+    wrote (one is not safetensors at all, one names parts that are not there): the turn recomputes,
+    both entries are dropped, and the cache dir checks clean afterwards."""
+    cache_dir = tmp_path / "kv"
+    messages = stored_turn(data_dir, cache_dir, "odd")
+    header = json.dumps({"k.0": {"dtype": "F16", "shape": [3, 256, 64], "data_offsets": [0, 98304]}}).encode()
+    contents = [b"not a safetensors file at all", len(header).to_bytes(8, "little") + header]
+    with sqlite3.connect(cache_dir / "index.sqlite") as db:
+        snapshot_file, chain = db.execute("SELECT file, chain FROM sessions").fetchone()
+        (block_file,) = db.execute("SELECT file FROM blocks WHERE name=?", (json.loads(chain)[0],)).fetchone()
+        for file, content in zip((snapshot_file, block_file), contents, strict=True):
+            (cache_dir / file).write_bytes(content)
+            table = "sessions" if file == snapshot_file else "blocks"
+            db.execute(f"UPDATE {table} SET checksum=? WHERE file=?", (checksum_of([content]), file))
+    checker = WarmTier(cache_dir, disk_budget_mb=1024)
+    assert sorted(checker.check(repair=False)["bad"]) == sorted([snapshot_file, block_file])
+    checker.close()
+    follow_up = [*messages, ChatMessage(role="assistant", content="Noted."), ChatMessage(role="user", content="Who?")]
+    eng = engine_for(data_dir, cache_dir)
+    try:
+        with caplog.at_level(logging.WARNING):
+            result = eng.generate(greedy(follow_up, "odd"))
+        assert result.cache.source == "cold"
+        assert sum("cannot be decoded" in record.message for record in caplog.records) == 2
+        assert result.text == cold_engine.generate(greedy(follow_up)).text
+        eng.flush()
+        eng.check_integrity()
+    finally:
+        eng.close()
+    # The snapshot is gone; the block, computed again, was stored again under its name.
+    assert not (cache_dir / snapshot_file).exists() and (cache_dir / block_file).read_bytes() != contents[1]
+    report = WarmTier(cache_dir, disk_budget_mb=1024).check(repair=False)
+    assert report["checked"] > 0 and not report["bad"] and not report["missing"]
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def run_check(settings: Settings, repair: bool) -> int:
         warm.close()
     problems = len(report["bad"]) + len(report["missing"]) + len(report["orphans"])
     typer.echo(
-        f"checked {report['checked']} files: {len(report['bad'])} failed their checksum, "
+        f"checked {report['checked']} files: {len(report['bad'])} damaged (checksum or contents), "
         f"{len(report['missing'])} missing, {len(report['orphans'])} not in the index"
     )
     for label in ("bad", "missing", "orphans"):

@@ -210,7 +210,7 @@ def cache_stats(json_output: Annotated[bool, typer.Option("--json", help="One JS
 def cache_check(
     no_repair: Annotated[bool, typer.Option("--no-repair", help="Only report, change nothing.")] = False,
 ) -> None:
-    """Verify every warm file's checksum and the index against the files; repair the index."""
+    """Verify every warm file (checksum and contents) and the index against the files; repair the index."""
     from workbench.cache_cmd import run_check
 
     raise typer.Exit(run_check(settings_or_exit(), repair=not no_repair))

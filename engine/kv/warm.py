@@ -121,7 +121,7 @@ def decode_numpy(payload) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, s
     bfloat16 parts (quantization scales of a bfloat16 model) come back as float32, exactly.
     """
     header_size = int.from_bytes(payload[:8], "little")
-    header = json.loads(payload[8 : 8 + header_size])
+    header = json.loads(bytes(payload[8 : 8 + header_size]))
     metadata = header.pop("__metadata__", {})
     base = 8 + header_size
     tensors = {}
@@ -143,6 +143,33 @@ def _map(path: Path) -> mmap.mmap:
     read-ahead)."""
     with path.open("rb") as handle:
         return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+# What decoding a file that is not one of ours raises (bad JSON, missing keys, sizes that disagree).
+UNDECODABLE = (ValueError, KeyError, TypeError, AttributeError)
+
+
+def _snapshot(session_id: str, payload: mmap.mmap, chain: list[str]) -> SessionSnapshot:
+    layers, metadata = decode_numpy(payload)
+    windows = {layer: kv for layer, kv in layers.items() if str(layer) in json.loads(metadata["windows"])}
+    tail = {layer: kv for layer, kv in layers.items() if layer not in windows}
+    return SessionSnapshot(
+        session_id=session_id, tokens=json.loads(metadata["tokens"]), chain=chain, tail=tail, windows=windows
+    )
+
+
+def _intact(table: str, data: bytes, recorded: str) -> bool:
+    """Whether a file has its recorded checksum and decodes as what its index row says it is."""
+    if not matches(data, recorded):
+        return False
+    try:
+        if table == "sessions":
+            _snapshot("", data, [])
+        else:
+            decode_numpy(data)
+    except UNDECODABLE:
+        return False
+    return True
 
 
 class MissingBlock(Exception):
@@ -265,15 +292,27 @@ class WarmTier:
     def _decoded_blocks(self, names: list[str], payloads: list, pool: ThreadPoolExecutor):
         try:
             for name, reading in zip(names, payloads, strict=True):
-                payload = reading.result()
-                if payload is None:
+                layers = self._decoded(reading.result(), name)
+                if layers is None:
                     self._drop("blocks", name)
                     raise MissingBlock(name)
-                yield decode_numpy(payload)[0]
+                yield layers
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         if names:
             self._touch("blocks", f"name IN ({','.join('?' * len(names))})", tuple(names))
+
+    def _decoded(self, payload: mmap.mmap | None, name: str) -> dict[int, dict] | None:
+        """A block's layers; None when its file was unreadable or damaged, or is not a file we can
+        decode though its checksum matches (written by something else; logged)."""
+        if payload is None:
+            return None
+        try:
+            layers, _ = decode_numpy(payload)
+        except UNDECODABLE as exc:
+            log.warning("KV cache block %s cannot be decoded (%s); dropping it and recomputing", name, exc)
+            return None
+        return layers
 
     def _read_payload(self, file: str, recorded: str) -> mmap.mmap | None:
         """The file's bytes if they match their checksum; logs and returns None otherwise."""
@@ -300,20 +339,16 @@ class WarmTier:
         if row is None:
             return None
         payload = self._read_payload(row[0], row[1])
-        if payload is None:
+        try:
+            snapshot = None if payload is None else _snapshot(session_id, payload, json.loads(row[2]))
+        except UNDECODABLE as exc:
+            log.warning("KV cache file %s cannot be decoded (%s); dropping it and recomputing", row[0], exc)
+            snapshot = None
+        if snapshot is None:
             self._drop("sessions", key)
             return None
-        layers, metadata = decode_numpy(payload)
-        windows = {layer: kv for layer, kv in layers.items() if str(layer) in json.loads(metadata["windows"])}
-        tail = {layer: kv for layer, kv in layers.items() if layer not in windows}
         self._touch("sessions", "key=? AND fingerprint=?", (key, fingerprint))
-        return SessionSnapshot(
-            session_id=session_id,
-            tokens=json.loads(metadata["tokens"]),
-            chain=json.loads(row[2]),
-            tail=tail,
-            windows=windows,
-        )
+        return snapshot
 
     def _drop(self, table: str, key: str) -> None:
         if self.read_only:
@@ -532,7 +567,8 @@ class WarmTier:
         return len(files)
 
     def check(self, repair: bool = True, verify: bool = True) -> dict:
-        """Verify every indexed file (its checksum too with `verify`) and find files the index lacks."""
+        """Verify every indexed file (with `verify`, that it has its checksum and decodes too) and find
+        files the index lacks."""
         report = {"checked": 0, "bad": [], "missing": [], "orphans": []}
         if not self.enabled:
             return report
@@ -547,7 +583,7 @@ class WarmTier:
                     report["missing"].append(file)
                     if repair:
                         self._drop(table, key)
-                elif verify and not matches(path.read_bytes(), recorded):
+                elif verify and not _intact(table, path.read_bytes(), recorded):
                     report["bad"].append(file)
                     if repair:
                         self._drop(table, key)
