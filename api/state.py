@@ -29,7 +29,7 @@ class ServerState:
         if state == "failed":
             raise ApiError(
                 503,
-                f"the model failed to load: {self.engine.load_error}",
+                f"the engine cannot serve: {self.engine.load_error}",
                 headers={"Retry-After": "60", "x-should-retry": "false"},
             )
         raise ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})

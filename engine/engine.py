@@ -143,7 +143,8 @@ class Engine:
 
     @property
     def load_error(self) -> str | None:
-        """Why the model failed to load, once it has."""
+        """Why the engine cannot serve (state "failed"): its model failed to load, or the engine thread
+        stopped after an internal error."""
         return str(self._load_error) if self._load_error is not None else None
 
     @property
@@ -175,7 +176,7 @@ class Engine:
     def submit(self, request: GenerationRequest, on_event: Callable[[TurnEvent], None] | None = None) -> TurnHandle:
         """Queue a request; `on_event` (optional) is called on the engine thread with each event."""
         if self._closed:
-            raise EngineClosed("the engine is shut down")
+            raise EngineClosed(self.load_error if self.state == "failed" else "the engine is shut down")
         if self.waiting_count >= self.settings.max_queue:
             raise EngineBusy(
                 f"the queue is full ({self.settings.max_queue} requests waiting, SEMANTIC_MAX_QUEUE); retry shortly"
@@ -303,11 +304,21 @@ class Engine:
         cpu_attention.enable_on_this_thread(self.settings.mlx_cpu_attention == "numpy")
         with mx.stream(self._stream):
             self._load()
-            stopping = False
-            while not stopping or self._has_work():
-                stopping = self._take_jobs(block=not self._has_work()) or stopping
+            try:
+                stopping = False
+                while not stopping or self._has_work():
+                    stopping = self._take_jobs(block=not self._has_work()) or stopping
+                    if self._scheduler is not None:
+                        self._advance_batch()
+            except Exception:  # noqa: BLE001 - a bug: fail every request now instead of leaving them waiting
+                log.exception("the engine thread failed; its requests fail and the engine stops")
+                self._closed, self.state = True, "failed"
+                self._load_error = EngineError("the engine stopped after an internal error (see its log); restart it")
                 if self._scheduler is not None:
-                    self._advance_batch()
+                    for handle in [*self._scheduler.waiting, *(s.handle for s in self._scheduler.active.values())]:
+                        handle._put(TurnFailed(handle.request_id, str(self._load_error), "internal"))
+                    self._scheduler.waiting.clear()
+                    self._scheduler.active.clear()
             self._fail_waiting_requests()
             if self._scheduler is not None:
                 self._scheduler.close()
@@ -373,8 +384,10 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             job.error = exc
         finally:
-            self._publish()
-            job.done.set()
+            try:
+                self._publish()
+            finally:
+                job.done.set()  # the caller never waits forever, whatever failed
 
     def _fail_waiting_requests(self) -> None:
         while True:

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from engine.engine import Engine
-from engine.errors import EngineBusy
+from engine.errors import EngineBusy, EngineClosed
 from engine.events import PrefillProgress, TurnChunk, TurnFailed, TurnStarted
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
@@ -139,6 +139,26 @@ def test_a_request_that_fails_to_start_fails_alone(batch_engine):
         del memory.acquire
     assert isinstance(last, TurnFailed) and "restore went wrong" in last.message and last.kind == "internal"
     assert batch_engine.generate(ask("What is 2+2?", max_tokens=4, session_id="unlucky")).text
+
+
+def test_an_engine_thread_that_fails_fails_its_requests_and_refuses_more(data_dir, tmp_path):
+    """A bug that escapes the engine loop (here admission itself raises): the running request fails
+    instead of waiting forever, the engine says why, and new requests are refused with that reason."""
+    settings = Settings(data_dir=data_dir, agent_cache_dir=tmp_path / "kv", mlx_max_batch_size=2)
+    with Engine(settings) as running:
+        handle = running.submit(ask("Tell me a long story about a lighthouse.", max_tokens=400))
+        events = handle.events(timeout=120)
+        assert isinstance(next(events), TurnStarted)
+
+        def broken_admit():
+            raise RuntimeError("admission went wrong")
+
+        running._scheduler.admit = broken_admit
+        last = list(events)[-1]
+        assert isinstance(last, TurnFailed) and "internal error" in last.message
+        assert running.state == "failed" and "internal error" in running.load_error
+        with pytest.raises(EngineClosed, match="internal error"):
+            running.submit(ask("Still there?"))
 
 
 def test_full_queue_refuses(data_dir, default_engine, tmp_path):
