@@ -121,7 +121,7 @@ def decode_numpy(payload) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, s
     bfloat16 parts (quantization scales of a bfloat16 model) come back as float32, exactly.
     """
     header_size = int.from_bytes(payload[:8], "little")
-    header = json.loads(bytes(payload[8 : 8 + header_size]))
+    header = json.loads(payload[8 : 8 + header_size])
     metadata = header.pop("__metadata__", {})
     base = 8 + header_size
     tensors = {}
@@ -149,7 +149,8 @@ def _map(path: Path) -> mmap.mmap:
 UNDECODABLE = (ValueError, KeyError, TypeError, AttributeError)
 
 
-def _snapshot(session_id: str, payload: mmap.mmap, chain: list[str]) -> SessionSnapshot:
+def _snapshot(session_id: str, payload, chain: list[str]) -> SessionSnapshot:
+    """A session snapshot from its file's bytes (bytes or a mapped file)."""
     layers, metadata = decode_numpy(payload)
     windows = {layer: kv for layer, kv in layers.items() if str(layer) in json.loads(metadata["windows"])}
     tail = {layer: kv for layer, kv in layers.items() if layer not in windows}
