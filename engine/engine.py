@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from engine import runtime
 from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError, RequestError
 from engine.events import TurnEvent, TurnFailed, TurnFinished
 from engine.gguf_import import Progress
@@ -420,6 +421,13 @@ class Engine:
             from engine.kv.memory import KVMemory
 
             self.memory = KVMemory(self.settings, loaded.info.fingerprint, loaded.model)
+            if loaded.info.backend == "cpu":
+                # Memory for the first caches restored from disk paged in now, at load, rather than by
+                # the restore (engine/runtime.py): at most one full-context cache, within the hot budget.
+                info, settings = loaded.info, self.settings
+                full_context = info.context_length * info.kv_bytes_per_token
+                budget = settings.mlx_cache_budget_mb << 20
+                runtime.page_in_heap(min(settings.kv_page_in_mb << 20, full_context, budget))
         self._install_scheduler(loaded)
         self._publish()
 

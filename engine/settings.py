@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     )
     kv_group_size: Literal[32, 64, 128] = Field(default=64, description="Group size of the quantized KV cache.")
     kv_memory: bool = Field(default=True, description="Reuse KV caches across turns (false: always recompute).")
+    kv_page_in_mb: int = Field(
+        default=512,
+        ge=0,
+        description="CPU backend on Linux: memory paged in at model load for the first KV caches restored from "
+        "disk (at most one full-context cache; 0: off).",
+    )
     api_key: str | None = Field(default=None, description="Key clients must send to the API.")
     admin_key: str | None = Field(default=None, description="Key for /admin routes (unset: admin routes are off).")
     max_request_mb: int = Field(default=32, ge=1, le=4096, description="Largest request body the server reads (MB).")
