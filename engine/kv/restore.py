@@ -3,8 +3,8 @@
     engine thread                           reader threads (WarmTier.iter_blocks)
     size the arrays (from the tail, else      map + checksum every block, ahead
     the first block), mx.zeros on two
-    streams: the pages fault in on two
-    cores while the blocks are read ───────┐  helper thread
+    streams: filled on two cores while
+    the blocks are read ───────────────────┐  helper thread
     upcast even blocks into their tokens ◄─┴─► upcast odd blocks into their tokens
 
 The float16 → float32 upcast writes each block once, straight into the new cache's arrays (numpy
@@ -52,7 +52,7 @@ def restore_float32(
             pieces, sizing = itertools.chain([first], pieces), first[1]
         size = max(capacity, tokens)
         # Keys on this stream, values on a second one: on the CPU each stream runs on its own thread,
-        # so the new arrays' pages fault in on two cores (that costs about as much as the reading).
+        # so the new arrays are filled (and paged in, unless the engine did that at load) on two cores.
         streams = (None, _second_stream())
         for layer in full_layers:
             shapes = [(heads, size, dim) for heads, dim in _heads_and_dims(sizing[layer])]
