@@ -24,6 +24,10 @@ def test_writes_a_token_range_of_a_larger_cache_array_only():
     float16_into_float32(source, cache[:, 256:512])
     assert np.array_equal(cache[:, 256:512], source.astype(np.float32))
     assert (cache[:, :256] == 7.0).all() and (cache[:, 512:] == 7.0).all()
+    # Strided on more than one axis (every other head, the last half of each row): still exact.
+    float16_into_float32(source[::2, :, 32:], cache[::2, 600:856, 32:])
+    assert np.array_equal(cache[::2, 600:856, 32:], source[::2, :, 32:].astype(np.float32))
+    assert (cache[1, 600:856] == 7.0).all() and (cache[::2, 600:856, :32] == 7.0).all()
 
 
 def test_refuses_different_shapes():

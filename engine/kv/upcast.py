@@ -20,5 +20,11 @@ def float16_into_float32(source: np.ndarray, target: np.ndarray) -> None:
     strides), bit for bit what `source.astype(np.float32)` gives."""
     if source.shape != target.shape:
         raise ValueError(f"shapes differ: {source.shape} and {target.shape}")
+    if target.ndim > 1 and not target.flags.c_contiguous:
+        # numpy's take writes a non-contiguous `out` through a temporary copy (10-20% slower here): one
+        # call per slice of the first axis instead, as each head's token range in a cache is contiguous.
+        for source_part, target_part in zip(source, target, strict=True):
+            float16_into_float32(source_part, target_part)
+        return
     # Every uint16 is a valid index: "wrap" only skips numpy's bounds check.
     np.take(_FLOAT32_OF_HALF_BITS, source.view(np.uint16), out=target, mode="wrap")
