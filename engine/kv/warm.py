@@ -293,7 +293,7 @@ class WarmTier:
     def _decoded_blocks(self, names: list[str], payloads: list, pool: ThreadPoolExecutor):
         try:
             for name, reading in zip(names, payloads, strict=True):
-                layers = self._decoded(reading.result(), name)
+                layers = self._decoded(reading.result(), lambda payload: decode_numpy(payload)[0], f"block {name}")
                 if layers is None:
                     self._drop("blocks", name)
                     raise MissingBlock(name)
@@ -303,17 +303,16 @@ class WarmTier:
         if names:
             self._touch("blocks", f"name IN ({','.join('?' * len(names))})", tuple(names))
 
-    def _decoded(self, payload: mmap.mmap | None, name: str) -> dict[int, dict] | None:
-        """A block's layers; None when its file was unreadable or damaged, or is not a file we can
-        decode though its checksum matches (written by something else; logged)."""
+    def _decoded(self, payload: mmap.mmap | None, decode, what: str):
+        """`decode(payload)`; None when the file was unreadable or damaged (payload None), or is not a
+        file we can decode though its checksum matches (written by something else; logged)."""
         if payload is None:
             return None
         try:
-            layers, _ = decode_numpy(payload)
+            return decode(payload)
         except UNDECODABLE as exc:
-            log.warning("KV cache block %s cannot be decoded (%s); dropping it and recomputing", name, exc)
+            log.warning("KV cache %s cannot be decoded (%s); dropping it and recomputing", what, exc)
             return None
-        return layers
 
     def _read_payload(self, file: str, recorded: str) -> mmap.mmap | None:
         """The file's bytes if they match their checksum; logs and returns None otherwise."""
@@ -340,11 +339,8 @@ class WarmTier:
         if row is None:
             return None
         payload = self._read_payload(row[0], row[1])
-        try:
-            snapshot = None if payload is None else _snapshot(session_id, payload, json.loads(row[2]))
-        except UNDECODABLE as exc:
-            log.warning("KV cache file %s cannot be decoded (%s); dropping it and recomputing", row[0], exc)
-            snapshot = None
+        file, chain = row[0], row[2]
+        snapshot = self._decoded(payload, lambda data: _snapshot(session_id, data, json.loads(chain)), f"file {file}")
         if snapshot is None:
             self._drop("sessions", key)
             return None
