@@ -316,10 +316,10 @@ class Engine:
                 self._closed, self.state = True, "failed"
                 self._load_error = EngineError("the engine stopped after an internal error (see its log); restart it")
                 if self._scheduler is not None:
-                    for handle in [*self._scheduler.waiting, *(s.handle for s in self._scheduler.active.values())]:
+                    for handle in self._scheduler.waiting:
                         handle._put(TurnFailed(handle.request_id, str(self._load_error), "internal"))
                     self._scheduler.waiting.clear()
-                    self._scheduler.active.clear()
+                    self._scheduler.fail_all(str(self._load_error))
             self._fail_waiting_requests()
             if self._scheduler is not None:
                 self._scheduler.close()
