@@ -245,11 +245,16 @@ def test_prompts_prefilled_together_share_each_step(tiny_model_dir, data_dir, tm
 
         return on_event
 
-    with Engine(settings) as eng:
-        handles = [
+    def submit_four(eng):
+        return [
             eng.submit(ask(f"Topic {i}. " + " ".join(f"fact {j} about {i}" for j in range(60)), 1), on_event=record(i))
             for i in range(4)
         ]
+
+    with Engine(settings) as eng:
+        # Submitted from the engine thread, so all four are queued before it takes the next job: they do
+        # arrive together (from here the first could start alone on a loaded machine).
+        handles = eng.call(submit_four)
         for handle in handles:
             assert handle.result().usage.prompt_tokens > 3 * chunk // 4
     increments = [b - a for seen in done_tokens.values() for a, b in zip(seen, seen[1:], strict=False)]
