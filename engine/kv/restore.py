@@ -1,7 +1,7 @@
 """Restoring full-attention layers from the warm tier into float32 MLX arrays (the CPU backend).
 
     engine thread                           reader threads (WarmTier.iter_blocks)
-    size the arrays (from the tail, else      map + checksum every block, ahead
+    size the arrays (from the tail, else      read + checksum every block, ahead
     the first block), mx.zeros on two
     streams: filled on two cores while
     the blocks are read ───────────────────┐  helper thread
