@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.kv import upcast
 from engine.kv.upcast import float16_into_float32
 
 
@@ -15,6 +16,29 @@ def test_every_float16_converts_exactly():
         target = np.empty(source.shape, np.float32)
         float16_into_float32(source, target)
         assert np.array_equal(target.view(np.uint32), source.astype(np.float32).view(np.uint32))
+
+
+def test_finite_values_convert_exactly_without_the_table():
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)]  # zeros of both signs and every subnormal included
+    target = np.empty(finite.shape, np.float32)
+    float16_into_float32(finite, target)
+    assert np.array_equal(target.view(np.uint32), finite.astype(np.float32).view(np.uint32))
+    # The shifted bits alone, before a table could mend them, are already exact.
+    shifted = np.empty(finite.shape, np.float32)
+    upcast._by_bits(finite, shifted)
+    assert np.array_equal(shifted.view(np.uint32), target.view(np.uint32))
+
+
+def test_one_nan_or_infinity_among_many_values_converts_exactly():
+    rng = np.random.default_rng(2)
+    for odd in (np.inf, -np.inf, np.nan):
+        source = (rng.standard_normal((3, 256, 64)) * 100).astype(np.float16)
+        source[1, 200, 5] = odd
+        cache = np.full((3, 512, 64), 7.0, np.float32)
+        float16_into_float32(source, cache[:, 100:356])
+        assert np.array_equal(cache[:, 100:356].view(np.uint32), source.astype(np.float32).view(np.uint32))
+        assert (cache[:, :100] == 7.0).all() and (cache[:, 356:] == 7.0).all()
 
 
 def test_writes_a_token_range_of_a_larger_cache_array_only():
