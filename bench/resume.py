@@ -5,8 +5,9 @@ cold (full prefill, memory off), hot resume (same process; best of three new tur
 fresh process (restored from disk, page cache dropped first; best of two), and the new turn alone as if
 there were no history (best of three). Also warm restore bandwidth against the disk's sequential read
 speed measured here (one large file) and against plainly reading the history's own cache files (many
-block files of a few MB, two readers, as a restore reads them), KV bytes per token hot and on disk, and
-how many bytes 8 agents sharing a 2k-token system prompt occupy.
+block files of a few MB, two readers, each file's first 8 bytes and then the rest, as a restore reads
+them), KV bytes per token hot and on disk, and how many bytes 8 agents sharing a 2k-token system prompt
+occupy.
 
 `--json` prints one line: per length the figures plus cold_over_hot, cold_over_warm, hot_over_new_turn,
 restore_mb_s, disk_read_mb_s (and block_files_read_mb_s).
@@ -87,12 +88,13 @@ def disk_read_mb_s(directory: Path, size_mb: int = 256) -> float:
 
 
 def files_read_mb_s(paths: list[Path]) -> float:
-    """Read speed of `paths` with their pages dropped from the cache, on two threads."""
+    """Read speed of `paths` with their pages dropped from the cache, on two threads, read as the warm
+    tier reads them (engine/kv/warm.py: the first 8 bytes, then the rest)."""
     drop_page_cache(paths)
 
     def read(path: Path) -> int:
         with path.open("rb", buffering=0) as handle:
-            return len(handle.read())
+            return len(handle.read(8)) + len(handle.read())
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as readers:
