@@ -60,3 +60,27 @@ def test_chat_warns_once_without_a_fast_blas(default_engine):
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "libopenblas0-pthread" in warnings[0]
+
+
+PARK_PROBE = (
+    "import os, engine, mlx.core as mx\n"
+    "from engine import blas\n"
+    "def threads(): return len(os.listdir('/proc/self/task'))\n"
+    "a = mx.ones((512, 512)); mx.eval(a @ a)\n"
+    "working = threads()\n"
+    "blas.park_workers()\n"
+    "parked = threads()\n"
+    "b = a @ a; mx.eval(b)\n"
+    "print(working - parked, threads() - parked, b[0, 0].item())\n"
+)
+
+
+@linux_cpu
+@pytest.mark.skipif(not HAVE_OPENBLAS, reason="OpenBLAS is not installed (make setup installs it)")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no worker threads on one core")
+def test_parked_openblas_workers_stop_and_come_back_for_the_next_call():
+    result = subprocess.run([sys.executable, "-c", PARK_PROBE], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    stopped, restarted, value = result.stdout.split()
+    assert int(stopped) >= 1 and int(restarted) == int(stopped)
+    assert float(value) == 512.0
