@@ -9,9 +9,11 @@ dependencies. So this module must run before anything imports MLX; `engine/__ini
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
 # Debian/Ubuntu's pthread build first; the generic soname covers other distributions.
@@ -38,6 +40,8 @@ class BlasState:
 
 _state: BlasState | None = None
 _library = None  # the OpenBLAS loaded by preload
+_computing_threads = 0  # threads running MLX now (engine threads), under _computing_lock
+_computing_lock = threading.Lock()
 
 
 def _needs_fast_blas() -> bool:
@@ -93,16 +97,31 @@ def _stop_workers_at_exit(library) -> None:
         atexit.register(shutdown)
 
 
+@contextlib.contextmanager
+def computing_thread():
+    """Count the current thread, while in the block, as one that runs MLX (an engine thread)."""
+    global _computing_threads
+    with _computing_lock:
+        _computing_threads += 1
+    try:
+        yield
+    finally:
+        with _computing_lock:
+            _computing_threads -= 1
+
+
 def park_workers() -> None:
     """Stop the worker threads of the OpenBLAS that preload loaded, if any; its next call starts them
-    again (~0.1 ms each way). Only call it while MLX computes nothing.
+    again (~0.1 ms each way). Call it from a computing thread whose MLX work is done; it does nothing
+    while another computing thread runs (it could be inside a BLAS call).
 
     After each call OpenBLAS's workers spin (sched_yield) for a while, waiting for the next one, so
     CPU work that starts right after a forward pass on other threads shares the cores with them.
     """
     shutdown = getattr(_library, "blas_thread_shutdown_", None)
-    if shutdown is not None:
-        shutdown()
+    with _computing_lock:
+        if shutdown is not None and _computing_threads <= 1:
+            shutdown()
 
 
 def state() -> BlasState:

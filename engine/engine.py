@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine import runtime
+from engine import blas, runtime
 from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError, RequestError
 from engine.events import TurnEvent, TurnFailed, TurnFinished
 from engine.gguf_import import Progress
@@ -303,7 +303,7 @@ class Engine:
         # mlx-lm's thread-local stream off the main thread aborts the process at exit.
         self._stream = mx.new_stream(mx.default_device())
         cpu_attention.enable_on_this_thread(self.settings.mlx_cpu_attention == "numpy")
-        with mx.stream(self._stream):
+        with mx.stream(self._stream), blas.computing_thread():
             self._load()
             try:
                 stopping = False
