@@ -160,6 +160,11 @@ def stored_turn(data_dir: Path, cache_dir: Path, session_id: str) -> list[ChatMe
     return messages
 
 
+def next_turn(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """The conversation of `stored_turn` one turn on."""
+    return [*messages, ChatMessage(role="assistant", content="Noted."), ChatMessage(role="user", content="Who?")]
+
+
 def flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -173,7 +178,7 @@ def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine
     block_files = sorted(cache_dir.rglob("blocks/*/*.safetensors"))
     assert len(block_files) >= 2
     flip_a_byte(block_files[0])
-    follow_up = [*messages, ChatMessage(role="assistant", content="Noted."), ChatMessage(role="user", content="Who?")]
+    follow_up = next_turn(messages)
     eng = engine_for(data_dir, cache_dir)
     try:
         with caplog.at_level(logging.WARNING):
@@ -205,7 +210,7 @@ def test_files_with_matching_checksums_that_are_not_ours_are_dropped(data_dir, t
     checker = WarmTier(cache_dir, disk_budget_mb=1024)
     assert sorted(checker.check(repair=False)["bad"]) == sorted([snapshot_file, block_file])
     checker.close()
-    follow_up = [*messages, ChatMessage(role="assistant", content="Noted."), ChatMessage(role="user", content="Who?")]
+    follow_up = next_turn(messages)
     eng = engine_for(data_dir, cache_dir)
     try:
         with caplog.at_level(logging.WARNING):
@@ -237,7 +242,7 @@ def test_index_with_sha256_checksums_is_still_read_and_checked(data_dir, tmp_pat
                 digest = hashlib.sha256((cache_dir / file).read_bytes()).hexdigest()
                 db.execute(f"UPDATE {table} SET sha256=? WHERE file=?", (digest, file))
                 legacy.append(file)
-    follow_up = [*messages, ChatMessage(role="assistant", content="Noted."), ChatMessage(role="user", content="Who?")]
+    follow_up = next_turn(messages)
     eng = engine_for(data_dir, cache_dir)
     try:
         result = eng.generate(greedy(follow_up, "old"))
