@@ -136,7 +136,7 @@ def decode_numpy(payload) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, s
     return group_layers(tensors), metadata
 
 
-def _read_file(path: Path) -> memoryview:
+def read_file(path: Path) -> memoryview:
     """A file's bytes, in a buffer of their own.
 
     The first 8 bytes (the safetensors header's size) are read on their own: after a small first read
@@ -329,8 +329,8 @@ class WarmTier:
         """The file's bytes if they match their checksum; logs and returns None otherwise."""
         path = self.root / file
         try:
-            payload = _read_file(path)
-        except (OSError, ValueError) as exc:
+            payload = read_file(path)
+        except OSError as exc:
             log.warning("KV cache file %s is missing or unreadable (%s); dropping it and recomputing", path, exc)
             return None
         if not matches(payload, recorded):
@@ -591,7 +591,7 @@ class WarmTier:
                     report["missing"].append(file)
                     if repair:
                         self._drop(table, key)
-                elif verify and not _intact(table, _read_file(path), recorded):
+                elif verify and not _intact(table, read_file(path), recorded):
                     report["bad"].append(file)
                     if repair:
                         self._drop(table, key)
