@@ -407,6 +407,14 @@ class Engine:
             self._install(load_checked(self.settings.mlx_model_id, self.settings, self._progress), self.model_id)
         except EngineError as exc:
             self._load_error = exc
+        except Exception as exc:  # noqa: BLE001 - a bug while starting: fail the engine, never leave callers waiting
+            log.exception("the engine failed to start")
+            if self._scheduler is not None:
+                self._scheduler.close()
+            if self.memory is not None:
+                self.memory.close()
+            self._scheduler = self.memory = self._loaded = None
+            self._load_error = ModelLoadError(f"the engine failed to start: {exc}")
         finally:
             self.state = "ready" if self._loaded is not None else "failed"
             self._ready.set()

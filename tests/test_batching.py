@@ -1,6 +1,6 @@
 """Continuous batching on the real default model: same greedy outputs as one at a time, sessions
 serialized, cancellation frees a slot, long prefills interleave with decoding and share each step, a full
-queue refuses."""
+queue refuses, failures inside the engine fail requests instead of leaving them waiting."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from engine.engine import Engine
-from engine.errors import EngineBusy, EngineClosed
+from engine.errors import EngineBusy, EngineClosed, ModelLoadError
 from engine.events import PrefillProgress, TurnChunk, TurnFailed, TurnStarted
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
@@ -159,6 +159,25 @@ def test_an_engine_thread_that_fails_fails_its_requests_and_refuses_more(data_di
         assert running.state == "failed" and "internal error" in running.load_error
         with pytest.raises(EngineClosed, match="internal error"):
             running.submit(ask("Still there?"))
+
+
+def test_an_engine_that_fails_to_start_says_why_and_fails_requests(data_dir, tmp_path, monkeypatch):
+    """Anything unexpected while the engine starts (here its KV memory raises) fails the start with the
+    reason; a request submitted anyway fails at once instead of waiting for a thread that is gone."""
+
+    def broken_memory(*args, **kwargs):
+        raise RuntimeError("the memory went wrong")
+
+    monkeypatch.setattr("engine.kv.memory.KVMemory.__init__", broken_memory)
+    engine = Engine(Settings(data_dir=data_dir, agent_cache_dir=tmp_path / "kv"))
+    try:
+        with pytest.raises(ModelLoadError, match="the memory went wrong"):
+            engine.start()
+        assert engine.state == "failed" and "the memory went wrong" in engine.load_error
+        last = list(engine.submit(ask("Still there?")).events(timeout=60))[-1]
+        assert isinstance(last, TurnFailed) and "the memory went wrong" in last.message
+    finally:
+        engine.close()
 
 
 def test_full_queue_refuses(data_dir, default_engine, tmp_path):
