@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 
 from engine.settings import Settings, load_settings
@@ -9,12 +11,15 @@ from engine.settings import Settings, load_settings
 
 def bench_settings(data_dir: str | None, **overrides) -> Settings:
     """`load_settings(**overrides)` in `data_dir`; without one (and without SEMANTIC_DATA_DIR), in a new
-    temporary directory, so a benchmark never fills the user's ~/.agent_memory."""
+    temporary directory removed when the benchmark exits, so a benchmark never fills the user's
+    ~/.agent_memory nor leaves a converted model and its caches behind."""
     if data_dir:
         settings = load_settings(**overrides, data_dir=data_dir)
     else:
         settings = load_settings(**overrides)
         if str(settings.data_dir) == "~/.agent_memory":
-            settings = load_settings(**overrides, data_dir=tempfile.mkdtemp(prefix="agent-memory-bench-"))
+            scratch = tempfile.mkdtemp(prefix="agent-memory-bench-")
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+            settings = load_settings(**overrides, data_dir=scratch)
     settings.data_path.mkdir(parents=True, exist_ok=True)
     return settings
