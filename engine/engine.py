@@ -111,6 +111,10 @@ class Engine:
         self._loaded: LoadedModel | None = None
         self._thread = threading.Thread(target=self._run, name="agent-memory-engine", daemon=True)
         self._closed = False
+        # Set by the engine thread once it takes no more jobs; checked under the lock by every put, so
+        # a job is either refused or seen by the thread's last drain of the inbox.
+        self._inbox_lock = threading.Lock()
+        self._inbox_closed = False
         self._stopped = threading.Event()  # set once the engine thread has finished its work
         self._stream = None  # an MLX stream owned by the engine thread
         self.memory = None  # KVMemory, created on the engine thread once the model is loaded
@@ -183,8 +187,14 @@ class Engine:
                 f"the queue is full ({self.settings.max_queue} requests waiting, SEMANTIC_MAX_QUEUE); retry shortly"
             )
         handle = TurnHandle(request, on_event)
-        self._inbox.put(_Job(handle))
+        self._enqueue(_Job(handle))
         return handle
+
+    def _enqueue(self, job: _Job | _Call) -> None:
+        with self._inbox_lock:
+            if self._inbox_closed:
+                raise EngineClosed(self.load_error if self.state == "failed" else "the engine is shut down")
+            self._inbox.put(job)
 
     def generate(self, request: GenerationRequest) -> TurnFinished:
         return self.submit(request).result()
@@ -195,7 +205,7 @@ class Engine:
         if self._closed:
             raise EngineClosed("the engine is shut down")
         job = _Call(function, threading.Event(), exclusive=exclusive)
-        self._inbox.put(job)
+        self._enqueue(job)
         if not job.done.wait(timeout):
             raise TimeoutError("the engine is busy")
         if job.error is not None:
@@ -320,6 +330,8 @@ class Engine:
                         handle._put(TurnFailed(handle.request_id, str(self._load_error), "internal"))
                     self._scheduler.waiting.clear()
                     self._scheduler.fail_all(str(self._load_error))
+            with self._inbox_lock:
+                self._inbox_closed = True
             self._fail_waiting_requests()
             if self._scheduler is not None:
                 self._scheduler.close()
