@@ -35,6 +35,7 @@ from bench_settings import bench_settings  # noqa: E402
 import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
 from engine.engine import Engine  # noqa: E402
 from engine.kv.warm import read_file  # noqa: E402
+from engine.loader import ModelInfo  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 
@@ -176,7 +177,7 @@ def shared_prompt_bytes(settings: Settings, tokenizer_engine: Engine) -> dict:
     }
 
 
-def measure(settings: Settings, scratch: Path, lengths: list[int]) -> tuple[dict, float, dict, object]:
+def measure(settings: Settings, scratch: Path, lengths: list[int]) -> tuple[dict, float, dict, ModelInfo]:
     """Per history length, the figures of one row; then the disk's read speed (the fastest probe), the
     shared-prompt line and the model's info."""
     results: dict = {}
