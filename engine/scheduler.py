@@ -89,7 +89,9 @@ class BatchScheduler:
         )
         self.generator = self._new_generator()
         self.eos_ids = sorted(loaded.tokenizer.eos_token_ids)
-        self._prompts: dict[str, list[int]] = {}  # rendered prompts of waiting requests, by request id
+        # Rendered prompts of waiting requests by request id, with when their rendering began (a turn's
+        # time to first token counts from there, as it does for one that is rendered as it starts).
+        self._prompts: dict[str, tuple[float, list[int]]] = {}
 
     @property
     def busy(self) -> bool:
@@ -126,10 +128,11 @@ class BatchScheduler:
 
     def _prompt(self, handle) -> list[int]:
         """The request's prompt tokens, rendered once (RequestError for a bad conversation)."""
-        prompt = self._prompts.get(handle.request_id)
-        if prompt is None:
-            prompt = self._prompts[handle.request_id] = render_prompt(self.loaded, handle.request)
-        return prompt
+        rendered = self._prompts.get(handle.request_id)
+        if rendered is None:
+            began = time.perf_counter()
+            rendered = self._prompts[handle.request_id] = (began, render_prompt(self.loaded, handle.request))
+        return rendered[1]
 
     def _follows_a_prefill(self, handle) -> bool:
         """Several agents that arrive together with a common prefix (a shared system prompt) would each
@@ -169,9 +172,9 @@ class BatchScheduler:
         if handle._cancelled.is_set():
             put(TurnFailed(handle.request_id, "the request was cancelled before it started", "cancelled"))
             return False
-        admitted = time.perf_counter()
+        admitted = rendered[0] if rendered is not None else time.perf_counter()
         try:
-            prompt = rendered if rendered is not None else render_prompt(self.loaded, request)
+            prompt = rendered[1] if rendered is not None else render_prompt(self.loaded, request)
             check_context(len(prompt), self.loaded.info.context_length)
             processors = turn_processors(self.loaded, request)
         except RequestError as exc:

@@ -5,6 +5,7 @@ queue refuses, failures inside the engine fail requests instead of leaving them 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -139,6 +140,23 @@ def test_a_request_that_fails_to_start_fails_alone(batch_engine):
         del memory.acquire
     assert isinstance(last, TurnFailed) and "restore went wrong" in last.message and last.kind == "internal"
     assert batch_engine.generate(ask("What is 2+2?", max_tokens=4, session_id="unlucky")).text
+
+
+def test_time_to_first_token_counts_rendering_the_prompt(batch_engine, monkeypatch):
+    """A batched turn's TTFT starts where a turn run alone starts it: before its conversation is
+    rendered and tokenized (a long history takes milliseconds), not after. Rendering is slowed down
+    here to make that visible."""
+    from engine import scheduler
+
+    real_render = scheduler.render_prompt
+
+    def slow_render(loaded, request):
+        time.sleep(1.0)
+        return real_render(loaded, request)
+
+    monkeypatch.setattr(scheduler, "render_prompt", slow_render)
+    done = batch_engine.generate(ask("What is 2+2?", max_tokens=2, session_id="timed"))
+    assert done.timing.ttft_s >= 1.0
 
 
 def test_an_engine_thread_that_fails_fails_its_requests_and_refuses_more(data_dir, tmp_path):
