@@ -9,6 +9,7 @@ handle.cancel() --> threading.Event checked after every token
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -21,7 +22,7 @@ from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError,
 from engine.events import TurnEvent, TurnFailed, TurnFinished
 from engine.gguf_import import Progress
 from engine.loader import LoadedModel, ModelInfo, load
-from engine.requests import GenerationRequest
+from engine.requests import ChatMessage, GenerationRequest
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -509,6 +510,8 @@ def load_checked(model_id: str, settings: Settings, progress: Progress | None = 
     """Load a model and check it against the settings; every failure is a ModelLoadError."""
     from mlx_lm.models.cache import make_prompt_cache
 
+    from engine.generation import render_prompt
+
     try:
         loaded = load(model_id, settings.models_path, progress)
     except EngineError:
@@ -521,6 +524,10 @@ def load_checked(model_id: str, settings: Settings, progress: Progress | None = 
             f"SEMANTIC_KV_BITS is not supported for {loaded.info.model_type}: its sliding-window "
             "layers cannot be quantized by mlx-lm; unset SEMANTIC_KV_BITS"
         )
+    # The chat template is compiled at its first use (~10 ms): at load, not in the first turn's time
+    # to first token. A template that rejects this conversation will say why on a real one.
+    with contextlib.suppress(RequestError):
+        render_prompt(loaded, GenerationRequest(messages=[ChatMessage(role="user", content="Hello.")]))
     return loaded
 
 
