@@ -51,6 +51,8 @@ def render_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
             raise RequestError(f"the model's chat template rejected the conversation: {exc}") from None
     else:
         text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+    if loaded.prompt_encoder is not None:
+        return loaded.prompt_encoder.encode(text)
     return tokenizer.encode(text, add_special_tokens=False)
 
 

@@ -13,6 +13,7 @@ from engine.errors import ModelLoadError
 from engine.fingerprint import DigestCache, model_fingerprint
 from engine.gguf_import import Progress, convert_gguf
 from engine.model_source import ModelSource, resolve
+from engine.prompt_tokens import PromptEncoder
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class LoadedModel:
     model: Any  # mlx.nn.Module
     tokenizer: Any  # mlx_lm TokenizerWrapper
     info: ModelInfo
+    prompt_encoder: PromptEncoder | None = None  # tokenizes prompts reusing recent ones (None: plainly)
 
 
 def converted_dir(models_path: Path, gguf_path: Path, digest: str, backend: str) -> Path:
@@ -115,7 +117,7 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
         num_parameters=_num_parameters(model),
         kv_bytes_per_token=_kv_bytes_per_token(config, model, backend),
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, prompt_encoder=PromptEncoder(tokenizer))
 
 
 def _context_length(config: dict, model_dir: Path) -> int:
