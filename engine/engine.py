@@ -334,13 +334,9 @@ class Engine:
             with self._inbox_lock:
                 self._inbox_closed = True
             self._fail_waiting_requests()
-            if self._scheduler is not None:
-                self._scheduler.close()
-            if self.memory is not None:
-                self.memory.close()
             # The thread never exits (see below): drop everything it holds, and give MLX's buffer
             # cache back, or every closed engine keeps its model and caches in memory.
-            self._scheduler = self.memory = self._loaded = self._hot_view = None
+            self._drop_model()
             mx.synchronize()
             mx.clear_cache()
         self._stopped.set()
@@ -348,6 +344,14 @@ class Engine:
         # destructor without the GIL, which crashes the process (mlx 0.32). As a daemon it never
         # blocks interpreter exit.
         threading.Event().wait()
+
+    def _drop_model(self) -> None:
+        """Close the scheduler and the KV memory (every finished turn reaches disk) and let go of the model."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+        if self.memory is not None:
+            self.memory.close()
+        self._scheduler = self.memory = self._loaded = self._hot_view = None
 
     def _has_work(self) -> bool:
         return bool(self._deferred) or (self._scheduler is not None and self._scheduler.busy)
@@ -422,11 +426,7 @@ class Engine:
             self._load_error = exc
         except Exception as exc:  # noqa: BLE001 - a bug while starting: fail the engine, never leave callers waiting
             log.exception("the engine failed to start")
-            if self._scheduler is not None:
-                self._scheduler.close()
-            if self.memory is not None:
-                self.memory.close()
-            self._scheduler = self.memory = self._loaded = None
+            self._drop_model()
             self._load_error = ModelLoadError(f"the engine failed to start: {exc}")
         finally:
             self.state = "ready" if self._loaded is not None else "failed"
