@@ -52,10 +52,12 @@ class PromptEncoder:
             return self._tokenizer.encode(text, add_special_tokens=False)
         with self._lock:
             base, cut = self._reusable(text)
-        start, _, reused = base.cuts[cut] if base is not None else (0, 0, 0)
+        start, reused, ids, cuts = 0, 0, [], []
+        if base is not None:  # tokenize from its special token number `cut` on
+            start, _, reused = base.cuts[cut]
+            ids, cuts = base.ids[:reused], base.cuts[:cut]
         rest = self._backend.encode(text[start:], add_special_tokens=False)
-        ids = (base.ids[:reused] if base is not None else []) + rest.ids
-        cuts = base.cuts[:cut] if base is not None else []
+        ids += rest.ids
         for index, (token_id, (first, last)) in enumerate(zip(rest.ids, rest.offsets, strict=True)):
             if token_id in self._cut_ids:
                 cuts.append((start + first, start + last, reused + index))
