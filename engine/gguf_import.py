@@ -293,12 +293,20 @@ def convert_gguf(gguf_path: Path, out_dir: Path, quantize_bits: int | None, prog
     return out_dir
 
 
+# Groups of 32 weights, as in GGUF's Q4_0/Q4_1/Q8_0 blocks and the K-quants' sub-blocks: re-quantizing
+# their values in groups of 64 lost enough that the default model stopped answering sensibly.
+GPU_GROUP_SIZE = 32
+
+
 def _quantize_in_place(model_dir: Path, bits: int) -> None:
-    """Re-quantize the float32 weights for a GPU backend with mlx-lm's own quantizer."""
+    """Re-quantize the float32 weights for a GPU backend with mlx-lm's own quantizer; the rest (norms,
+    scales) and so the activations and KV caches in float16, exact on the warm tier's float16 disk."""
+    import mlx.core as mx
     from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 
     model, config = load_model(model_dir)
-    model, config = quantize_model(model, config, group_size=64, bits=bits)
+    model.set_dtype(mx.float16)
+    model, config = quantize_model(model, config, group_size=GPU_GROUP_SIZE, bits=bits)
     (model_dir / "model.safetensors").unlink()
     save_model(model_dir, model)
     save_config(config, config_path=model_dir / "config.json")

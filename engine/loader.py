@@ -41,7 +41,7 @@ class LoadedModel:
 
 
 def converted_dir(models_path: Path, gguf_path: Path, digest: str, backend: str) -> Path:
-    variant = "f32" if backend == "cpu" else "q4"
+    variant = "f32" if backend == "cpu" else "q4g32-f16"
     return models_path / f"{gguf_path.stem}-{digest[:12]}-{variant}"
 
 
@@ -115,7 +115,7 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
         context_length=_context_length(config, model_dir),
         num_layers=len(model.layers),
         num_parameters=_num_parameters(model),
-        kv_bytes_per_token=_kv_bytes_per_token(config, model, backend),
+        kv_bytes_per_token=_kv_bytes_per_token(config, model),
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, prompt_encoder=PromptEncoder(tokenizer))
 
@@ -140,10 +140,11 @@ def _num_parameters(model) -> int:
     return sum(value.size for _, value in tree_flatten(model.parameters()))
 
 
-def _kv_bytes_per_token(config: dict, model, backend: str) -> int:
+def _kv_bytes_per_token(config: dict, model) -> int:
+    from engine.kv.layout import kv_dtype
+
     layers = len(model.layers)
     heads = config.get("num_attention_heads", 1)
     kv_heads = config.get("num_key_value_heads", heads)
     head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
-    bytes_per_value = 4 if backend == "cpu" else 2
-    return 2 * layers * kv_heads * head_dim * bytes_per_value
+    return 2 * layers * kv_heads * head_dim * kv_dtype(model).size

@@ -450,3 +450,25 @@ def test_quantized_kv_is_refused_for_sliding_window_models(data_dir):
 
     with pytest.raises(ModelLoadError, match="SEMANTIC_KV_BITS"):
         Engine(Settings(data_dir=data_dir, mlx_model_id="gemma3-270m", kv_bits=8)).start()
+
+
+def test_caches_are_restored_in_the_dtype_a_quantized_model_computes():
+    """On a GPU a GGUF model is loaded 4-bit with float16 scales: its first parameter is packed uint32
+    weights, but its caches, and so restored ones, are float16 (restoring in uint32 gave garbage)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.models import llama
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from engine.kv.layout import kv_dtype
+    from engine.loader import _kv_bytes_per_token
+    from tests.conftest import TINY_LLAMA
+
+    model = llama.Model(llama.ModelArgs.from_dict(TINY_LLAMA))
+    model.set_dtype(mx.float16)
+    nn.quantize(model, group_size=32, bits=4)
+    caches = make_prompt_cache(model)
+    mx.eval(model(mx.array([[1, 2, 3]]), cache=caches))
+    assert kv_dtype(model) == caches[0].keys.dtype == mx.float16
+    per_token = sum(cache.nbytes for cache in caches) // caches[0].keys.shape[2]
+    assert _kv_bytes_per_token(TINY_LLAMA, model) == per_token

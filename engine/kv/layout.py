@@ -69,6 +69,18 @@ class UnsupportedCache(Exception):
     """The model uses a cache kind the KV memory cannot store; it runs without reuse."""
 
 
+def kv_dtype(model):
+    """The dtype of the keys and values `model` computes: that of its floating-point parameters (a
+    quantized model's packed weights are integers; its scales, norms and activations are floats)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    for _, value in tree_flatten(model.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating):
+            return value.dtype
+    return mx.float32
+
+
 def cache_offset(cache_list) -> int:
     return int(cache_list[0].offset) if cache_list else 0
 

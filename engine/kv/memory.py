@@ -35,6 +35,7 @@ from engine.kv.layout import (
     decode_from_disk,
     encode_for_disk,
     full_layer_slice,
+    kv_dtype,
     sliding_window_snapshot,
 )
 from engine.kv.restore import restore_float32
@@ -95,13 +96,11 @@ class WarmWriter:
 
 class KVMemory:
     def __init__(self, settings, fingerprint: str, model):
-        import mlx.core as mx
 
         self.fingerprint = fingerprint
         self.block_tokens = settings.kv_block_tokens
         self.model = model
-        parameters = _parameters(model)
-        self.compute_dtype = parameters[0].dtype if parameters else mx.float32
+        self.compute_dtype = kv_dtype(model)
         self.kv_bits = settings.kv_bits
         self.disk_dtype = settings.kv_disk_encoding
         try:
@@ -394,12 +393,6 @@ def _lower_this_threads_priority() -> None:
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-def _parameters(model) -> list:
-    from mlx.utils import tree_flatten
-
-    return [value for _, value in tree_flatten(model.parameters())]
 
 
 def _capacity(prompt_tokens: int) -> int:
