@@ -524,11 +524,32 @@ def load_checked(model_id: str, settings: Settings, progress: Progress | None = 
             f"SEMANTIC_KV_BITS is not supported for {loaded.info.model_type}: its sliding-window "
             "layers cannot be quantized by mlx-lm; unset SEMANTIC_KV_BITS"
         )
+    if settings.kv_bits:
+        _check_quantized_kv(loaded, settings)
     # The chat template is compiled at its first use (~10 ms): at load, not in the first turn's time
     # to first token. A template that rejects this conversation will say why on a real one.
     with contextlib.suppress(RequestError):
         render_prompt(loaded, GenerationRequest(messages=[ChatMessage(role="user", content="Hello.")]))
     return loaded
+
+
+def _check_quantized_kv(loaded: LoadedModel, settings: Settings) -> None:
+    """Run a few tokens through mlx-lm's quantized KV cache, so that a backend without kernels for it
+    fails at load rather than in every turn (MLX 0.32's CUDA backend has no 8-bit quantized_matmul for
+    the default model's attention)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    bits, group_size = settings.kv_bits, settings.kv_group_size
+    caches = [cache.to_quantized(group_size=group_size, bits=bits) for cache in make_prompt_cache(loaded.model)]
+    try:
+        for _ in range(2):  # the second pass attends to quantized keys and values
+            mx.eval(loaded.model(mx.zeros((1, 16), dtype=mx.int32), cache=caches))
+    except Exception as exc:  # noqa: BLE001 - MLX reports a missing kernel as RuntimeError or ValueError
+        raise ModelLoadError(
+            f"SEMANTIC_KV_BITS={bits} does not run for {loaded.info.model_type} on the "
+            f"{loaded.info.backend} backend ({str(exc).splitlines()[0]}); unset SEMANTIC_KV_BITS"
+        ) from None
 
 
 class _Loader:
