@@ -192,8 +192,9 @@ def _generate(turn: _Turn) -> Generator[TurnEvent, None, list[int]]:
                 first_token_at = turn.clock()
             generated = response.generation_tokens
             generated_ids.append(response.token)
-            raw_text += response.text
-            stop_state, text, state_name = stops.step(stop_state, response.text)
+            segment = without_cut_character(response.text, response.finish_reason)
+            raw_text += segment
+            stop_state, text, state_name = stops.step(stop_state, segment)
             if state_name is None:
                 finish_reason, stop_sequence = "stop_sequence", _matched_stop(request.stop, raw_text)
                 if text:
@@ -261,6 +262,12 @@ def _ban_tokens(token_ids):
         return logits
 
     return processor
+
+
+def without_cut_character(segment: str, finish_reason: str | None) -> str:
+    """A turn's last text segment without the character `max_tokens` cut in two: the detokenizer
+    flushes the bytes it holds back for an unfinished character as U+FFFD."""
+    return segment.rstrip("\ufffd") if finish_reason == "length" else segment
 
 
 def _matched_stop(stops: list[str], text: str) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from engine.errors import RequestError
 from engine.events import CacheReport, PrefillProgress, Timing, TurnChunk, TurnFailed, TurnFinished, TurnStarted, Usage
-from engine.generation import _matched_stop, check_context, render_prompt, turn_processors
+from engine.generation import _matched_stop, check_context, render_prompt, turn_processors, without_cut_character
 from engine.kv.blocks import common_prefix_length
 from engine.loader import LoadedModel
 from engine.sampling import request_sampler
@@ -240,7 +240,8 @@ class BatchScheduler:
         finishing = response.finish_reason is not None
         if finishing:
             sequence.detokenizer.finalize()
-        matched = self._emit(sequence, sequence.detokenizer.last_segment, final=finishing)
+        segment = without_cut_character(sequence.detokenizer.last_segment, response.finish_reason)
+        matched = self._emit(sequence, segment, final=finishing)
         if matched and not end_of_turn:
             stop = _matched_stop(sequence.request.stop, sequence.raw_text)
             if finishing:

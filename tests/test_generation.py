@@ -85,6 +85,23 @@ def test_unicode_streams_as_whole_characters(default_engine):
     assert "\ufffd" not in finished.text
 
 
+def test_max_tokens_inside_a_character_leaves_it_out(default_engine):
+    """A character made of several tokens and cut by max_tokens is left out, not ended with U+FFFD:
+    in a batch (turns submitted together) and alone."""
+
+    def request(max_tokens):
+        prompt = "Write three emoji about the sea, like 🌊🐠🐚, and the word 東京."
+        return ask(prompt, max_tokens=max_tokens)
+
+    full = default_engine.generate(request(16)).text
+    handles = [default_engine.submit(request(k)) for k in range(1, 13)]
+    texts = [handle.result().text for handle in handles]
+    assert all(full.startswith(text) and not text.endswith("\ufffd") for text in texts), (full, texts)
+    cut = [k for k in range(2, 13) if texts[k - 1] == texts[k - 2]]
+    assert cut, f"no character of {full!r} took two tokens: the test needs another prompt"
+    assert default_engine.generate(request(cut[0])).text == texts[cut[0] - 1]
+
+
 def test_random_tokens_never_split_a_character_across_chunks(tiny_engine):
     # Random weights emit arbitrary byte-level tokens, including pieces of multi-byte characters.
     for seed in range(3):
