@@ -1,9 +1,9 @@
 """Time to first token with and without the KV memory, side by side in one run.
 
 For conversation histories of 1k, 2k and 4k tokens and a new 32-token user turn, on the default model:
-cold (full prefill, memory off), hot resume (same process; best of three new turns), warm resume in a
-fresh process (restored from disk, page cache dropped first; best of two), and the new turn alone as if
-there were no history (best of three, each beside a hot turn). Also warm restore bandwidth against the
+cold (full prefill, memory off), hot resume (same process; best of five new turns), warm resume in a
+fresh process (restored from disk, page cache dropped first; best of three processes), and the new turn
+alone as if there were no history (best of five, each beside a hot turn). Also warm restore bandwidth against the
 disk's sequential read speed measured beside it (one large file, best of two reads per history length)
 and against plainly reading the history's own cache files (many block files of a few MB, two readers,
 each file's first 8 bytes and then the rest, as a restore reads them), KV bytes per token hot and on
@@ -43,6 +43,10 @@ FILLER = (
     "The archive holds letters from sailors, merchants and scholars, each describing the weather, the prices "
     "in the harbour and the news from distant towns along the coast. "
 )
+# Best-of counts: this machine has slow spells of a few seconds to minutes (every thread ~25% slower);
+# the best of several takes compares both sides of a ratio in the machine's usual state.
+HOT_TAKES = 5
+WARM_PROCESSES = 3
 NEW_TURN = "Given all of that, which three letters should a historian read first, and why? Answer briefly."
 
 
@@ -197,11 +201,11 @@ def measure(settings: Settings, scratch: Path, lengths: list[int]) -> tuple[dict
             with Engine(run_settings) as eng:
                 first = eng.generate(request(messages, session, max_tokens=16))
                 base = [*messages, ChatMessage(role="assistant", content=first.text)]
-                # Best of three new turns on the same history, each beside a turn of the new message
+                # Best of HOT_TAKES new turns on the same history, each beside a turn of the new message
                 # alone (so both meet the machine in the same state), each once the previous turn's
                 # disk writes are done (they run behind the response and would share the CPU).
                 hot_runs, alone_runs = [], []
-                for take in range(3):
+                for take in range(HOT_TAKES):
                     eng.flush()
                     alone_runs.append(cold_engine.generate(request(new_alone)).timing.ttft_s)
                     follow = [*base, ChatMessage(role="user", content=f"Question {take + 1}. {NEW_TURN}")]
@@ -210,14 +214,14 @@ def measure(settings: Settings, scratch: Path, lengths: list[int]) -> tuple[dict
                 new_turn_s = min(alone_runs)
                 # The follow-up is now cached too: take the warm measurement on a fresh turn.
                 eng.flush()
-            # Two fresh processes, each with its own last question, so both restore the same history.
+            # Fresh processes, each with its own last question, so each restores the same history.
             finals = [
                 [
                     *follow,
                     ChatMessage(role="assistant", content="(no answer)"),
                     ChatMessage(role="user", content=f"Round {round_}. {NEW_TURN}"),
                 ]
-                for round_ in (1, 2)
+                for round_ in range(1, WARM_PROCESSES + 1)
             ]
             cold_s = cold_engine.generate(request(finals[0])).timing.ttft_s
             warm_runs = []
