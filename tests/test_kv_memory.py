@@ -445,6 +445,34 @@ def test_quantized_kv_resumes_like_a_quantized_cold_run(data_dir, tmp_path):
     assert warm.text == cold_warm.text
 
 
+@pytest.mark.slow
+def test_session_stored_under_another_kv_encoding_is_recomputed(data_dir, tmp_path):
+    """A restart with other SEMANTIC_KV_BITS finds the session's snapshot under the same model
+    fingerprint: it is recomputed (restoring 8-bit parts into a 4-bit cache failed every turn)."""
+    cache_dir = tmp_path / "kv"
+    eng = engine_for(data_dir, cache_dir, kv_bits=8)
+    try:
+        messages = history(400, eng.tokenizer)
+        first = eng.generate(greedy(messages, "agent"))
+        eng.flush()
+    finally:
+        eng.close()
+    follow_up = [
+        *messages,
+        ChatMessage(role="assistant", content=first.text),
+        ChatMessage(role="user", content="Who kept the log?"),
+    ]
+    restarted = engine_for(data_dir, cache_dir, kv_bits=4)
+    try:
+        resumed = restarted.generate(greedy(follow_up, "agent"))
+        restarted.check_integrity()
+    finally:
+        restarted.close()
+    with Engine(Settings(data_dir=data_dir, kv_bits=4, kv_memory=False)) as cold:
+        assert resumed.text == cold.generate(greedy(follow_up)).text
+    assert resumed.cache.source == "cold"
+
+
 def test_quantized_kv_is_refused_for_sliding_window_models(data_dir):
     from engine.errors import ModelLoadError
 

@@ -188,6 +188,11 @@ class KVMemory:
         if not self.warm.enabled:
             return None
         snapshot = self.warm.session(self.fingerprint, session_id) if session_id else None
+        if snapshot is not None and snapshot.root != self.root:
+            # Written under another cache layout or disk encoding (SEMANTIC_KV_BITS or
+            # SEMANTIC_KV_DISK_DTYPE changed since; the fingerprint names only the model): recomputed.
+            log.info("session %r was stored under another KV encoding; recomputing it", session_id)
+            snapshot = None
         if snapshot is not None:
             matched = common_prefix_length(prompt[:limit], snapshot.tokens)
             end = len(snapshot.tokens)
@@ -318,7 +323,7 @@ class KVMemory:
             layer: encode_for_disk(*sliding_window_snapshot(cache[layer]), self.disk_dtype)
             for layer in self.layout.sliding_layers
         }
-        snapshot = SessionSnapshot(session_id, tokens, names, tail, windows)
+        snapshot = SessionSnapshot(session_id, tokens, names, tail, windows, self.root)
         return WriteJob(self.fingerprint, snapshot, new_blocks)
 
     def abandon(self, session_id: str | None) -> None:

@@ -61,6 +61,8 @@ class SessionSnapshot:
     chain: list[str]  # block names covering tokens[: len(chain) * block_tokens]
     tail: dict[int, dict[str, np.ndarray]]  # full layers: tokens after the last block, as disk parts
     windows: dict[int, dict[str, np.ndarray]]  # sliding layers: last window at the end, as disk parts
+    # The root block name of the cache layout and disk encoding it was written under ("": not recorded).
+    root: str = ""
 
 
 @dataclass
@@ -166,7 +168,12 @@ def _snapshot(session_id: str, payload, chain: list[str]) -> SessionSnapshot:
     windows = {layer: kv for layer, kv in layers.items() if str(layer) in json.loads(metadata["windows"])}
     tail = {layer: kv for layer, kv in layers.items() if layer not in windows}
     return SessionSnapshot(
-        session_id=session_id, tokens=json.loads(metadata["tokens"]), chain=chain, tail=tail, windows=windows
+        session_id=session_id,
+        tokens=json.loads(metadata["tokens"]),
+        chain=chain,
+        tail=tail,
+        windows=windows,
+        root=metadata.get("root", ""),
     )
 
 
@@ -411,6 +418,7 @@ class WarmTier:
             "session": snapshot.session_id,
             "tokens": json.dumps(snapshot.tokens),
             "windows": json.dumps([str(layer) for layer in snapshot.windows]),
+            "root": snapshot.root,
         }
         payload = _pack(layers, metadata)
         # A new file name per write: a reader holding the old index row still finds the old file.
