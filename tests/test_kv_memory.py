@@ -500,3 +500,36 @@ def test_caches_are_restored_in_the_dtype_a_quantized_model_computes():
     assert kv_dtype(model) == caches[0].keys.dtype == mx.float16
     per_token = sum(cache.nbytes for cache in caches) // caches[0].keys.shape[2]
     assert _kv_bytes_per_token(TINY_LLAMA, model) == per_token
+
+
+def test_bfloat16_caches_are_stored_as_their_own_bits(tmp_path):
+    """A bfloat16 model (a hub model on a GPU) keeps its caches exactly on disk, in as many bytes as
+    float16, which would flush its small values to zero and its large ones to infinity."""
+    import mlx.core as mx
+    from mlx_lm.models import llama
+
+    from engine.kv.layout import decode_from_disk, encode_for_disk
+    from engine.kv.memory import KVMemory
+    from engine.kv.warm import _pack, decode_numpy
+    from tests.conftest import TINY_LLAMA
+
+    mx.random.seed(0)
+    scales = mx.array(10.0) ** mx.random.randint(-12, 8, (2, 3, 40, 64)).astype(mx.float32)
+    keys, values = (mx.random.normal((2, 3, 40, 64)) * scales).astype(mx.bfloat16)
+
+    def round_trip(disk_dtype: str):
+        payload = _pack({0: encode_for_disk(keys, values, disk_dtype)}, {})
+        parts = decode_numpy(b"".join(bytes(chunk) for chunk in payload.chunks))[0][0]
+        return decode_from_disk({name: mx.array(part) for name, part in parts.items()}, mx.bfloat16)
+
+    restored_keys, restored_values = round_trip("bfloat16")
+    assert mx.array_equal(restored_keys, keys) and mx.array_equal(restored_values, values)
+    assert not mx.array_equal(round_trip("float16")[0], keys)
+
+    model = llama.Model(llama.ModelArgs.from_dict(TINY_LLAMA))
+    model.set_dtype(mx.bfloat16)
+    memory = KVMemory(Settings(data_dir=tmp_path, agent_cache_dir=tmp_path / "kv"), "fingerprint", model)
+    try:
+        assert memory.disk_dtype == "bfloat16"
+    finally:
+        memory.close()

@@ -138,7 +138,8 @@ INT8_GROUP = 64
 
 
 def encode_for_disk(keys, values, disk_dtype: str) -> dict[str, np.ndarray]:
-    """(heads, tokens, dim) MLX keys/values as named numpy parts: `k`/`v`, or 8-bit `kq ks kb vq vs vb`.
+    """(heads, tokens, dim) MLX keys/values as named numpy parts: `k`/`v` (float16, float32, or
+    bfloat16 as uint16 bits), or 8-bit `kq ks kb vq vs vb`.
 
     Keys already quantized by the model (SEMANTIC_KV_BITS) are stored as they are.
     """
@@ -157,6 +158,8 @@ def encode_for_disk(keys, values, disk_dtype: str) -> dict[str, np.ndarray]:
             parts.update(
                 {f"{name}q": packed, f"{name}s": scales.astype(mx.float16), f"{name}b": biases.astype(mx.float16)}
             )
+    elif disk_dtype == "bfloat16":  # as its bits: numpy has no bfloat16
+        parts = {"k": keys.astype(mx.bfloat16).view(mx.uint16), "v": values.astype(mx.bfloat16).view(mx.uint16)}
     else:
         dtype = mx.float32 if disk_dtype == "float32" else mx.float16
         parts = {"k": keys.astype(dtype), "v": values.astype(dtype)}
@@ -173,7 +176,10 @@ def decode_from_disk(parts: dict, dtype, quantized: bool = False):
             (parts[f"{name}q"], parts[f"{name}s"].astype(dtype), parts[f"{name}b"].astype(dtype)) for name in ("k", "v")
         )
     if "k" in parts:
-        return parts["k"].astype(dtype), parts["v"].astype(dtype)
+        keys, values = parts["k"], parts["v"]
+        if keys.dtype == mx.uint16:  # bfloat16 bits
+            keys, values = keys.view(mx.bfloat16), values.view(mx.bfloat16)
+        return keys.astype(dtype), values.astype(dtype)
     return tuple(
         mx.dequantize(parts[f"{name}q"], parts[f"{name}s"], parts[f"{name}b"], group_size=INT8_GROUP, bits=8).astype(
             dtype

@@ -96,6 +96,7 @@ class WarmWriter:
 
 class KVMemory:
     def __init__(self, settings, fingerprint: str, model):
+        import mlx.core as mx
 
         self.fingerprint = fingerprint
         self.block_tokens = settings.kv_block_tokens
@@ -103,6 +104,10 @@ class KVMemory:
         self.compute_dtype = kv_dtype(model)
         self.kv_bits = settings.kv_bits
         self.disk_dtype = settings.kv_disk_encoding
+        if self.disk_dtype == "float16" and self.compute_dtype == mx.bfloat16:
+            # float16 would round a bfloat16 cache (its exponent is narrower); bfloat16's own bits take
+            # as many bytes.
+            self.disk_dtype = "bfloat16"
         try:
             self.layout = CacheLayout.of(model, settings.kv_bits, settings.kv_group_size)
             self.disabled_reason = None

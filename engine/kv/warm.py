@@ -44,7 +44,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
-SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I8": np.int8, "U32": np.uint32}
+SAFETENSORS_DTYPES = {
+    "F16": np.float16,
+    "F32": np.float32,
+    "U8": np.uint8,
+    "I8": np.int8,
+    "U16": np.uint16,  # bfloat16 KV parts, as bits
+    "U32": np.uint32,
+}
 SAFETENSORS_NAMES = {np.dtype(dtype): name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
