@@ -148,9 +148,9 @@ def test_gemma3_concurrent_resumes_in_one_batch_match_cold(data_dir, tmp_path):
         assert [r.text for r in resumed] == [cold.generate(greedy(m)).text for m in seconds]
 
 
-def stored_turn(data_dir: Path, cache_dir: Path, session_id: str) -> list[ChatMessage]:
+def stored_turn(data_dir: Path, cache_dir: Path, session_id: str, **settings) -> list[ChatMessage]:
     """A ~700-token first turn of `session_id`, on disk once this returns; its messages."""
-    eng = engine_for(data_dir, cache_dir)
+    eng = engine_for(data_dir, cache_dir, **settings)
     messages = history(700, eng.tokenizer)
     try:
         eng.generate(greedy(messages, session_id))
@@ -450,18 +450,7 @@ def test_session_stored_under_another_kv_encoding_is_recomputed(data_dir, tmp_pa
     """A restart with other SEMANTIC_KV_BITS finds the session's snapshot under the same model
     fingerprint: it is recomputed (restoring 8-bit parts into a 4-bit cache failed every turn)."""
     cache_dir = tmp_path / "kv"
-    eng = engine_for(data_dir, cache_dir, kv_bits=8)
-    try:
-        messages = history(400, eng.tokenizer)
-        first = eng.generate(greedy(messages, "agent"))
-        eng.flush()
-    finally:
-        eng.close()
-    follow_up = [
-        *messages,
-        ChatMessage(role="assistant", content=first.text),
-        ChatMessage(role="user", content="Who kept the log?"),
-    ]
+    follow_up = next_turn(stored_turn(data_dir, cache_dir, "agent", kv_bits=8))
     restarted = engine_for(data_dir, cache_dir, kv_bits=4)
     try:
         resumed = restarted.generate(greedy(follow_up, "agent"))
