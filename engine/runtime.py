@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import sys
 
 _installed = False
@@ -36,8 +37,10 @@ TRIM_THRESHOLD = 1 << 30
 PAGE_IN_PIECE = 16 << 20
 
 
+@functools.cache
 def _glibc():
-    """glibc's C library on Linux; None elsewhere (macOS, musl: no mallopt)."""
+    """glibc's C library on Linux, with malloc's and free's signatures; None elsewhere (macOS, musl:
+    no mallopt)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -47,6 +50,9 @@ def _glibc():
         libc.mallopt  # noqa: B018 - only glibc has it
     except (OSError, AttributeError):
         return None
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
     return libc
 
 
@@ -84,9 +90,6 @@ def page_in_heap(num_bytes: int) -> None:
         return
     import ctypes
 
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
     pieces = []
     try:
         for _ in range(-(-num_bytes // PAGE_IN_PIECE)):
