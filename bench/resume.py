@@ -3,11 +3,11 @@
 For conversation histories of 1k, 2k and 4k tokens and a new 32-token user turn, on the default model:
 cold (full prefill, memory off), hot resume (same process; best of five new turns), warm resume in a
 fresh process (restored from disk, page cache dropped first; best of three processes), and the new turn
-alone as if there were no history (best of five, each beside a hot turn). Also warm restore bandwidth against the
-disk's sequential read speed measured beside it (one large file, best of two reads per history length)
-and against plainly reading the history's own cache files (many block files of a few MB, two readers,
-each file's first 8 bytes and then the rest, as a restore reads them), KV bytes per token hot and on
-disk, and how many bytes 8 agents sharing a 2k-token system prompt occupy.
+alone as if there were no history (best of five, each beside a hot turn). Also warm restore bandwidth
+against the disk's sequential read speed measured beside it (one large file, best of two reads per
+history length) and against plainly reading the history's own cache files (many block files of a few MB,
+two readers, each file's first 8 bytes and then the rest, as a restore reads them), KV bytes per token
+hot and on disk, and how many bytes 8 agents sharing a 2k-token system prompt occupy.
 
 `--json` prints one line: per length the figures plus cold_over_hot, cold_over_warm, hot_over_new_turn,
 restore_mb_s, disk_read_mb_s (and block_files_read_mb_s); the top-level disk_read_mb_s is the fastest
