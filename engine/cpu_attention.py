@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
@@ -95,8 +96,9 @@ def attention(queries, keys, values, scale: float, mask) -> mx.array:
             _apply_mask(view, mask, masks, first, last, start, stop, num_queries)
             view -= view.max(axis=-1, keepdims=True)
             np.exp(view, out=view)
-            # Normalised after the product: one pass over the scores fewer.
-            sums = mx.array(view.sum(axis=-1, keepdims=True))
+            # Normalised after the product: one pass over the scores fewer. (einsum sums a contiguous
+            # row ~3x faster than `sum`, which adds pairwise.)
+            sums = mx.array(np.einsum("...k->...", view)[..., None])
             pending = [(scores @ values[first:last]).reshape(*shape, -1) / sums]
             slabs.extend(pending)
     if len(slabs) > 1:
@@ -110,21 +112,56 @@ def attention(queries, keys, values, scale: float, mask) -> mx.array:
     return out.reshape(batch, num_heads, num_queries, -1)
 
 
+@dataclass(frozen=True)
+class _PaddedCausal:
+    """A boolean mask that is causal and also hides each sequence's first `left[b]` keys (its left
+    padding in a batch): applied by slicing the few masked columns, not by a pass over every score."""
+
+    left: np.ndarray  # (B,)
+
+
 def _mask_view(mask, batch: int, num_kv_heads: int, group: int, num_queries: int, num_keys: int):
-    """An array mask as a numpy view (B, Hkv, group, L, S); None for "causal" or no mask."""
+    """An array mask as a numpy view (B, Hkv, group, L, S), or as a _PaddedCausal when it is one;
+    None for "causal" or no mask. A mask is analysed once: a model's layers share it."""
     if not isinstance(mask, mx.array):
         return None
-    if mask.dtype not in (mx.bool_, mx.float32):
-        mask = mask.astype(mx.float32)  # numpy has no bfloat16
-    mx.eval(mask)
-    full = np.broadcast_to(np.asarray(mask), (batch, num_kv_heads * group, num_queries, num_keys))
-    return full.reshape(batch, num_kv_heads, group, num_queries, num_keys)
+    shape = (batch, num_kv_heads, group, num_queries, num_keys)
+    last = getattr(_thread_state, "last_mask", None)
+    if last is not None and last[0] is mask and last[1] == shape:  # held here until the next mask
+        return last[2]
+    analysed = mask
+    if analysed.dtype not in (mx.bool_, mx.float32):
+        analysed = analysed.astype(mx.float32)  # numpy has no bfloat16
+    mx.eval(analysed)
+    full = np.broadcast_to(np.asarray(analysed), (batch, num_kv_heads * group, num_queries, num_keys))
+    view = _padded_causal(full) or full.reshape(shape)
+    _thread_state.last_mask = (mask, shape, view)
+    return view
+
+
+def _padded_causal(full: np.ndarray) -> _PaddedCausal | None:
+    """`full` (B, H, L, S) as a _PaddedCausal if it is a boolean mask the same for every head, in
+    which query i sees keys left[b] to S - L + i; else None."""
+    batch, _, num_queries, num_keys = full.shape
+    if full.dtype != np.bool_ or full.strides[1] != 0 or num_queries > num_keys:
+        return None
+    per_sequence = full[:, 0]
+    # The last query sees the most keys: its first visible one is the end of the padding.
+    left = np.argmax(per_sequence[:, -1], axis=-1)
+    columns = np.arange(num_keys)
+    causal = columns[None, :] <= np.arange(num_keys - num_queries, num_keys)[:, None]
+    expected = causal[None] & (columns[None, None, :] >= left[:, None, None])
+    return _PaddedCausal(left) if np.array_equal(per_sequence, expected) else None
 
 
 def _apply_mask(scores, mask, masks, first: int, last: int, start: int, stop: int, num_queries: int) -> None:
     """Mask scores (sequences, Hkv, group, rows, S) of sequences first:last, query rows start:stop."""
     num_keys = scores.shape[-1]
-    if isinstance(mask, str):
+    if isinstance(masks, _PaddedCausal):
+        for index, left in enumerate(masks.left[first:last]):
+            if left:
+                scores[index, ..., :left] = MASKED
+    if isinstance(mask, str) or isinstance(masks, _PaddedCausal):
         # Row r may see keys up to S - L + r: only the columns after the slab's first row's last key
         # can be hidden.
         first_column = num_keys - num_queries + start + 1

@@ -50,14 +50,28 @@ def test_numpy_attention_matches_mlx(name):
     assert mx.allclose(got, expected, atol=1e-5, rtol=1e-4).item()
 
 
-def test_a_fully_masked_row_gets_uniform_weights_not_nan():
+@pytest.mark.parametrize("kind", ["boolean", "additive"])
+def test_a_fully_masked_row_gets_uniform_weights_not_nan(kind):
     """Left padding in a batch masks whole rows; their outputs must stay finite, as in MLX."""
     q, k, v = random_qkv(3, 9, 3, 20, 30, 64)
-    mask = mx.where(create_causal_mask(20, 10, left_padding=LEFT_PADDING), 0.0, -mx.inf)
+    mask = create_causal_mask(20, 10, left_padding=LEFT_PADDING)
+    if kind == "additive":
+        mask = mx.where(mask, 0.0, -mx.inf)
     got = cpu_attention.attention(q, k, v, 0.125, mask)
     assert not mx.isnan(got).any().item()
     uniform = mx.mean(v[2], axis=1)  # sequence 2, query 0: every key is padding
     assert mx.allclose(got[2, 0::3, 0], uniform, atol=1e-5).item()
+
+
+def test_a_causal_mask_with_left_padding_is_applied_by_columns():
+    """mlx-lm's batch caches pass causal masks with left padding as arrays: recognised (the masked
+    columns are then set by slicing), and anything else is applied score by score."""
+    padded = create_causal_mask(20, 10, left_padding=LEFT_PADDING)
+    view = cpu_attention._mask_view(padded, 3, 3, 3, 20, 30)
+    assert isinstance(view, cpu_attention._PaddedCausal)
+    assert view.left.tolist() == LEFT_PADDING.tolist()
+    window = create_causal_mask(200, 700, window_size=512)
+    assert not isinstance(cpu_attention._mask_view(window, 1, 1, 4, 200, 900), cpu_attention._PaddedCausal)
 
 
 def test_dispatch_uses_numpy_only_on_threads_that_asked():
