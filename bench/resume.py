@@ -2,7 +2,7 @@
 
 For conversation histories of 1k, 2k and 4k tokens and a new 32-token user turn, on the default model:
 cold (full prefill, memory off), hot resume (same process; best of five new turns), warm resume in a
-fresh process (restored from disk, page cache dropped first; best of three processes), and the new turn
+fresh process (restored from disk, page cache dropped first; best of five processes), and the new turn
 alone as if there were no history (best of five, each beside a hot turn). Also warm restore bandwidth
 against the disk's sequential read speed measured beside it (one large file, best of two reads per
 history length) and against plainly reading the history's own cache files (many block files of a few MB,
@@ -46,7 +46,7 @@ FILLER = (
 # Best-of counts: this machine has slow spells of a few seconds to minutes (every thread ~25% slower);
 # the best of several takes compares both sides of a ratio in the machine's usual state.
 HOT_TAKES = 5
-WARM_PROCESSES = 3
+WARM_PROCESSES = 5
 NEW_TURN = "Given all of that, which three letters should a historian read first, and why? Answer briefly."
 
 
@@ -80,7 +80,7 @@ def drop_page_cache(paths) -> None:
 
 def disk_read_mb_s(directory: Path, size_mb: int = 256, reads: int = 2) -> float:
     """Sequential read speed of a freshly written file with its pages dropped from the cache: the best
-    of `reads` reads, as the restores it is compared with are a best of two."""
+    of `reads` reads, as the restores it is compared with are a best of several."""
     path = directory / "disk-probe.bin"
     block = os.urandom(8 << 20)
     with path.open("wb") as handle:
