@@ -143,7 +143,7 @@ def _padded_causal(full: np.ndarray) -> _PaddedCausal | None:
     """`full` (B, H, L, S) as a _PaddedCausal if it is a boolean mask the same for every head, in
     which query i sees keys left[b] to S - L + i; else None."""
     batch, _, num_queries, num_keys = full.shape
-    if full.dtype != np.bool_ or full.strides[1] != 0 or num_queries > num_keys:
+    if full.dtype != np.bool_ or (full.shape[1] > 1 and full.strides[1] != 0) or num_queries > num_keys:
         return None
     per_sequence = full[:, 0]
     # The last query sees the most keys: its first visible one is the end of the padding.
