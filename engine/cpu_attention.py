@@ -93,7 +93,7 @@ def attention(queries, keys, values, scale: float, mask) -> mx.array:
             scores = q_slab @ keys_t[first:last]
             mx.eval(scores, *pending)
             view = np.asarray(scores).reshape(*shape, num_keys)
-            _apply_mask(view, mask, masks, first, last, start, stop, num_queries)
+            _apply_mask(view, masks, first, last, start, stop, num_queries)
             view -= view.max(axis=-1, keepdims=True)
             np.exp(view, out=view)
             # Normalised after the product: one pass over the scores fewer. (einsum sums a contiguous
@@ -114,15 +114,19 @@ def attention(queries, keys, values, scale: float, mask) -> mx.array:
 
 @dataclass(frozen=True)
 class _PaddedCausal:
-    """A boolean mask that is causal and also hides each sequence's first `left[b]` keys (its left
-    padding in a batch): applied by slicing the few masked columns, not by a pass over every score."""
+    """A causal mask that also hides each sequence's first `left[b]` keys (its left padding in a batch;
+    none for mlx-lm's "causal"): applied by slicing the few masked columns, not by a pass over every
+    score."""
 
     left: np.ndarray  # (B,)
 
 
 def _mask_view(mask, batch: int, num_kv_heads: int, group: int, num_queries: int, num_keys: int):
-    """An array mask as a numpy view (B, Hkv, group, L, S), or as a _PaddedCausal when it is one;
-    None for "causal" or no mask. A mask is analysed once: a model's layers share it."""
+    """The mask as a _PaddedCausal when it is causal (mlx-lm's "causal", or an array from its batch
+    caches); any other array mask as a numpy view (B, Hkv, group, L, S); None for no mask. An array is
+    analysed once: a model's layers share it."""
+    if isinstance(mask, str):
+        return _PaddedCausal(np.zeros(batch, dtype=np.intp))
     if not isinstance(mask, mx.array):
         return None
     shape = (batch, num_kv_heads, group, num_queries, num_keys)
@@ -154,14 +158,13 @@ def _padded_causal(full: np.ndarray) -> _PaddedCausal | None:
     return _PaddedCausal(left) if np.array_equal(per_sequence, expected) else None
 
 
-def _apply_mask(scores, mask, masks, first: int, last: int, start: int, stop: int, num_queries: int) -> None:
+def _apply_mask(scores, masks, first: int, last: int, start: int, stop: int, num_queries: int) -> None:
     """Mask scores (sequences, Hkv, group, rows, S) of sequences first:last, query rows start:stop."""
     num_keys = scores.shape[-1]
     if isinstance(masks, _PaddedCausal):
         for index, left in enumerate(masks.left[first:last]):
             if left:
                 scores[index, ..., :left] = MASKED
-    if isinstance(mask, str) or isinstance(masks, _PaddedCausal):
         # Row r may see keys up to S - L + r: only the columns after the slab's first row's last key
         # can be hidden.
         first_column = num_keys - num_queries + start + 1
