@@ -2,8 +2,8 @@
 
 caller threads                      engine thread (owns MLX)
 --------------                      ------------------------
-submit(request) --> inbox queue --> run_turn(...) --+
-handle.events() <-- handle queue <------------------+  TurnStarted, TurnChunk..., TurnFinished
+submit(request) --> inbox queue --> BatchScheduler (batched) or serve_alone (one at a time)
+handle.events() <-- handle queue <-- Turn (engine/turn.py): TurnStarted, TurnChunk..., TurnFinished
 handle.cancel() --> threading.Event checked after every token
 """
 
@@ -13,14 +13,15 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from engine import blas, runtime
 from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError, RequestError
-from engine.events import TurnEvent, TurnFailed, TurnFinished
+from engine.events import TurnEvent, TurnFinished
 from engine.gguf_import import Progress
+from engine.handle import TurnHandle
 from engine.loader import LoadedModel, ModelInfo, load
 from engine.requests import ChatMessage, GenerationRequest
 from engine.settings import Settings
@@ -28,58 +29,6 @@ from engine.settings import Settings
 log = logging.getLogger(__name__)
 
 _STOP = object()
-
-
-class TurnHandle:
-    """The caller's side of one request: iterate its events, or cancel it."""
-
-    def __init__(self, request: GenerationRequest, on_event: Callable[[TurnEvent], None] | None = None):
-        self.request = request
-        self._events: queue.Queue[TurnEvent] = queue.Queue()
-        self._cancelled = threading.Event()
-        # Called on the engine thread with every event (an asyncio server wakes its loop with it).
-        self._on_event = on_event
-        self._shape = None  # turns a tool-offering turn's text into tool-call events
-
-    def begin(self, loaded: LoadedModel) -> None:
-        """Called on the engine thread as the turn starts on `loaded`."""
-        from engine.tools.stream import output_stream
-
-        self._shape = output_stream(self.request, loaded.tokenizer)
-
-    def _put(self, event: TurnEvent) -> None:
-        for shaped in self._shape(event) if self._shape is not None else (event,):
-            self._events.put(shaped)
-            if self._on_event is not None:
-                try:
-                    self._on_event(shaped)
-                except Exception:  # noqa: BLE001 - a consumer that went away must not stop the engine
-                    log.debug("event listener of %s failed", self.request_id, exc_info=True)
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    def cancel(self) -> None:
-        """Stop generating after the current token; the turn finishes with reason "cancelled"."""
-        self._cancelled.set()
-
-    def events(self, timeout: float | None = None) -> Iterator[TurnEvent]:
-        """Events until (and including) TurnFinished or TurnFailed."""
-        while True:
-            event = self._events.get(timeout=timeout)
-            yield event
-            if isinstance(event, TurnFinished | TurnFailed):
-                return
-
-    def result(self) -> TurnFinished:
-        """Wait for the end of the turn; raise RequestError/EngineError if it failed."""
-        for event in self.events():
-            if isinstance(event, TurnFinished):
-                return event
-            if isinstance(event, TurnFailed):
-                raise (RequestError if event.kind == "request" else EngineError)(event.message)
-        raise EngineError("the turn ended without a result")
 
 
 @dataclass
@@ -240,7 +189,7 @@ class Engine:
 
     def count_tokens(self, request: GenerationRequest) -> int:
         """Prompt tokens of `request` as the current model would see them (no MLX: any thread)."""
-        from engine.generation import render_prompt
+        from engine.prompt import render_prompt
 
         if self._loaded is None:
             raise EngineError("the model is not loaded yet")
@@ -328,7 +277,7 @@ class Engine:
                 self._load_error = EngineError("the engine stopped after an internal error (see its log); restart it")
                 if self._scheduler is not None:
                     for handle in self._scheduler.waiting:
-                        handle._put(TurnFailed(handle.request_id, str(self._load_error), "internal"))
+                        handle.fail(str(self._load_error), "internal")
                     self._scheduler.waiting.clear()
                     self._scheduler.fail_all(str(self._load_error))
             with self._inbox_lock:
@@ -417,7 +366,7 @@ class Engine:
                 job.error = EngineClosed("the engine shut down")
                 job.done.set()
             elif job is not _STOP:
-                job.handle._put(TurnFailed(job.handle.request_id, "the engine shut down", "internal"))
+                job.handle.fail("the engine shut down", "internal")
 
     def _load(self) -> None:
         try:
@@ -472,35 +421,14 @@ class Engine:
         self._hot_view = self.memory.hot_view() if self.memory is not None and self.memory.enabled else None
 
     def _serve(self, handle: TurnHandle) -> None:
-        from engine.generation import run_turn
+        from engine.generation import serve_alone
 
-        put = handle._put
         if self._loaded is None:
-            put(TurnFailed(handle.request_id, str(self._load_error or "no model loaded"), "internal"))
-            return
-        if handle._cancelled.is_set():  # cancelled while it waited: never started
-            put(TurnFailed(handle.request_id, "the request was cancelled before it started", "cancelled"))
+            handle.fail(str(self._load_error or "no model loaded"), "internal")
             return
         self._busy = True
-        handle.begin(self._loaded)
         try:
-            for event in run_turn(
-                self._loaded,
-                handle.request,
-                handle._cancelled,
-                self.settings.mlx_prefill_step_size,
-                stream=self._stream,
-                memory=self.memory,
-                kv_bits=self.settings.kv_bits,
-                kv_group_size=self.settings.kv_group_size,
-                emit=put,
-            ):
-                put(event)
-        except RequestError as exc:
-            put(TurnFailed(handle.request_id, str(exc), "request"))
-        except Exception as exc:  # noqa: BLE001 - report, keep the engine thread alive for others
-            log.exception("generation failed for %s", handle.request_id)
-            put(TurnFailed(handle.request_id, f"generation failed: {exc}", "internal"))
+            serve_alone(handle, self._loaded, self.memory, self._stream, self.settings)
         finally:
             self._busy = False
             self._publish()
@@ -510,7 +438,7 @@ def load_checked(model_id: str, settings: Settings, progress: Progress | None = 
     """Load a model and check it against the settings; every failure is a ModelLoadError."""
     from mlx_lm.models.cache import make_prompt_cache
 
-    from engine.generation import render_prompt
+    from engine.prompt import render_prompt
 
     try:
         loaded = load(model_id, settings.models_path, progress)

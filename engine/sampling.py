@@ -46,3 +46,28 @@ class SeededSampler:
             logprobs = keep(logprobs)
         self.key, draw = mx.random.split(self.key)
         return mx.random.categorical(logprobs * self.inverse_temperature, key=draw)
+
+
+def logits_processors(loaded, request) -> list:
+    """A turn's logits processors: an end-of-turn ban, and the grammar of a constrained turn (a bad
+    schema raises RequestError here, before the turn starts)."""
+    from engine.tools.grammar import constraint_processor
+
+    processors = [ban_tokens(loaded.tokenizer.eos_token_ids)] if request.sampling.ignore_eos else []
+    constraint = constraint_processor(loaded.tokenizer, request)
+    if constraint is not None:
+        processors.append(constraint)
+    return processors
+
+
+def ban_tokens(token_ids):
+    """A logits processor that never lets `token_ids` be sampled."""
+    import mlx.core as mx
+
+    banned = mx.array(sorted(token_ids))
+
+    def processor(tokens, logits):
+        logits[:, banned] = -float("inf")
+        return logits
+
+    return processor

@@ -146,15 +146,15 @@ def test_time_to_first_token_counts_rendering_the_prompt(batch_engine, monkeypat
     """A batched turn's TTFT starts where a turn run alone starts it: before its conversation is
     rendered and tokenized (a long history takes milliseconds), not after. Rendering is slowed down
     here to make that visible."""
-    from engine import scheduler
-
-    real_render = scheduler.render_prompt
+    from engine import prompt, scheduler, turn
 
     def slow_render(loaded, request):
         time.sleep(1.0)
-        return real_render(loaded, request)
+        return prompt.render_prompt(loaded, request)
 
+    # The scheduler renders a waiting request's prompt; a turn renders its own if it was not.
     monkeypatch.setattr(scheduler, "render_prompt", slow_render)
+    monkeypatch.setattr(turn, "render_prompt", slow_render)
     done = batch_engine.generate(ask("What is 2+2?", max_tokens=2, session_id="timed"))
     assert done.timing.ttft_s >= 1.0
 

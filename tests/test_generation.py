@@ -24,7 +24,7 @@ def bare_mlx_lm_text(engine, request: GenerationRequest) -> str:
     from mlx_lm import generate
     from mlx_lm.utils import load
 
-    from engine.generation import render_prompt
+    from engine.prompt import render_prompt
     from engine.loader import LoadedModel
 
     model, tokenizer = load(engine.info.path)

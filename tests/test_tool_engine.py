@@ -14,7 +14,7 @@ import pytest
 
 from engine.engine import Engine
 from engine.events import TurnFailed
-from engine.generation import render_prompt
+from engine.prompt import render_prompt
 from engine.loader import LoadedModel
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolCall, ToolSpec
 from engine.settings import Settings
