@@ -28,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
+import engine  # noqa: E402
+
+engine.setup_process()  # before MLX is imported (the CPU backend loads OpenBLAS)
 from engine.settings import load_settings  # noqa: E402
 
 SYSTEM_FILLER = (

@@ -19,7 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_settings import bench_settings  # noqa: E402
 
-import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
+import engine  # noqa: E402
+
+engine.setup_process()  # before MLX is imported (the CPU backend loads OpenBLAS)
 from engine.engine import Engine  # noqa: E402
 from engine.events import TurnChunk, TurnFinished, TurnStarted  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
@@ -68,7 +70,7 @@ def bare(model, tokenizer, prompt_ids: list[int], max_tokens: int, stream) -> tu
     """The same prompt through mlx_lm.stream_generate directly."""
     from mlx_lm.generate import stream_generate
 
-    from engine.generation import _ban_tokens
+    from engine.sampling import ban_tokens
 
     started = time.perf_counter()
     first = None
@@ -78,7 +80,7 @@ def bare(model, tokenizer, prompt_ids: list[int], max_tokens: int, stream) -> tu
         tokenizer,
         prompt_ids,
         max_tokens=max_tokens,
-        logits_processors=[_ban_tokens(tokenizer.eos_token_ids)],
+        logits_processors=[ban_tokens(tokenizer.eos_token_ids)],
         stream=stream,
     ):
         if first is None:
@@ -103,7 +105,7 @@ def main() -> None:
     import mlx.core as mx
     from mlx_lm.utils import load
 
-    from engine.generation import render_prompt
+    from engine.prompt import render_prompt
 
     with Engine(settings) as eng:
         info = eng.info

@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench_settings import bench_settings  # noqa: E402
 
-import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
+import engine  # noqa: E402
+
+engine.setup_process()  # before MLX is imported (the CPU backend loads OpenBLAS)
 from engine.engine import Engine  # noqa: E402
 from engine.kv.warm import read_file  # noqa: E402
 from engine.loader import ModelInfo  # noqa: E402
@@ -111,6 +113,7 @@ def files_read_mb_s(paths: list[Path]) -> float:
 WARM_CHILD = """
 import json, sys
 import engine
+engine.setup_process()
 from engine.engine import Engine
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings

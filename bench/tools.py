@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_settings import bench_settings  # noqa: E402
 
-import engine  # noqa: E402,F401  (loads OpenBLAS before MLX)
+import engine  # noqa: E402
+
+engine.setup_process()  # before MLX is imported (the CPU backend loads OpenBLAS)
 from engine.engine import Engine  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolSpec  # noqa: E402
 

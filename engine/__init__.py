@@ -1,16 +1,7 @@
-"""agent-memory's engine: model loading, generation and KV memory. Knows nothing of HTTP or UIs."""
+"""agent-memory's engine: model loading, generation and KV memory. Knows nothing of HTTP or UIs.
 
-import os
+Programs that run it call `engine.setup_process()` first (engine/process.py)."""
 
-from engine import blas as _blas
-from engine import runtime as _runtime
+from engine.process import setup_process
 
-# transformers only supplies tokenizers here; its "PyTorch was not found" notice is noise.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-# Before any thread starts (OpenBLAS's included): see engine/runtime.py.
-_runtime.keep_freed_memory()
-# Must happen before any module imports mlx.core: see engine/blas.py.
-_blas.preload()
-# Registered after OpenBLAS's own exit hook, so it runs first (atexit is last-in, first-out).
-_runtime.install_exit_hooks()
+__all__ = ["setup_process"]

@@ -31,3 +31,45 @@ def mlx_version() -> str | None:
         return metadata.version("mlx")
     except metadata.PackageNotFoundError:
         return None
+
+
+class Backend:
+    """What the engine does differently per MLX backend, in one place. This base is the GPUs' (Metal,
+    CUDA): MLX and mlx-lm as they come. The CPU's tuning is engine/cpu/'s CpuBackend."""
+
+    name = "gpu"
+    # GGUF weights are kept 4-bit (re-quantized for MLX) where the backend computes with them fast.
+    gguf_bits: int | None = 4
+    # mlx-lm reads a prompt's last token in a forward pass of its own and computes each next token
+    # before returning the current one: on a GPU that pass overlaps the host's work (pipelining).
+    inline_first_token = False
+
+    def setup_process(self) -> None:
+        """Before MLX is imported and before other threads start (engine.setup_process)."""
+
+    def blas_name(self) -> str:
+        return "accelerate" if sys.platform == "darwin" else "cublas"
+
+    def prepare_model(self, model, config: dict):
+        """The loaded model as this backend computes with it."""
+        return model
+
+    def engine_thread(self, settings):
+        """A context the engine thread runs inside, around all its MLX work."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def after_install(self, loaded, settings) -> None:
+        """The engine thread just started serving `loaded` (a LoadedModel)."""
+
+
+@lru_cache(maxsize=1)
+def current_backend() -> Backend:
+    if installed_backend() == "cpu":
+        from engine.cpu import CpuBackend
+
+        return CpuBackend()
+    backend = Backend()
+    backend.name = installed_backend()
+    return backend

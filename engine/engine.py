@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine import blas, runtime
+from engine.backend import current_backend
 from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError, RequestError
 from engine.events import TurnEvent, TurnFinished
 from engine.gguf_import import Progress
@@ -53,6 +53,9 @@ class Engine:
     batching, engine/scheduler.py) when the model's cache kind allows, else one at a time."""
 
     def __init__(self, settings: Settings, progress: Progress | None = None):
+        from engine.process import setup_process
+
+        setup_process()  # a no-op when the program's entry point did it, as it should (engine/process.py)
         self.settings = settings
         self._progress = progress
         self._inbox: queue.Queue[_Job | object] = queue.Queue()
@@ -257,13 +260,10 @@ class Engine:
     def _run(self) -> None:
         import mlx.core as mx
 
-        from engine import cpu_attention
-
         # Every MLX call on this thread runs on a stream it owns: evaluating on the default or on
         # mlx-lm's thread-local stream off the main thread aborts the process at exit.
         self._stream = mx.new_stream(mx.default_device())
-        cpu_attention.enable_on_this_thread(self.settings.mlx_cpu_attention == "numpy")
-        with mx.stream(self._stream), blas.computing_thread():
+        with mx.stream(self._stream), current_backend().engine_thread(self.settings):
             self._load()
             try:
                 stopping = False
@@ -391,13 +391,7 @@ class Engine:
             from engine.kv.memory import KVMemory
 
             self.memory = KVMemory(self.settings, loaded.info.fingerprint, loaded.model)
-            if loaded.info.backend == "cpu":
-                # Memory for the first caches restored from disk paged in now, at load, rather than by
-                # the restore (engine/runtime.py): at most one full-context cache, within the hot budget.
-                info, settings = loaded.info, self.settings
-                full_context = info.context_length * info.kv_bytes_per_token
-                budget = settings.mlx_cache_budget_mb << 20
-                runtime.page_in_heap(min(settings.kv_page_in_mb << 20, full_context, budget))
+        current_backend().after_install(loaded, self.settings)
         self._install_scheduler(loaded)
         self._publish()
 

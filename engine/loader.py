@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import blas
-from engine.backend import compute_dtype_name, installed_backend
+from engine.backend import compute_dtype_name, current_backend, installed_backend
 from engine.errors import ModelLoadError
 from engine.fingerprint import DigestCache, model_fingerprint
 from engine.gguf_import import Progress, convert_gguf
@@ -54,10 +53,9 @@ def prepare(source: ModelSource, models_path: Path, progress: Progress | None = 
     gguf_path = Path(source.location)
     digests = DigestCache(models_path / "digests.json")
     digest = digests.digest(gguf_path, progress)
-    backend = installed_backend()
-    target = converted_dir(models_path, gguf_path, digest, backend)
+    target = converted_dir(models_path, gguf_path, digest, installed_backend())
     if not (target / "config.json").is_file():
-        convert_gguf(gguf_path, target, None if backend == "cpu" else 4, progress)
+        convert_gguf(gguf_path, target, current_backend().gguf_bits, progress)
     return target
 
 
@@ -76,10 +74,7 @@ def _download(repo_id: str) -> Path:
 
 def load(model_id: str, models_path: Path, progress: Progress | None = None) -> LoadedModel:
     """Runs on the engine thread: it imports and uses MLX."""
-    import mlx.core as mx
-    from mlx_lm.utils import dequantize_model, load_model, load_tokenizer
-
-    from engine import cpu_attention
+    from mlx_lm.utils import load_model, load_tokenizer
 
     source = resolve(model_id, models_path)
     model_dir = prepare(source, models_path, progress)
@@ -91,13 +86,7 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         raise ModelLoadError(f"cannot load the model at {model_dir}: {exc}") from None
     backend = installed_backend()
-    if backend == "cpu":
-        # MLX's CPU kernels are fast only in float32 (see docs/models.md).
-        if "quantization" in config:
-            model = dequantize_model(model)
-        model.set_dtype(mx.float32)
-        mx.eval(model.parameters())
-        cpu_attention.install(model)
+    model = current_backend().prepare_model(model, config)
     if progress:
         progress("loading", 1, 1)
 
@@ -110,8 +99,8 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
         model_type=str(config.get("model_type")),
         fingerprint=model_fingerprint(model_dir, digests, template),
         backend=backend,
-        compute_dtype=compute_dtype_name(backend),
-        blas=blas.state().name,
+        compute_dtype=compute_dtype_name(backend, model),
+        blas=current_backend().blas_name(),
         context_length=_context_length(config, model_dir),
         num_layers=len(model.layers),
         num_parameters=_num_parameters(model),

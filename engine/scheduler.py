@@ -51,7 +51,8 @@ MIN_PREFILL_CHUNK = 64  # tokens per prompt per step, however many prompts share
 
 class BatchScheduler:
     def __init__(self, loaded: LoadedModel, memory, max_batch_size: int, prefill_step_size: int, stream):
-        from engine.batch_generator import LeanBatchGenerator
+        from engine.backend import current_backend
+        from engine.mlx_lm_ext import make_batch_generator
 
         self.loaded = loaded
         self.memory = memory
@@ -59,8 +60,9 @@ class BatchScheduler:
         self.prefill_step_size = prefill_step_size
         self.waiting: deque = deque()  # TurnHandles in arrival order
         self.active: dict[int, _Sequence] = {}  # by BatchGenerator uid
-        self._new_generator = lambda: LeanBatchGenerator(
+        self._new_generator = lambda: make_batch_generator(
             loaded.model,
+            inline_first_token=current_backend().inline_first_token,
             max_tokens=1,
             completion_batch_size=max_batch_size,
             prefill_batch_size=max_batch_size,

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-import engine  # noqa: F401  (loads OpenBLAS before anything imports MLX)
+import engine
 from engine.engine import Engine
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
+
+engine.setup_process()  # before anything imports MLX (the CPU backend loads OpenBLAS)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 
-import engine  # noqa: F401
+import engine
 from engine.engine import Engine
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
+
+engine.setup_process()
 
 SESSIONS = ("s0", "s1", "s2", "s3")
 

@@ -1,4 +1,4 @@
-"""engine/batch_generator.py on a tiny random Llama: the same greedy tokens as mlx-lm's BatchGenerator
+"""engine/mlx_lm_ext/batch_generator.py on a tiny random Llama: the same greedy tokens as mlx-lm's BatchGenerator
 while sequences join and leave, on the CPU the first token from the pass that reads the prompt's end
 and each token reported right after its own forward pass, and a lone resumed cache written in place
 instead of copied."""
@@ -11,7 +11,9 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models import llama
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from engine.batch_generator import LeanBatchGenerator
+from engine.backend import current_backend
+from engine.mlx_lm_ext import WRITTEN_FOR, make_batch_generator
+from engine.mlx_lm_ext.batch_generator import LeanBatchGenerator as _Lean
 from tests.conftest import TINY_LLAMA
 
 # Tokens below 512 only: a small vocabulary keeps every forward pass cheap.
@@ -20,6 +22,10 @@ CONFIG = {**TINY_LLAMA, "vocab_size": 512}
 # order of passes and tokens; the rest holds on both).
 STREAM = mx.default_stream(mx.default_device())
 ON_CPU = STREAM.device == mx.cpu
+
+
+def LeanBatchGenerator(*args, **kwargs):  # noqa: N802 - stands for the class, as the engine's backend sets it up
+    return _Lean(*args, inline_first_token=current_backend().inline_first_token, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +150,21 @@ def test_a_lone_resumed_cache_grows_in_place(model):
     assert isinstance(finished.prompt_cache[0], KVCache)
     # On the CPU the last token is not fed yet (the next turn prefills it); a GPU feeds it ahead.
     assert finished.prompt_cache[0].offset == 6000 + 40 + (7 if ON_CPU else 8)
+
+
+def test_the_engine_uses_ours_on_the_mlx_lm_it_was_written_for_and_mlx_lms_own_otherwise(model, monkeypatch):
+    from importlib import metadata
+
+    from engine import mlx_lm_ext
+
+    assert metadata.version("mlx-lm").startswith(WRITTEN_FOR)  # the pinned version: ours is tested here
+    assert isinstance(make_batch_generator(model, inline_first_token=ON_CPU, max_tokens=1, stream=STREAM), _Lean)
+    mlx_lm_ext._lean_class.cache_clear()
+    monkeypatch.setattr(metadata, "version", lambda name: "0.99.0")
+    try:
+        fallback = make_batch_generator(model, inline_first_token=ON_CPU, max_tokens=1, stream=STREAM)
+        assert type(fallback) is BatchGenerator
+        fallback.close()
+    finally:
+        monkeypatch.undo()
+        mlx_lm_ext._lean_class.cache_clear()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.backend import installed_backend
-from engine.blas import OPENBLAS_CANDIDATES
+from engine.cpu.blas import OPENBLAS_CANDIDATES
 from tests.conftest import REPO_ROOT, run_cli
 
 HAVE_OPENBLAS = any(Path(p).exists() for p in OPENBLAS_CANDIDATES)
@@ -19,8 +19,9 @@ linux_cpu = pytest.mark.skipif(
 )
 
 PROBE = (
-    "import engine, mlx.core as mx\n"
-    "from engine import blas\n"
+    "import engine; engine.setup_process()\n"
+    "import mlx.core as mx\n"
+    "from engine.cpu import blas\n"
     "a = mx.ones((64, 64)); mx.eval(a @ a)\n"
     "maps = open('/proc/self/maps').read()\n"
     "print(blas.state().name, 'libopenblas' in maps)\n"
@@ -63,8 +64,9 @@ def test_chat_warns_once_without_a_fast_blas(default_engine):
 
 
 PARK_PROBE = (
-    "import os, engine, mlx.core as mx\n"
-    "from engine import blas\n"
+    "import os, engine; engine.setup_process()\n"
+    "import mlx.core as mx\n"
+    "from engine.cpu import blas\n"
     "def threads(): return len(os.listdir('/proc/self/task'))\n"
     "a = mx.ones((512, 512)); mx.eval(a @ a)\n"
     "working = threads()\n"

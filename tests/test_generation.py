@@ -24,8 +24,8 @@ def bare_mlx_lm_text(engine, request: GenerationRequest) -> str:
     from mlx_lm import generate
     from mlx_lm.utils import load
 
-    from engine.prompt import render_prompt
     from engine.loader import LoadedModel
+    from engine.prompt import render_prompt
 
     model, tokenizer = load(engine.info.path)
     model.set_dtype(__import__("mlx.core").core.float32)

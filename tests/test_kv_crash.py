@@ -76,6 +76,7 @@ import json, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 import engine
+engine.setup_process()
 from engine.engine import Engine
 from engine.settings import Settings
 from tests.kv_writer_child import request

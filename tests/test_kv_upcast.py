@@ -1,12 +1,12 @@
-"""engine/kv/upcast.py: float16 → float32 bit for bit what numpy's cast gives, into strided targets."""
+"""engine/cpu/upcast.py: float16 → float32 bit for bit what numpy's cast gives, into strided targets."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.kv import upcast
-from engine.kv.upcast import float16_into_float32
+from engine.cpu import upcast
+from engine.cpu.upcast import float16_into_float32
 
 
 def test_every_float16_converts_exactly():

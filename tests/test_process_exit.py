@@ -1,7 +1,7 @@
 """A process that used MLX on two engine threads and on its main thread exits with status 0.
 
 mlx 0.32 can crash at exit (compile-cache destructors after finalization, OpenBLAS workers racing
-MLX's teardown); engine/runtime.py and engine/blas.py prevent it. Without the
+MLX's teardown); engine/process.py and engine/cpu/blas.py prevent it. Without the
 exit hook this script segfaults every time.
 """
 
@@ -17,6 +17,7 @@ from tests.conftest import REPO_ROOT
 SCRIPT = """
 import sys
 import engine
+engine.setup_process()
 from engine.engine import Engine
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engine.engine import Engine
-from engine.prompt import render_prompt
 from engine.loader import LoadedModel
+from engine.prompt import render_prompt
 from engine.prompt_tokens import PromptEncoder
 from engine.requests import ChatMessage, GenerationRequest
 from engine.settings import Settings

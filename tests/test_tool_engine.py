@@ -14,8 +14,8 @@ import pytest
 
 from engine.engine import Engine
 from engine.events import TurnFailed
-from engine.prompt import render_prompt
 from engine.loader import LoadedModel
+from engine.prompt import render_prompt
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolCall, ToolSpec
 from engine.settings import Settings
 from engine.tools.formats import FALLBACK, tool_format

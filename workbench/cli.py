@@ -52,6 +52,13 @@ def settings_or_exit(**overrides):
         raise fail(str(exc)) from None
 
 
+def runs_the_engine() -> None:
+    """This process will run the engine: set it up before anything imports MLX (engine/process.py)."""
+    import engine
+
+    engine.setup_process()
+
+
 @app.command()
 def version() -> None:
     """Print the version, the MLX backend, its compute dtype and whether a fast BLAS is active."""
@@ -81,6 +88,7 @@ def chat(
     model: ModelOption = None,
 ) -> None:
     """Chat with an agent; its conversation is kept under --session and resumed next time."""
+    runs_the_engine()
     from workbench.chat import ChatOptions, run_chat
 
     settings = settings_or_exit(mlx_model_id=model)
@@ -126,6 +134,7 @@ def tui(
 
         source = RemoteSource(connect, api_key=api_key, admin_key=admin_key)
     else:
+        runs_the_engine()
         from workbench.tui.source import LocalSource
 
         source = LocalSource(settings_or_exit(mlx_model_id=model))
@@ -139,6 +148,7 @@ def serve(
     model: ModelOption = None,
 ) -> None:
     """Serve the Anthropic, OpenAI and agent APIs over HTTP (one process, one model in memory)."""
+    runs_the_engine()
     from workbench.serve_cmd import run_server
 
     raise typer.Exit(run_server(settings_or_exit(mlx_model_id=model), host, port))
@@ -151,6 +161,7 @@ def batch(
     model: ModelOption = None,
 ) -> None:
     """Run many requests through the batching scheduler; a rerun skips jobs already in the output."""
+    runs_the_engine()
     from workbench.batch_cmd import run_batch
 
     raise typer.Exit(run_batch(settings_or_exit(mlx_model_id=model), jobs, output))

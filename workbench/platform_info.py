@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def platform_summary() -> dict[str, str]:
-    from engine import blas
     from engine.backend import compute_dtype_name, installed_backend, mlx_version
+    from engine.cpu import blas
 
     state = blas.state()
     blas_text = f"{state.name} ({'fast' if state.fast else 'slow'})"
@@ -20,7 +20,7 @@ def platform_summary() -> dict[str, str]:
 
 
 def blas_warning() -> str | None:
-    from engine import blas
+    from engine.cpu import blas
 
     state = blas.state()
     return None if state.fast else blas.HOW_TO_GET_OPENBLAS

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.cpu.restore import restore_float32
 from engine.kv.blocks import block_names, common_prefix_length, root_name
 from engine.kv.hot import HotEntry, HotPool
 from engine.kv.layout import (
@@ -38,7 +39,6 @@ from engine.kv.layout import (
     kv_dtype,
     sliding_window_snapshot,
 )
-from engine.kv.restore import restore_float32
 from engine.kv.warm import MissingBlock, SessionSnapshot, WarmTier, WriteJob
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
-"""mlx-lm's BatchGenerator with fewer copies of a lone sequence's KV cache and, on the CPU, no forward
-pass that a token waits for without needing it.
+"""mlx-lm's BatchGenerator with fewer copies of a lone sequence's KV cache and, where evaluation is
+inline (the CPU), no forward pass that a token waits for without needing it.
 
 Copies. mlx-lm 0.32 copies a sequence's whole cache three times per turn even when it runs alone (for a
 resumed agent with 4k cached tokens, ~200 MB of float32 each): `merge` copies the cache into a new
@@ -163,7 +163,7 @@ class _GenerationBatch(GenerationBatch):
 
 
 class LeanBatchGenerator(BatchGenerator):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, inline_first_token: bool = False, **kwargs):
         import mlx.core as mx
 
         super().__init__(*args, **kwargs)
@@ -171,11 +171,11 @@ class LeanBatchGenerator(BatchGenerator):
         # both live as long as the generator.
         self._prompt_batch.__class__ = _PromptBatch
         self._generation_batch.__class__ = _GenerationBatch
-        self._generation_batch.evaluates_inline = self._stream.device == mx.cpu
-        # On the CPU, a prompt's first token comes from the chunk that reads its last token, instead
-        # of one more forward pass over that token alone (mlx-lm's way, which every turn waits for).
+        self._generation_batch.evaluates_inline = inline_first_token
+        # With inline evaluation, a prompt's first token comes from the chunk that reads its last token,
+        # instead of one more forward pass over that token alone (mlx-lm's way, which every turn waits for).
         with mx.stream(self._stream):
-            self._head = _split_head(self.model) if self._generation_batch.evaluates_inline else None
+            self._head = _split_head(self.model) if inline_first_token else None
 
     def _make_batch(self, n: int):
         if n != 1:

@@ -1,5 +1,5 @@
 """Memory paged in at model load serves the arrays MLX allocates afterwards, on any thread, without
-page faults (engine/runtime.py): what makes a warm restore in a fresh process read-bound."""
+page faults (engine/cpu/heap.py): what makes a warm restore in a fresh process read-bound."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from tests.conftest import REPO_ROOT
 SCRIPT = """
 import json, resource, sys
 import engine
-from engine import runtime
+engine.setup_process()
+from engine.cpu import heap
 import mlx.core as mx
 
 if sys.argv[1] == "paged-in":
-    runtime.page_in_heap(160 << 20)
+    heap.page_in_heap(160 << 20)
 stream = mx.new_stream(mx.cpu)  # evaluated on its own thread, as the engine's are
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 arrays = [mx.zeros((3, 4096, 64), stream=stream) for _ in range(40)]  # 120 MB in 3 MB arrays

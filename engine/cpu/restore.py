@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from engine.cpu.upcast import float16_into_float32
 from engine.kv.layout import INT8_GROUP, decode_from_disk
-from engine.kv.upcast import float16_into_float32
 from engine.kv.warm import WarmTier
 
 
@@ -41,7 +41,7 @@ def restore_float32(
     disk parts by layer). Raises MissingBlock when a block is missing or damaged."""
     import mlx.core as mx
 
-    from engine import blas
+    from engine.cpu import blas
 
     # OpenBLAS's workers still spin after the last forward pass (the one at load, or the last turn):
     # on two cores they took 20-230 ms of CPU time from a 4k restore; parked, its median went 95 -> 77 ms.
