@@ -1,4 +1,4 @@
-"""Which MLX backend is installed and which compute dtype it gets, without importing MLX."""
+"""Which MLX backend is installed and which compute dtype it gets (without importing MLX unless a model is given)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,27 @@ def installed_backend() -> str:
     return "cpu"
 
 
-def compute_dtype_name(backend: str | None = None) -> str:
-    """MLX's CPU kernels are fast only in float32; GPUs keep 4-bit weights."""
-    return "float32" if (backend or installed_backend()) == "cpu" else "q4"
+def compute_dtype_name(backend: str | None = None, model=None) -> str:
+    """The dtype a model computes in: float32 on the CPU (MLX's CPU kernels are fast only in float32, so
+    the loader converts every model), else the loaded `model`'s own floating dtype, e.g. "bfloat16" or
+    "float16 (4-bit weights)". Without a model, what a GPU backend does in general."""
+    if (backend or installed_backend()) == "cpu":
+        return "float32"
+    if model is None:
+        return "the model's own (a GGUF: float16, 4-bit weights)"
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    floating = next(
+        (
+            str(v.dtype).rpartition(".")[2]
+            for _, v in tree_flatten(model.parameters())
+            if mx.issubdtype(v.dtype, mx.floating)
+        ),
+        "float32",
+    )
+    bits = sorted({m.bits for m in model.modules() if isinstance(getattr(m, "bits", None), int)})
+    return f"{floating} ({'/'.join(map(str, bits))}-bit weights)" if bits else floating
 
 
 def mlx_version() -> str | None:
