@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Named GPU bench steps under one deadline, run from the project root (docs/benchmarks.md has the recipe).
+#
+#   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
+#
+# Steps: info build gen_bf16 gen_q4 resume resume32 agents torch. Each step's stdout goes to
+# $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per start/end to $OUT/log.txt.
+# A step that succeeded is marked under $WORK/done and skipped when a later call on the same warm machine
+# names it again; a step that needs more seconds than the deadline leaves is skipped.
+# Settings (environment): WORK (models, data dir, done marks; default /root/bench), TOK (tokenizer folder,
+# default .gpu-tok), SITE (installed wheels, default /root/site), PY (python3), BUILD_ARGS (extra mkmodel.py
+# arguments, e.g. a tiny model), GL (prefill lengths of bench/generate.py), RL and RL32 (history lengths of
+# bench/resume.py), GEN_ARGS, RESUME_ARGS, AGENT_ARGS, TORCH_ARGS (extra arguments of each bench).
+set -u
+deadline=$1
+shift
+start=$(date +%s)
+: "${OUT:?set OUT to the folder for the results}"
+WORK=${WORK:-/root/bench}
+TOK=${TOK:-.gpu-tok}
+PY=${PY:-python3}
+M8B=$WORK/m8b
+MQ4=$WORK/m8b-q4
+BUILD_ARGS=${BUILD_ARGS:-}
+GL=${GL:-512,4096,16384}
+RL=${RL:-4000,16000}
+RL32=${RL32:-32000}
+GEN_ARGS=${GEN_ARGS:-}
+RESUME_ARGS=${RESUME_ARGS:-}
+AGENT_ARGS=${AGENT_ARGS:-}
+TORCH_ARGS=${TORCH_ARGS:-}
+SITE=${SITE-/root/site}
+export PYTHONPATH=${SITE:+$SITE:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export SEMANTIC_DATA_DIR=$WORK/data
+mkdir -p "$OUT" "$WORK/done" "$SEMANTIC_DATA_DIR"
+log=$OUT/log.txt
+
+left() { echo $((deadline - ($(date +%s) - start))); }
+
+# run_step NAME NEED_S COMMAND...: run COMMAND if NAME is not done yet and NEED_S seconds are left.
+run_step() {
+  local name=$1 need=$2
+  shift 2
+  if [ -e "$WORK/done/$name" ]; then
+    echo "== $name already done" | tee -a "$log"
+    return 0
+  fi
+  local seconds_left
+  seconds_left=$(left)
+  if [ "$seconds_left" -lt "$need" ]; then
+    echo "== skip $name: $seconds_left s left < $need" | tee -a "$log"
+    return 1
+  fi
+  local dest=$OUT/$name.json
+  case $name in info | build) dest=$OUT/setup.txt ;; esac
+  echo "== $name start $(date +%T) ($seconds_left s left): $*" | tee -a "$log"
+  local t0 rc limit=$((seconds_left > 40 ? seconds_left - 20 : seconds_left))
+  local before
+  before=$(stat -c %s "$dest" 2>/dev/null || echo 0)
+  t0=$(date +%s)
+  timeout -k 10 "$limit" "$@" >>"$dest" 2>>"$log"
+  rc=$?
+  echo "== $name rc=$rc took $(($(date +%s) - t0)) s" | tee -a "$log"
+  tail -c +$((before + 1)) "$dest" | tail -c 2000  # this step's output only
+  [ $rc -eq 0 ] && touch "$WORK/done/$name"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/   gpu memory after: /'
+  fi
+  return $rc
+}
+
+for step in "$@"; do
+  case $step in
+  info)
+    run_step info 10 bash -c "command -v nvidia-smi >/dev/null && nvidia-smi; free -g; df -h $WORK /tmp; $PY bench/gpu/info.py"
+    ;;
+  build)
+    # shellcheck disable=SC2086  # BUILD_ARGS holds several arguments
+    run_step build 150 "$PY" bench/gpu/mkmodel.py --tok "$TOK" --out "$M8B" --q4-out "$MQ4" $BUILD_ARGS
+    ;;
+  gen_bf16)
+    # shellcheck disable=SC2086
+    run_step gen_bf16 200 "$PY" bench/generate.py --model "$M8B" --prompt-lengths "$GL" --json $GEN_ARGS
+    ;;
+  gen_q4)
+    # shellcheck disable=SC2086
+    run_step gen_q4 150 "$PY" bench/generate.py --model "$MQ4" --prompt-lengths "$GL" --json $GEN_ARGS
+    ;;
+  resume)
+    # shellcheck disable=SC2086
+    run_step resume 300 "$PY" bench/resume.py --model "$M8B" --lengths "$RL" --json $RESUME_ARGS
+    ;;
+  resume32)
+    # A 32k-token bf16 history of the 8B shapes is 4.2 GB of KV: more than the default hot budget.
+    # shellcheck disable=SC2086
+    run_step resume32 240 env SEMANTIC_MLX_CACHE_BUDGET_MB=16384 \
+      "$PY" bench/resume.py --model "$M8B" --lengths "$RL32" --json $RESUME_ARGS
+    ;;
+  agents)
+    # shellcheck disable=SC2086
+    run_step agents 240 env SEMANTIC_MLX_MODEL_ID="$M8B" "$PY" bench/agents.py --json $AGENT_ARGS
+    ;;
+  torch)
+    # shellcheck disable=SC2086
+    run_step torch 150 "$PY" bench/gpu/torch_anchor.py $TORCH_ARGS
+    ;;
+  *)
+    echo "== unknown step $step (steps: info build gen_bf16 gen_q4 resume resume32 agents torch)" | tee -a "$log"
+    ;;
+  esac
+done
+echo "== end, $(left) s left of the deadline" | tee -a "$log"
