@@ -19,7 +19,7 @@ from sanic.response import json as json_response
 
 from api.errors import ApiError, error_body, is_anthropic
 from api.metrics import Metrics
-from api.routes import admin, agents, anthropic, openai, system
+from api.routes import admin, agents, anthropic, openai, responses, system
 from api.state import ServerState
 from engine.errors import EngineClosed, EngineError, ModelLoadError, RequestError
 from engine.settings import Settings
@@ -41,7 +41,7 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     # SIGTERM/SIGINT: stop accepting, give running requests this long, then cancel them.
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_grace_s
     app.ctx.server = ServerState(settings, engine, Metrics(lambda: engine))
-    for blueprint in (system.bp, anthropic.bp, openai.bp, agents.bp, admin.bp):
+    for blueprint in (system.bp, anthropic.bp, openai.bp, responses.bp, agents.bp, admin.bp):
         app.blueprint(blueprint)
 
     @app.before_server_start

@@ -10,14 +10,25 @@ from pydantic.json_schema import models_json_schema
 from api.schemas.agents import AgentMessageRequest, SwapRequest
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest
 from api.schemas.openai import ChatCompletionRequest
+from api.schemas.responses import ResponsesRequest
 
-REQUEST_MODELS = [MessagesRequest, CountTokensRequest, ChatCompletionRequest, AgentMessageRequest, SwapRequest]
+REQUEST_MODELS = [
+    MessagesRequest,
+    CountTokensRequest,
+    ChatCompletionRequest,
+    ResponsesRequest,
+    AgentMessageRequest,
+    SwapRequest,
+]
 
 # (method, path, tag, summary, request model, streams)
 ROUTES = [
     ("post", "/v1/messages", "Anthropic", "Create a message (Anthropic Messages)", MessagesRequest, True),
     ("post", "/v1/messages/count_tokens", "Anthropic", "Count a request's input tokens", CountTokensRequest, False),
     ("post", "/v1/chat/completions", "OpenAI", "Create a chat completion", ChatCompletionRequest, True),
+    ("post", "/v1/responses", "OpenAI", "Create a response (OpenAI Responses)", ResponsesRequest, True),
+    ("get", "/v1/responses/{response_id}", "OpenAI", "A stored response", None, False),
+    ("delete", "/v1/responses/{response_id}", "OpenAI", "Delete a stored response", None, False),
     ("get", "/v1/models", "Models", "List models (Anthropic shape with an anthropic-version header)", None, False),
     ("get", "/v1/models/{model_id}", "Models", "One model", None, False),
     ("get", "/v1/agents", "Agents", "List agents: turns, tokens, cache tier, bytes, last use", None, False),
@@ -54,7 +65,7 @@ def openapi_document(app_version: str) -> dict:
         }
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in ("model_id", "agent_id")
+            for name in ("model_id", "agent_id", "response_id")
             if "{" + name + "}" in path
         ]
         if parameters:

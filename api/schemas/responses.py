@@ -1,0 +1,159 @@
+"""OpenAI Responses request bodies. Unknown fields are accepted and ignored (clients add new ones often)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from engine.requests import TOOL_NAME_PATTERN
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Open):
+    """A piece of a message or of a tool's output; only text parts can be read by the models served here."""
+
+    type: Literal["input_text", "output_text", "refusal", "input_image", "input_file", "input_audio"]
+    text: str | None = None
+    refusal: str | None = None
+
+
+class MessageItem(_Open):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ContentPart]
+
+
+class FunctionCallItem(_Open):
+    """A call the model made earlier, sent back by the client."""
+
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str = "{}"
+    namespace: str | None = None
+
+
+class FunctionCallOutputItem(_Open):
+    """A call's result."""
+
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[ContentPart]
+
+
+class ReasoningItem(_Open):
+    """The model's reasoning from an earlier turn: not sent back to it (the models served here have none)."""
+
+    type: Literal["reasoning"]
+
+
+def _item_type(value: Any) -> str | None:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ITEM_TYPES else None
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")],
+    Discriminator(
+        _item_type,
+        custom_error_type="item_type",
+        custom_error_message="the item type must be message, function_call, function_call_output or reasoning",
+    ),
+]
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+
+
+class FunctionTool(_Open):
+    type: Literal["function"]
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamespaceTool(_Open):
+    """A named group of function tools (Codex sends one); its functions are offered like any other."""
+
+    type: Literal["namespace"]
+    name: str
+    description: str | None = None
+    tools: list[FunctionTool | dict[str, Any]] = Field(default_factory=list)
+
+
+class HostedTool(_Open):
+    """A tool that runs at OpenAI (web_search, file_search, …) or a custom tool: accepted, not offered."""
+
+    type: str
+
+
+def _tool_type(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("function", "namespace") else "hosted"
+
+
+Tool = Annotated[
+    Annotated[FunctionTool, Tag("function")]
+    | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[HostedTool, Tag("hosted")],
+    Discriminator(_tool_type),
+]
+
+
+class FunctionChoice(_Open):
+    type: Literal["function"]
+    name: str
+
+
+class AllowedTools(_Open):
+    """`{"type": "allowed_tools", "mode": "auto" | "required", "tools": [{"type": "function", "name"}, …]}`"""
+
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]]
+
+
+class TextFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextConfig(_Open):
+    format: TextFormat | None = None
+    verbosity: str | None = None
+
+
+class ResponsesRequest(_Open):
+    """POST /v1/responses"""
+
+    model: str = Field(min_length=1)
+    input: str | list[InputItem] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stream: bool = False
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | AllowedTools | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    metadata: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    background: bool | None = None
+    conversation: str | dict[str, Any] | None = None
+    # Accepted and ignored: the models served here do not reason, and the context is never truncated.
+    reasoning: dict[str, Any] | None = None
+    include: list[str] | None = None
+    truncation: str | None = None
