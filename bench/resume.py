@@ -10,8 +10,9 @@ two readers, each file's first 8 bytes and then the rest, as a restore reads the
 hot and on disk, and how many bytes 8 agents sharing a 2k-token system prompt occupy.
 
 `--json` prints one line: per length the figures plus cold_over_hot, cold_over_warm, hot_over_new_turn,
-restore_mb_s, disk_read_mb_s (and block_files_read_mb_s); the top-level disk_read_mb_s is the fastest
-probe. The temporary caches are removed at the end.
+restore_mb_s (warm_restored_bytes, the sizes of the files the restore read, over warm_restore_s),
+disk_read_mb_s (and block_files_read_mb_s); the top-level disk_read_mb_s is the fastest probe. The
+temporary caches are removed at the end.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +39,7 @@ import engine  # noqa: E402
 
 engine.setup_process()  # before MLX is imported (the CPU backend loads OpenBLAS)
 from engine.engine import Engine  # noqa: E402
-from engine.kv.warm import read_file  # noqa: E402
+from engine.kv.warm import read_file, session_key  # noqa: E402
 from engine.loader import ModelInfo  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
 from engine.settings import Settings  # noqa: E402
@@ -110,6 +113,48 @@ def files_read_mb_s(paths: list[Path]) -> float:
     return total / 1e6 / (time.perf_counter() - started)
 
 
+def session_files(cache_dir: Path, session_id: str) -> tuple[int, list[int]]:
+    """(bytes of the session's snapshot file, bytes of each block file of its chain in order) on disk, found
+    through the warm tier's index (layout in engine/kv/warm.py): the files a warm resume of it reads."""
+    with closing(sqlite3.connect(cache_dir / "index.sqlite")) as index:
+        row = index.execute("SELECT file, chain FROM sessions WHERE key=?", (session_key(session_id),)).fetchone()
+        if row is None:
+            return 0, []
+        file, chain = row[0], json.loads(row[1])
+        marks = ",".join("?" * len(chain))
+        block_files = dict(index.execute(f"SELECT name, file FROM blocks WHERE name IN ({marks})", chain))
+    blocks = [(cache_dir / block_files[name]).stat().st_size for name in chain if name in block_files]
+    return (cache_dir / file).stat().st_size, blocks
+
+
+def restored_bytes(files: tuple[int, list[int]], reused_tokens: int, block_tokens: int) -> int:
+    """Bytes a restore of `reused_tokens` reads: the whole snapshot file, and the chain's blocks that
+    cover those tokens (the last one partly used but read whole)."""
+    snapshot_bytes, block_bytes = files
+    return snapshot_bytes + sum(block_bytes[: -(-reused_tokens // block_tokens)])
+
+
+def kv_values_per_token(info: ModelInfo) -> int:
+    """Key and value elements one token adds to the cache, from the model's config.json (as the loader
+    counts kv_bytes_per_token), so disk sizes do not depend on the compute dtype."""
+    config = json.loads((Path(info.path) / "config.json").read_text())
+    config = {**config.get("text_config", {}), **config}
+    heads = config.get("num_attention_heads", 1)
+    kv_heads = config.get("num_key_value_heads", heads)
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    return 2 * info.num_layers * kv_heads * head_dim
+
+
+def disk_bytes_per_token(values_per_token: int, settings: Settings) -> float:
+    """What the warm tier stores per token in the configured encoding (SEMANTIC_KV_DISK_DTYPE, or the
+    quantized KV cache's own with SEMANTIC_KV_BITS): float16 and bfloat16 caches are stored in 2 bytes a
+    value, a quantized one in its bits plus a 2-byte scale and bias per group."""
+    if settings.kv_bits:
+        return values_per_token * (settings.kv_bits / 8 + 4 / settings.kv_group_size)
+    per_value = {"float16": 2, "float32": 4, "int8": 1 + 4 / 64}[settings.kv_disk_dtype]
+    return values_per_token * per_value
+
+
 WARM_CHILD = """
 import json, sys
 import engine
@@ -167,13 +212,14 @@ def shared_prompt_bytes(settings: Settings, tokenizer_engine: Engine) -> dict:
         eng.flush()
         stats = eng.memory_stats()
         kv_per_token_hot = eng.info.kv_bytes_per_token
+        kv_per_token_disk = disk_bytes_per_token(kv_values_per_token(eng.info), settings)
         hot_used = stats["hot"]["used_bytes"]
         warm_bytes = stats["warm"]["bytes"]
         entries = eng.call(lambda e: [len(x.tokens) for x in e.memory.hot.entries()])
     one_agent_tokens = max(entries)
     distinct = sum(n - tokens_system for n in entries) - (one_agent_tokens - tokens_system)
     ideal_hot = (one_agent_tokens + distinct) * kv_per_token_hot
-    ideal_disk = (one_agent_tokens + distinct) * kv_per_token_hot // 2
+    ideal_disk = (one_agent_tokens + distinct) * kv_per_token_disk
     return {
         "agents": 8,
         "system_prompt_tokens": tokens_system,
@@ -232,12 +278,15 @@ def measure(settings: Settings, scratch: Path, lengths: list[int]) -> tuple[dict
             for final in finals:
                 # Listed each time: every turn replaces its session's snapshot file.
                 drop_page_cache(list(cache_dir.rglob("*.safetensors")))
-                warm_runs.append(warm_resume(run_settings, final, session))
+                files = session_files(cache_dir, session)
+                run = warm_resume(run_settings, final, session)
+                run["restored_bytes"] = restored_bytes(files, run["reused"], settings.kv_block_tokens)
+                warm_runs.append(run)
             files_mb_s = max(files_read_mb_s(list(cache_dir.rglob("*.safetensors"))) for _ in range(2))
             # The disk beside the restores it is compared with: its speed drifts over minutes.
             probes.append(disk_read_mb_s(scratch))
             warm = min(warm_runs, key=lambda run: run["ttft_s"])
-            restored_bytes = warm["reused"] * info.kv_bytes_per_token // 2
+            restored = warm["restored_bytes"] if warm["source"] == "warm" else 0
             results[str(length)] = {
                 "prompt_tokens": hot.usage.prompt_tokens,
                 "cold_ttft_s": round(cold_s, 4),
@@ -247,11 +296,14 @@ def measure(settings: Settings, scratch: Path, lengths: list[int]) -> tuple[dict
                 "warm_source": warm["source"],
                 "warm_reused_tokens": warm["reused"],
                 "warm_restore_s": round(warm["restore_s"], 4),
+                "warm_restored_bytes": restored,
                 "new_turn_alone_ttft_s": round(new_turn_s, 4),
                 "cold_over_hot": round(cold_s / hot.timing.ttft_s, 1),
                 "cold_over_warm": round(cold_s / warm["ttft_s"], 1),
                 "hot_over_new_turn": round(hot.timing.ttft_s / new_turn_s, 2),
-                "restore_mb_s": round(restored_bytes / 1e6 / warm["restore_s"], 1) if warm["restore_s"] else None,
+                "restore_mb_s": round(restored / 1e6 / warm["restore_s"], 1)
+                if restored and warm["restore_s"]
+                else None,
                 "block_files_read_mb_s": round(files_mb_s, 1),
                 "disk_read_mb_s": round(probes[-1], 1),
             }
@@ -276,6 +328,7 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    values = kv_values_per_token(info)
     summary = {
         "model": info.model_id,
         "backend": info.backend,
@@ -283,9 +336,9 @@ def main() -> None:
         "lengths": results,
         "bytes_per_token": {
             "hot": info.kv_bytes_per_token,
-            "disk_fp16": info.kv_bytes_per_token // 2,
+            "disk_fp16": values * 2,
             # 8 bits per value plus a float16 scale and bias per group of 64 values.
-            "disk_8bit": info.kv_bytes_per_token // 4 * (64 + 4) // 64,
+            "disk_8bit": values * (64 + 4) // 64,
         },
         "shared_system_prompt": shared,
         "disk_read_mb_s": round(disk_mb_s, 1),
