@@ -230,7 +230,9 @@ def shared_prompt_bytes(settings: Settings, tokenizer_engine: Engine) -> dict:
     }
 
 
-def measure(settings: Settings, scratch: Path, lengths: list[int]) -> tuple[dict, float, dict, ModelInfo]:
+def measure(
+    settings: Settings, scratch: Path, lengths: list[int], warm_processes: int = WARM_PROCESSES
+) -> tuple[dict, float, dict, ModelInfo]:
     """Per history length, the figures of one row; then the disk's read speed (the fastest probe), the
     shared-prompt line and the model's info."""
     results: dict = {}
@@ -270,7 +272,7 @@ def measure(settings: Settings, scratch: Path, lengths: list[int]) -> tuple[dict
                     ChatMessage(role="assistant", content="(no answer)"),
                     ChatMessage(role="user", content=f"Round {round_}. {NEW_TURN}"),
                 ]
-                for round_ in range(1, WARM_PROCESSES + 1)
+                for round_ in range(1, warm_processes + 1)
             ]
             cold_s = cold_engine.generate(request(finals[0])).timing.ttft_s
             warm_runs = []
@@ -316,6 +318,9 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--lengths", default="1000,2000,4000")
     parser.add_argument("--data-dir", default=None, help="default: SEMANTIC_DATA_DIR or a temp dir")
+    parser.add_argument(
+        "--warm-processes", type=int, default=WARM_PROCESSES, help="fresh processes per warm measure (best of)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -324,7 +329,9 @@ def main() -> None:
     settings = base.model_copy(update={"agent_cache_dir": scratch / "kv"})
 
     try:
-        results, disk_mb_s, shared, info = measure(settings, scratch, [int(n) for n in args.lengths.split(",")])
+        results, disk_mb_s, shared, info = measure(
+            settings, scratch, [int(n) for n in args.lengths.split(",")], args.warm_processes
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

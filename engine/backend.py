@@ -51,6 +51,9 @@ def mlx_version() -> str | None:
         return None
 
 
+GPU_SWITCH_INTERVAL_S = 0.0002
+
+
 class Backend:
     """What the engine does differently per MLX backend, in one place. This base is the GPUs' (Metal,
     CUDA): MLX and mlx-lm as they come. The CPU's tuning is engine/cpu/'s CpuBackend."""
@@ -61,9 +64,15 @@ class Backend:
     # mlx-lm reads a prompt's last token in a forward pass of its own and computes each next token
     # before returning the current one: on a GPU that pass overlaps the host's work (pipelining).
     inline_first_token = False
+    # Prompt tokens per forward pass (mlx-lm's default): long enough to keep a GPU busy.
+    prefill_step_size = 2048
 
     def setup_process(self) -> None:
         """Before MLX is imported and before other threads start (engine.setup_process)."""
+        # The engine thread holds the GIL while MLX waits for the GPU; a thread that reads its events
+        # (a server's loop, a client) then waits the whole switch interval (5 ms by default) for it,
+        # and the GPU idles while the two hand it back and forth (docs/benchmarks.md has the figures).
+        sys.setswitchinterval(GPU_SWITCH_INTERVAL_S)
 
     def blas_name(self) -> str:
         return "accelerate" if sys.platform == "darwin" else "cublas"
@@ -80,6 +89,11 @@ class Backend:
 
     def after_install(self, loaded, settings) -> None:
         """The engine thread just started serving `loaded` (a LoadedModel)."""
+
+
+def prefill_step_size(settings) -> int:
+    """Prompt tokens per prefill step: SEMANTIC_MLX_PREFILL_STEP_SIZE, else the backend's own."""
+    return settings.mlx_prefill_step_size or current_backend().prefill_step_size
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.backend import current_backend
+from engine.backend import current_backend, prefill_step_size
 from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError, RequestError
 from engine.events import TurnEvent, TurnFinished
 from engine.gguf_import import Progress
@@ -403,9 +403,8 @@ class Engine:
             self._scheduler.close()
         self._scheduler = None
         if self.settings.mlx_max_batch_size > 1 and can_batch(loaded.model, self.settings.kv_bits):
-            self._scheduler = BatchScheduler(
-                loaded, self.memory, self.settings.mlx_max_batch_size, self.settings.mlx_prefill_step_size, self._stream
-            )
+            step = prefill_step_size(self.settings)
+            self._scheduler = BatchScheduler(loaded, self.memory, self.settings.mlx_max_batch_size, step, self._stream)
             self._scheduler.waiting.extend(waiting)
         else:
             for handle in waiting:  # requests accepted for the old model run one at a time now

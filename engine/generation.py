@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from engine.backend import prefill_step_size
 from engine.errors import RequestError
 from engine.handle import TurnHandle
 from engine.loader import LoadedModel
@@ -57,7 +58,7 @@ def _generate(turn: Turn, loaded: LoadedModel, stream, settings: Settings) -> st
         sampler=request_sampler(turn.request.sampling),
         logits_processors=turn.processors or None,
         prompt_cache=turn.cache,
-        prefill_step_size=settings.mlx_prefill_step_size,
+        prefill_step_size=prefill_step_size(settings),
         prompt_progress_callback=turn.progress,
         # Quantized from the first token, so a restored QuantizedKVCache and a cold one agree.
         **(

@@ -37,11 +37,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, le=3600, description="Seconds running requests get to finish on SIGTERM/SIGINT."
     )
-    mlx_prefill_step_size: int = Field(
-        default=512,
+    mlx_prefill_step_size: int | None = Field(
+        default=None,
         ge=16,
         le=65536,
-        description="Prompt tokens processed per step, shared by the prompts being prefilled (at least 64 each).",
+        description="Prompt tokens processed per step, shared by the prompts being prefilled (at least 64 each); "
+        "unset: the backend's own (512 on the CPU, 2048 on GPUs).",
     )
     mlx_cpu_attention: Literal["numpy", "mlx"] = Field(
         default="numpy",

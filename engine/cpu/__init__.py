@@ -16,6 +16,8 @@ class CpuBackend(Backend):
     # On the CPU `mx.async_eval` computes inline: mlx-lm's pipelining would make every token wait for
     # the next one's forward pass, so the chunk that reads a prompt's last token yields its first token.
     inline_first_token = True
+    # A chunk's activations stay in the CPU's caches (docs/models.md).
+    prefill_step_size = 512
 
     def setup_process(self) -> None:
         from engine.cpu import blas, heap

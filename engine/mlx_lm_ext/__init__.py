@@ -1,7 +1,8 @@
 """The one place the engine reaches inside mlx-lm: batch_generator.py subclasses private parts of
-mlx-lm's BatchGenerator. It is written against the mlx-lm version below; under any other the engine
-runs mlx-lm's own BatchGenerator (correct, with more cache copies and, on the CPU, a slower first
-token) instead of failing on a missing private name. tests/test_batch_generator.py compares the two."""
+mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention. Both are
+written against the mlx-lm version below; under any other the engine runs mlx-lm's own BatchGenerator
+(correct, with more cache copies, explicit masks and, on the CPU, a slower first token) instead of
+failing on a missing private name. tests/test_batch_generator.py compares the two."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ def _lean_class():
         log.warning("mlx-lm %s is not %sx: using mlx-lm's own BatchGenerator", version, WRITTEN_FOR)
         return None
     try:
+        from engine.mlx_lm_ext import masks
         from engine.mlx_lm_ext.batch_generator import LeanBatchGenerator
     except (ImportError, AttributeError) as exc:
         log.warning("mlx-lm %s lacks what engine/mlx_lm_ext needs (%s): using its own BatchGenerator", version, exc)
         return None
+    masks.install()
     return LeanBatchGenerator
