@@ -45,6 +45,14 @@ class Metrics:
         self.cache_hits = Counter(
             "agent_memory_cache_hits", "Turns by where their KV prefix came from.", ["tier"], registry=self.registry
         )
+        self.cache_decisions = Counter(
+            "agent_memory_cache_decisions",
+            "Turns by how their prompt was reached: restore, recompute or partial (engine/kv/cost.py).",
+            ["decision"],
+            registry=self.registry,
+        )
+        for decision in ("restore", "recompute", "partial"):
+            self.cache_decisions.labels(decision)
         self.tool_calls = Counter(
             "agent_memory_tool_calls",
             "Tool calls the model wrote: valid ones, and invalid ones returned as text.",
@@ -60,6 +68,7 @@ class Metrics:
         self.cached_tokens.inc(finished.usage.cached_tokens)
         self.generated_tokens.inc(finished.usage.completion_tokens)
         self.cache_hits.labels(finished.cache.source).inc()
+        self.cache_decisions.labels(finished.cache.decision).inc()
         self.tool_calls.labels("valid").inc(len(finished.tool_calls))
         self.tool_calls.labels("invalid").inc(finished.invalid_tool_calls)
         if finished.finish_reason != "cancelled":

@@ -62,6 +62,8 @@ def turn_summary(finished: TurnFinished) -> dict:
             "source": finished.cache.source,
             "reused_tokens": finished.cache.reused_tokens,
             "restore_s": round(finished.cache.restore_s, 4),
+            "decision": finished.cache.decision,
+            "estimate_s": round(finished.cache.estimate_s, 4),
         },
         "timing": {
             "ttft_s": round(finished.timing.ttft_s, 4),

@@ -22,6 +22,9 @@ class CacheReport:
     source: str = "cold"  # "cold" | "hot" | "warm"
     reused_tokens: int = 0
     restore_s: float = 0.0
+    # "restore", "recompute" or "partial" (engine/kv/cost.py) and that choice's estimated seconds
+    decision: str = "recompute"
+    estimate_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -141,8 +141,11 @@ class Turn:
             return
         if cache is None:
             memory.abandon(self.session_id)
-        else:
-            memory.release(self.session_id, self.prompt + self.generated_ids, cache)
+            return
+        if self.first_token_at is not None:
+            prefill_s = self.first_token_at - self.started_at - self.report.restore_s
+            memory.observe_prefill(len(self.new_tokens), len(self.prompt), prefill_s)
+        memory.release(self.session_id, self.prompt + self.generated_ids, cache)
 
 
 def prepare_turn(
@@ -161,7 +164,12 @@ def prepare_turn(
     processors = logits_processors(loaded, request)  # before the cache is taken: this may raise
     if memory is not None:
         restored = memory.acquire(request.session_id, prompt)
-        cache, report = restored.cache, CacheReport(restored.source, restored.reused_tokens, restored.restore_s)
+        cache, report = (
+            restored.cache,
+            CacheReport(
+                restored.source, restored.reused_tokens, restored.restore_s, restored.decision, restored.estimate_s
+            ),
+        )
     else:
         cache, report = make_prompt_cache(loaded.model), CacheReport()
     stops = TextStateMachine({"normal": [(stop, None) for stop in request.stop]} if request.stop else None)

@@ -45,7 +45,8 @@ def test_session_continues_in_a_new_process(cli_data_dir):
     one = json.loads(first.stdout)
     assert one["session"] == "alice" and "Paris" in one["text"]
     assert set(one) == {"session", "text", "finish_reason", "usage", "cache", "timing"}
-    assert one["cache"] == {"source": "cold", "reused_tokens": 0}
+    # A fresh process has measured nothing yet: no estimate, and a cold turn recomputes.
+    assert one["cache"] == {"source": "cold", "reused_tokens": 0, "decision": "recompute", "estimate_s": 0.0}
     assert one["usage"]["cached_tokens"] == 0
 
     second = run_cli("chat", "-s", "alice", "-t", "0", "--json", "And of Italy?", data_dir=cli_data_dir)
@@ -54,7 +55,7 @@ def test_session_continues_in_a_new_process(cli_data_dir):
     assert "Rome" in two["text"]
     # The second prompt carries the whole first exchange, read back from disk in this new process.
     assert two["usage"]["prompt_tokens"] > one["usage"]["prompt_tokens"] + one["usage"]["completion_tokens"]
-    assert two["cache"]["source"] == "warm"
+    assert two["cache"]["source"] == "warm" and two["cache"]["decision"] == "restore"
     assert two["usage"]["cached_tokens"] == two["cache"]["reused_tokens"] > one["usage"]["prompt_tokens"]
 
     listing = run_cli("agents", "ls", "--json", data_dir=cli_data_dir)

@@ -152,7 +152,12 @@ def json_result(session_id: str, finished: TurnFinished) -> dict:
             "completion_tokens": finished.usage.completion_tokens,
             "cached_tokens": finished.usage.cached_tokens,
         },
-        "cache": {"source": finished.cache.source, "reused_tokens": finished.cache.reused_tokens},
+        "cache": {
+            "source": finished.cache.source,
+            "reused_tokens": finished.cache.reused_tokens,
+            "decision": finished.cache.decision,
+            "estimate_s": round(finished.cache.estimate_s, 4),
+        },
         **(
             {"tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in finished.tool_calls]}
             if finished.tool_calls

@@ -27,6 +27,7 @@ import numpy as np
 
 from engine.cpu.restore import restore_float32
 from engine.kv.blocks import block_names, common_prefix_length, root_name
+from engine.kv.cost import CostModel, Plan
 from engine.kv.hot import HotEntry, HotPool
 from engine.kv.layout import (
     CacheLayout,
@@ -53,6 +54,11 @@ class Restored:
     reused_tokens: int
     source: str  # "cold" | "hot" | "warm"
     restore_s: float
+    # "restore" (a cache was used), "recompute" (the whole prompt is prefilled) or "partial" (the first
+    # warm blocks were read, the rest is prefilled), with its estimated seconds (engine/kv/cost.py; 0.0
+    # when it was not estimated)
+    decision: str = "recompute"
+    estimate_s: float = 0.0
 
 
 class WarmWriter:
@@ -129,6 +135,7 @@ class KVMemory:
         self.warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb, clean_up=True)
         self.writer = WarmWriter(self.warm)
         self.hits = {"hot": 0, "warm": 0, "cold": 0}
+        self.cost = CostModel()
 
     @property
     def enabled(self) -> bool:
@@ -160,22 +167,50 @@ class KVMemory:
             matched = common_prefix_length(prompt[:limit], own.tokens)
             if matched > 0 and _trim(own.cache, len(own.tokens) - matched):
                 self.hits["hot"] += 1
-                return Restored(own.cache, matched, "hot", time.perf_counter() - started)
+                return Restored(own.cache, matched, "hot", time.perf_counter() - started, "restore")
             # Unusable as is; its turns are on disk already.
 
         candidates = [self._from_other_hot(key, prompt, limit), self._from_warm(session_id, prompt, limit)]
+        decision, estimate_s = "recompute", self.cost.prefill_s(0, len(prompt)) or 0.0
         # Longest match first; one that cannot be built (damaged, wrapped window) yields to the next.
-        for matched, source, build in sorted((c for c in candidates if c), key=lambda c: c[0], reverse=True):
+        for matched, source, build, partial_ok in sorted((c for c in candidates if c), key=lambda c: -c[0]):
+            plan = self.cost.plan(source, matched, len(prompt), self.block_tokens) if source == "warm" else None
+            if plan is not None and plan.decision == "partial" and not partial_ok:
+                plan = min(
+                    (Plan("recompute", 0, estimate_s), Plan("restore", matched, plan.estimate_s)),
+                    key=lambda option: option.estimate_s,
+                )
+            if plan is not None:
+                log.info(
+                    "%r: %s from the warm tier (%d of %d tokens cached): est. %.3f s, recompute est. %.3f s",
+                    key,
+                    plan.decision,
+                    matched,
+                    len(prompt),
+                    plan.estimate_s,
+                    estimate_s,
+                )
+                if plan.decision == "recompute":
+                    continue
+                matched = plan.restore_tokens
             try:
-                cache = build()
+                cache = build(matched)
             except Exception:  # noqa: BLE001 - a damaged entry means recompute, never a failed request
                 log.exception("restoring %s KV for %r failed; trying the next source", source, key)
                 cache = None
             if cache is not None:
                 self.hits[source] += 1
-                return Restored(cache, matched, source, time.perf_counter() - started)
+                restore_s = time.perf_counter() - started
+                if source == "warm":
+                    self.cost.observe_restore(source, matched, restore_s)
+                decision = plan.decision if plan is not None else "restore"
+                return Restored(cache, matched, source, restore_s, decision, plan.estimate_s if plan else 0.0)
         self.hits["cold"] += 1
-        return Restored(make_prompt_cache(self.model), 0, "cold", time.perf_counter() - started)
+        return Restored(make_prompt_cache(self.model), 0, "cold", time.perf_counter() - started, decision, estimate_s)
+
+    def observe_prefill(self, new_tokens: int, context_tokens: int, seconds: float) -> None:
+        """A turn prefilled `new_tokens` in `seconds`, ending at `context_tokens`: the cost model learns."""
+        self.cost.observe_prefill(new_tokens, context_tokens, seconds)
 
     def _from_other_hot(self, key: str, prompt: list[int], limit: int):
         best_entry, best_match = None, 0
@@ -187,7 +222,7 @@ class KVMemory:
                 best_entry, best_match = entry, matched
         if best_entry is None:
             return None
-        return best_match, "hot", lambda: self.hot.prefix_cache(best_entry, best_match)
+        return best_match, "hot", lambda tokens: self.hot.prefix_cache(best_entry, tokens), False
 
     def _from_warm(self, session_id: str | None, prompt: list[int], limit: int):
         if not self.warm.enabled:
@@ -204,14 +239,22 @@ class KVMemory:
             window = self.layout.min_window
             usable = window is None or matched == end or end < window
             if matched > 0 and usable:
-                return matched, "warm", lambda: self._build_from_snapshot(snapshot, matched, len(prompt))
+                # A prefix of it ends in the middle of the sliding windows: partial only without them.
+                build = lambda tokens: self._build_from_snapshot(snapshot, tokens, len(prompt))  # noqa: E731
+                return matched, "warm", build, window is None
         if not self.layout.resumable_everywhere():
             return None
         names = block_names(prompt[:limit], self.root, self.block_tokens)
         count = self.warm.has_blocks(self.fingerprint, names)
         if count == 0:
             return None
-        return count * self.block_tokens, "warm", lambda: self._build_from_blocks(names[:count], len(prompt))
+        block = self.block_tokens
+        return (
+            count * block,
+            "warm",
+            lambda tokens: self._build_from_blocks(names[: tokens // block], len(prompt)),
+            True,
+        )
 
     def _build_from_blocks(self, names: list[str], prompt_tokens: int):
         tokens = len(names) * self.block_tokens

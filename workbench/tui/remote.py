@@ -202,7 +202,13 @@ def _finished(request_id: str, data: dict) -> TurnFinished:
         text=data["content"],
         finish_reason=data["finish_reason"],
         usage=Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["cached_tokens"]),
-        cache=CacheReport(cache["source"], cache["reused_tokens"], cache["restore_s"]),
+        cache=CacheReport(
+            cache["source"],
+            cache["reused_tokens"],
+            cache["restore_s"],
+            cache.get("decision", "recompute"),
+            cache.get("estimate_s", 0.0),
+        ),
         timing=Timing(
             timing["ttft_s"], timing["prefill_tokens_per_s"], timing["decode_tokens_per_s"], timing["total_s"]
         ),
