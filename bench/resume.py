@@ -9,7 +9,9 @@ history length) and against plainly reading the history's own cache files (many 
 two readers, each file's first 8 bytes and then the rest, as a restore reads them), KV bytes per token
 hot and on disk, and how many bytes 8 agents sharing a 2k-token system prompt occupy.
 
-`--json` prints one line: per length the figures plus cold_over_hot, cold_over_warm, hot_over_new_turn,
+`--json` prints one line: per length the figures plus warm_decision (the engine's choice in the fastest
+warm process: restore, recompute or partial), restore_over_recompute (its estimates of the two, from the
+speeds it measured and kept), cold_over_hot, cold_over_warm, hot_over_new_turn,
 restore_mb_s (warm_restored_bytes, the sizes of the files the restore read, over warm_restore_s),
 disk_read_mb_s (and block_files_read_mb_s); the top-level disk_read_mb_s is the fastest probe. The
 temporary caches are removed at the end.
@@ -39,6 +41,7 @@ import engine  # noqa: E402
 
 engine.setup_process()  # before MLX is imported (the CPU backend loads OpenBLAS)
 from engine.engine import Engine  # noqa: E402
+from engine.kv.cost import CostModel  # noqa: E402
 from engine.kv.warm import read_file, session_key  # noqa: E402
 from engine.loader import ModelInfo  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
@@ -169,7 +172,8 @@ with Engine(settings) as eng:
     done = eng.generate(GenerationRequest(messages=messages, session_id=session_id, max_tokens=1,
                                           sampling=SamplingParams(temperature=0.0)))
 print(json.dumps({"ttft_s": done.timing.ttft_s, "source": done.cache.source,
-                  "reused": done.cache.reused_tokens, "restore_s": done.cache.restore_s}))
+                  "reused": done.cache.reused_tokens, "restore_s": done.cache.restore_s,
+                  "decision": done.cache.decision, "prompt_tokens": done.usage.prompt_tokens}))
 """
 
 
@@ -288,6 +292,10 @@ def measure(
             # The disk beside the restores it is compared with: its speed drifts over minutes.
             probes.append(disk_read_mb_s(scratch))
             warm = min(warm_runs, key=lambda run: run["ttft_s"])
+            # The engine's own estimates each way, from the speeds its processes measured and kept.
+            speeds = CostModel.load(cache_dir / "speeds.json", f"{info.fingerprint}|{info.backend}")
+            # The stored history is at least the hot turn's prompt; the warm prompt extends it.
+            estimates = speeds.estimates("warm", hot.usage.prompt_tokens, warm["prompt_tokens"])
             restored = warm["restored_bytes"] if warm["source"] == "warm" else 0
             results[str(length)] = {
                 "prompt_tokens": hot.usage.prompt_tokens,
@@ -299,6 +307,8 @@ def measure(
                 "warm_reused_tokens": warm["reused"],
                 "warm_restore_s": round(warm["restore_s"], 4),
                 "warm_restored_bytes": restored,
+                "warm_decision": warm.get("decision"),
+                "restore_over_recompute": round(estimates[0] / estimates[1], 3) if estimates else None,
                 "new_turn_alone_ttft_s": round(new_turn_s, 4),
                 "cold_over_hot": round(cold_s / hot.timing.ttft_s, 1),
                 "cold_over_warm": round(cold_s / warm["ttft_s"], 1),

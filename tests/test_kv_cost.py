@@ -74,3 +74,17 @@ def test_a_resume_that_restores_slower_than_it_recomputes_recomputes(data_dir, t
         assert eng.generate(greedy(again, "slow-disk")).cache.decision == "restore"
     finally:
         eng.close()
+
+
+def test_speeds_are_kept_for_the_next_process_by_model_and_backend(tmp_path):
+    path = tmp_path / "speeds.json"
+    measured = CostModel()
+    measured.observe_prefill(4000, 4000, 1.0)
+    measured.observe_restore("warm", 4000, 0.2)
+    measured.save(path, "model-a|cuda")
+    CostModel().save(path, "model-b|cpu")
+    again = CostModel.load(path, "model-a|cuda")
+    assert again.plan("warm", 4096, 4200, 256) == measured.plan("warm", 4096, 4200, 256)
+    assert CostModel.load(path, "model-b|cpu").plan("warm", 4096, 4200, 256) is None
+    path.write_text("{not json")
+    assert CostModel.load(path, "model-a|cuda").plan("warm", 4096, 4200, 256) is None

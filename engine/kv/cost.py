@@ -1,5 +1,5 @@
-"""Restore or recompute: what a resume from the warm tier costs each way, from speeds this process
-measured, so a warm resume is never slower than reading the prompt again.
+"""Restore or recompute: what a resume from the warm tier costs each way, from speeds measured on this
+machine, so a warm resume is never slower than reading the prompt again.
 
     recompute      prefill every prompt token
     restore        read the cached tokens' blocks, prefill the rest
@@ -9,15 +9,24 @@ Prefill speed depends on the context a token is read in (attention grows with it
 context-length bucket (powers of two), learned from every turn's prefill. Restore speed is kept per
 tier in seconds per token (the blocks' bytes per token are fixed for a model and encoding), learned
 from every restore. Until both are measured, the engine restores (what it did before it measured).
+The speeds are kept beside the warm tier (`speeds.json`, by model fingerprint and backend), so a
+restarted server decides its first resumes on what the last one measured.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+from engine.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SMOOTHING = 0.3  # weight of the newest measurement in a running average
-MIN_PREFILL_TOKENS = 32  # shorter prefills are mostly fixed costs: not a speed to learn from
+MIN_PREFILL_TOKENS = 256  # shorter prefills are mostly a forward pass's fixed cost: not a speed per token
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,35 @@ class CostModel:
         if tokens > 0 and seconds > 0:
             _average(self._restore_s_per_token, tier, seconds / tokens)
 
+    # -- kept on disk ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path, key: str) -> CostModel:
+        """The speeds stored under `key` in `path` (none if it is missing or unreadable)."""
+        model = cls()
+        try:
+            stored = json.loads(path.read_text()).get(key) or {}
+            model._prefill_s_per_token = {int(k): float(v) for k, v in stored.get("prefill_s_per_token", {}).items()}
+            model._restore_s_per_token = {str(k): float(v) for k, v in stored.get("restore_s_per_token", {}).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            model = cls()
+        return model
+
+    def save(self, path: Path, key: str) -> None:
+        """Store the speeds under `key` in `path`, beside other keys' (other models, backends)."""
+        try:
+            try:
+                stored = json.loads(path.read_text())
+                stored = stored if isinstance(stored, dict) else {}
+            except (OSError, ValueError):
+                stored = {}
+            stored[key] = {
+                "prefill_s_per_token": {str(k): v for k, v in sorted(self._prefill_s_per_token.items())},
+                "restore_s_per_token": dict(self._restore_s_per_token),
+            }
+            atomic_write_text(path, json.dumps(stored, indent=1))
+        except OSError as exc:  # a read-only or full disk: the speeds are measured again next time
+            log.warning("could not keep the measured speeds in %s: %s", path, exc)
+
     # -- estimates -------------------------------------------------------------------------------
     def prefill_s(self, start: int, end: int) -> float | None:
         """Seconds to prefill tokens start..end after `start` cached ones; None before any measurement."""
@@ -53,6 +91,14 @@ class CostModel:
             total += (high - low) * self._rate(_bucket(high))
             low = high
         return total
+
+    def estimates(self, tier: str, cached_tokens: int, prompt_tokens: int) -> tuple[float, float] | None:
+        """(restore all, recompute all) estimated seconds; None while a speed is unmeasured."""
+        per_token = self._restore_s_per_token.get(tier)
+        recompute = self.prefill_s(0, prompt_tokens)
+        if per_token is None or recompute is None:
+            return None
+        return cached_tokens * per_token + self.prefill_s(cached_tokens, prompt_tokens), recompute
 
     def plan(self, tier: str, cached_tokens: int, prompt_tokens: int, block_tokens: int) -> Plan | None:
         """The cheapest way to a prompt of `prompt_tokens` of which `cached_tokens` sit in `tier`; None

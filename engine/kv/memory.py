@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.backend import installed_backend
 from engine.cpu.restore import restore_float32
 from engine.kv.blocks import block_names, common_prefix_length, root_name
 from engine.kv.cost import CostModel, Plan
@@ -135,7 +136,9 @@ class KVMemory:
         self.warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb, clean_up=True)
         self.writer = WarmWriter(self.warm)
         self.hits = {"hot": 0, "warm": 0, "cold": 0}
-        self.cost = CostModel()
+        self._speeds_path = settings.cache_path / "speeds.json"
+        self._speeds_key = f"{fingerprint}|{installed_backend()}"
+        self.cost = CostModel.load(self._speeds_path, self._speeds_key)
 
     @property
     def enabled(self) -> bool:
@@ -391,6 +394,8 @@ class KVMemory:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+        if self.warm.writable:
+            self.cost.save(self._speeds_path, self._speeds_key)
 
     def stats(self) -> dict:
         self.writer.flush()
