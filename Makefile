@@ -30,6 +30,22 @@ openblas:
 		fi; \
 	fi
 
+# Agent CLIs the tests drive (Codex CLI), installed into .clients, not globally. Without npm or the
+# registry their tests are skipped with the reason.
+CLIENTS_DIR := .clients
+NPM_CLIENTS := @openai/codex
+CLIENTS_STAMP := $(CLIENTS_DIR)/.installed
+
+clients: $(CLIENTS_STAMP)
+
+$(CLIENTS_STAMP): Makefile
+	@if command -v npm >/dev/null; then \
+		npm install --prefix $(CLIENTS_DIR) --no-audit --no-fund --loglevel=error $(NPM_CLIENTS) && touch $@ \
+			|| echo "warning: could not install $(NPM_CLIENTS); the tests that drive them will be skipped"; \
+	else \
+		echo "warning: npm not found; the tests that drive $(NPM_CLIENTS) will be skipped"; \
+	fi
+
 run: setup
 	$(BIN)/agent-memory tui --session demo
 
@@ -41,11 +57,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: setup lint
+test: setup clients lint
 	$(BIN)/pytest -q
 
 bench: setup
 	$(BIN)/python bench/generate.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(CLIENTS_DIR) .pytest_cache .ruff_cache *.egg-info
