@@ -290,6 +290,21 @@ def test_namespace_functions_are_offered_and_hosted_tools_ignored(client):
     assert call.name == "define" and call.namespace == "dictionary"
 
 
+def test_allowed_tools_limit_a_required_call(client):
+    clock = {**WEATHER, "name": "get_time", "description": "Current time in a timezone."}
+    response = client.responses.create(
+        model="x",
+        input="What's the weather in Paris?",
+        tools=[WEATHER, clock],
+        tool_choice={"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_time"}]},
+        parallel_tool_calls=False,
+        max_output_tokens=40,
+        temperature=0,
+        store=False,
+    )
+    assert [item.name for item in response.output] == ["get_time"]
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [

@@ -539,8 +539,7 @@ class _OutputEvents:
 
 @bp.get("/<response_id:str>")
 async def get_response(request, response_id: str):
-    response_id = unquote(response_id)
-    request.app.ctx.server.ready_engine()
+    response_id = unquote(response_id)  # stored responses are read without the engine (also while it loads)
     stored = _stored(_store(request), response_id)
     if stored is None:
         raise ApiError(404, f"Response with id '{response_id}' not found.", param="response_id")
@@ -550,7 +549,6 @@ async def get_response(request, response_id: str):
 @bp.delete("/<response_id:str>")
 async def delete_response(request, response_id: str):
     response_id = unquote(response_id)
-    request.app.ctx.server.ready_engine()
     if not await asyncio.to_thread(_store(request).delete, response_id):
         raise ApiError(404, f"Response with id '{response_id}' not found.", param="response_id")
     return json_response({"id": response_id, "object": "response", "deleted": True})
