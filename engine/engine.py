@@ -24,6 +24,7 @@ from engine.gguf_import import Progress
 from engine.handle import TurnHandle
 from engine.loader import LoadedModel, ModelInfo, load
 from engine.requests import ChatMessage, GenerationRequest
+from engine.sampling import repair_random_state
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,7 @@ class Engine:
             job.result = job.function(self)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             job.error = exc
+            repair_random_state()
         finally:
             try:
                 self._publish()

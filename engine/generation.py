@@ -10,7 +10,7 @@ from engine.backend import prefill_step_size
 from engine.errors import RequestError
 from engine.handle import TurnHandle
 from engine.loader import LoadedModel
-from engine.sampling import request_sampler
+from engine.sampling import repair_random_state, request_sampler
 from engine.settings import Settings
 from engine.turn import Turn, prepare_turn
 
@@ -36,6 +36,7 @@ def serve_alone(handle: TurnHandle, loaded: LoadedModel, memory, stream, setting
         reason = _generate(turn, loaded, stream, settings)
     except Exception as exc:  # noqa: BLE001 - report, keep the engine thread alive for others
         log.exception("generation failed for %s", handle.request_id)
+        repair_random_state()
         if memory is not None:
             memory.abandon(turn.session_id)
         handle.fail(f"generation failed: {exc}", "internal")

@@ -29,6 +29,7 @@ class ModelInfo:
     num_layers: int
     num_parameters: int
     kv_bytes_per_token: int
+    vocab_size: int = 0  # logits per token (0: unknown)
 
 
 @dataclass
@@ -105,6 +106,7 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
         num_layers=len(model.layers),
         num_parameters=_num_parameters(model),
         kv_bytes_per_token=_kv_bytes_per_token(config, model),
+        vocab_size=int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0),
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, prompt_encoder=PromptEncoder(tokenizer))
 

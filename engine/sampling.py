@@ -48,6 +48,28 @@ class SeededSampler:
         return mx.random.categorical(logprobs * self.inverse_temperature, key=draw)
 
 
+def check_sampling(params: SamplingParams, vocab_size: int) -> None:
+    """Raise RequestError for settings this model cannot sample with (mlx-lm's top-k needs k below the
+    vocabulary size, and fails inside a compiled function otherwise)."""
+    from engine.errors import RequestError
+
+    if vocab_size and params.top_k >= vocab_size:
+        raise RequestError(f"top_k must be below the model's vocabulary size ({vocab_size}); got {params.top_k}")
+
+
+def repair_random_state() -> None:
+    """After a failed MLX call: a sampler that failed while mx.compile traced it leaves MLX's global random
+    key without a value, and every later unseeded draw would fail. Such a key is replaced."""
+    import os
+
+    import mlx.core as mx
+
+    try:
+        mx.eval(mx.random.state)
+    except Exception:  # noqa: BLE001 - any failure to evaluate it means it is broken
+        mx.random.seed(int.from_bytes(os.urandom(4), "little"))
+
+
 def logits_processors(loaded, request) -> list:
     """A turn's logits processors: an end-of-turn ban, and the grammar of a constrained turn (a bad
     schema raises RequestError here, before the turn starts)."""

@@ -22,8 +22,8 @@ from engine.handle import TurnHandle
 from engine.kv.blocks import common_prefix_length
 from engine.loader import LoadedModel
 from engine.prompt import render_prompt
-from engine.sampling import request_sampler
-from engine.turn import Turn, prepare_turn
+from engine.sampling import SeededSampler, repair_random_state, request_sampler
+from engine.turn import Turn, guarded, prepare_turn
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +158,16 @@ class BatchScheduler:
             handle.fail(str(exc), "request")
             return False
         sampling = turn.request.sampling
+        sampler = request_sampler(sampling)
+        if isinstance(sampler, SeededSampler):  # the request's own: shared ones sample the batch in one call
+            sampler = guarded(sampler, turn, _any_token)
         try:
             (uid,) = self.generator.insert(
                 [turn.new_tokens],
                 max_tokens=[turn.max_tokens],
                 caches=[turn.cache],
-                samplers=[request_sampler(sampling)],
-                logits_processors=[turn.processors],
+                samplers=[sampler],
+                logits_processors=[[guarded(processor, turn, _unchanged) for processor in turn.processors]],
                 stop_sequences=[StopSequences([] if sampling.ignore_eos else [[eos] for eos in self.eos_ids])],
             )
         except BaseException:
@@ -188,6 +191,8 @@ class BatchScheduler:
         prefilling = sum(1 for s in self.active.values() if s.turn.prefilling)
         self.generator.prefill_step_size = max(MIN_PREFILL_CHUNK, self.prefill_step_size // max(prefilling, 1))
         prompt_responses, generation_responses = self.generator.next()
+        for sequence in [s for s in self.active.values() if s.turn.failure is not None]:
+            self._fail_one(sequence)
         for response in prompt_responses:
             sequence = self.active.get(response.uid)
             if sequence is not None:
@@ -218,8 +223,21 @@ class BatchScheduler:
         sequence.turn.finish(reason)
         sequence.turn.keep(self.memory, cache)
 
+    def _fail_one(self, sequence: _Sequence) -> None:
+        """The sequence's own sampling failed (a grammar, its sampler): it alone leaves the batch, with its
+        error; its token of this step, sampled without it, is dropped."""
+        failure = sequence.turn.failure
+        log.warning("%s failed in its sampling step: %s", sequence.turn.request_id, failure)
+        del self.active[sequence.uid]
+        self.generator.remove([sequence.uid])
+        repair_random_state()
+        sequence.turn.keep(self.memory, None)
+        kind = "request" if isinstance(failure, RequestError) else "internal"
+        sequence.turn.handle.fail(f"generation failed: {failure}", kind)
+
     def fail_all(self, message: str) -> None:
         """A step failed: every running sequence fails (its cache state is unknown) and the batch restarts."""
+        repair_random_state()
         for sequence in list(self.active.values()):
             del self.active[sequence.uid]
             sequence.turn.handle.fail(message, "internal")
@@ -227,3 +245,13 @@ class BatchScheduler:
                 self.memory.abandon(sequence.turn.session_id)
         self.generator.close()
         self.generator = self._new_generator()
+
+
+def _unchanged(tokens, logits):
+    return logits
+
+
+def _any_token(logprobs):
+    import mlx.core as mx
+
+    return mx.zeros((logprobs.shape[0],), dtype=mx.uint32)

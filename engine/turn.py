@@ -21,7 +21,7 @@ from engine.events import CacheReport, PrefillProgress, Timing, TurnChunk, TurnF
 from engine.handle import TurnHandle
 from engine.loader import LoadedModel
 from engine.prompt import check_context, render_prompt
-from engine.sampling import logits_processors
+from engine.sampling import check_sampling, logits_processors
 
 clock = time.perf_counter
 
@@ -44,6 +44,7 @@ class Turn:
     first_token_at: float | None = None
     stop_sequence: str | None = None
     ended_by_token: bool = False  # the last generated token is the end-of-turn token (not part of the answer)
+    failure: Exception | None = None  # what failed in this turn's own sampling step (see guarded)
 
     @property
     def request(self):
@@ -148,6 +149,22 @@ class Turn:
         memory.release(self.session_id, self.prompt + self.generated_ids, cache)
 
 
+def guarded(function, turn: Turn, fallback):
+    """`function` (a logits processor or a request's own sampler) such that an exception it raises is
+    kept in `turn.failure` instead of failing the step of every sequence in its batch; `fallback(*args)`
+    stands in for its result."""
+
+    def run(*args):
+        if turn.failure is None:
+            try:
+                return function(*args)
+            except Exception as exc:  # noqa: BLE001 - it belongs to this turn alone
+                turn.failure = exc
+        return fallback(*args)
+
+    return run
+
+
 def prepare_turn(
     handle: TurnHandle, loaded: LoadedModel, memory, rendered: tuple[float, list[int]] | None = None
 ) -> Turn:
@@ -161,6 +178,7 @@ def prepare_turn(
     started_at, prompt = rendered if rendered is not None else (clock(), render_prompt(loaded, request))
     context_length = loaded.info.context_length
     check_context(len(prompt), context_length)
+    check_sampling(request.sampling, loaded.info.vocab_size)
     processors = logits_processors(loaded, request)  # before the cache is taken: this may raise
     if memory is not None:
         restored = memory.acquire(request.session_id, prompt)

@@ -298,3 +298,64 @@ def test_prompts_prefilled_together_share_each_step(tiny_model_dir, data_dir, tm
     assert len(done_tokens) == 4 and increments
     assert max(increments) <= chunk
     assert sorted(increments)[len(increments) // 2] <= chunk // 4  # most steps were shared four ways
+
+
+def test_top_k_beyond_the_vocabulary_is_refused_and_sampling_goes_on(batch_engine):
+    """mlx-lm's compiled top-k fails for k ≥ the vocabulary and, failing mid-trace, broke MLX's global
+    random key for every later unseeded request: such a k is a request error now."""
+    from engine.errors import RequestError
+
+    sampled = GenerationRequest(
+        messages=[ChatMessage(role="user", content="Hi")], max_tokens=3, sampling=SamplingParams(temperature=0.7)
+    )
+    too_many = sampled.model_copy(update={"sampling": SamplingParams(temperature=0.7, top_k=100_000)})
+    with pytest.raises(RequestError, match="top_k must be below the model's vocabulary size"):
+        batch_engine.generate(too_many)
+    assert batch_engine.generate(sampled).usage.completion_tokens > 0
+
+
+def test_a_failed_mlx_call_cannot_break_the_random_state(batch_engine):
+    import mlx.core as mx
+    from mlx_lm.sample_utils import make_sampler
+
+    def failing_sampler(engine):
+        make_sampler(temp=0.7, top_k=1_000_000)(mx.zeros((1, 49152)))
+
+    with pytest.raises(ValueError, match="top_k"):
+        batch_engine.call(failing_sampler)
+    sampled = GenerationRequest(
+        messages=[ChatMessage(role="user", content="Hi")], max_tokens=3, sampling=SamplingParams(temperature=0.7)
+    )
+    assert batch_engine.generate(sampled).usage.completion_tokens > 0
+
+
+def test_a_failing_sampling_step_fails_only_its_own_request(batch_engine, monkeypatch):
+    """A request whose own logits processor fails (a grammar, say) leaves the batch with its error; the
+    others running beside it finish as they would alone."""
+    from engine import turn
+
+    real = turn.logits_processors
+
+    def with_a_failing_grammar(loaded, request):
+        processors = real(loaded, request)
+        if request.request_id == "req_bad":
+            calls = []
+
+            def grammar(tokens, logits):
+                calls.append(1)
+                if len(calls) > 5:
+                    raise ValueError("grammar error at token 5")
+                return logits
+
+            processors.append(grammar)
+        return processors
+
+    good = [ask(f"Count to {n}.", max_tokens=24) for n in (5, 7)]
+    alone = [batch_engine.generate(request).text for request in good]
+    monkeypatch.setattr(turn, "logits_processors", with_a_failing_grammar)
+    bad = ask("Count to 9.", max_tokens=24).model_copy(update={"request_id": "req_bad"})
+    handles = [batch_engine.submit(request) for request in [good[0], bad, good[1]]]
+    results = [list(handle.events(timeout=120))[-1] for handle in handles]
+    assert isinstance(results[1], TurnFailed) and "grammar error at token 5" in results[1].message
+    assert [results[0].text, results[2].text] == alone
+    batch_engine.check_integrity()
