@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ CODEX = REPO_ROOT / ".clients" / "node_modules" / ".bin" / "codex"
 GUIDE = REPO_ROOT / "docs" / "user-guide.md"
 DOCS_URL = "http://127.0.0.1:8000/v1"
 DOCS_INSTRUCTIONS = "/home/me/.codex/small-model.md"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +59,11 @@ def codex_home(server, tmp_path_factory):
     return home
 
 
-def run_codex(codex: str, home, cwd, *args: str) -> list[dict]:
+def run_codex(codex: str, home, cwd, *args: str, profile: tuple[str, ...] = ("-p", "small"), ok: bool = True):
     """`codex exec --json …` in `cwd`; its JSON events."""
     env = {**os.environ, "CODEX_HOME": str(home), "AGENT_MEMORY_API_KEY": API_KEY, "NO_COLOR": "1"}
     result = subprocess.run(
-        [codex, "exec", "--strict-config", "-p", "small", "--json", "--skip-git-repo-check", *args],
+        [codex, "exec", "--strict-config", *profile, "--json", "--skip-git-repo-check", *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -69,7 +71,7 @@ def run_codex(codex: str, home, cwd, *args: str) -> list[dict]:
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert (result.returncode == 0) == ok, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
@@ -83,11 +85,22 @@ def test_codex_exec_answers_and_resumes_from_the_cache(codex, codex_home, server
     usage = next(event["usage"] for event in first if event["type"] == "turn.completed")
     assert usage["input_tokens"] > 500 and usage["output_tokens"] > 0
 
-    # Codex names its session in prompt_cache_key: one agent on the server, resumed by the next turn.
-    agent = httpx.get(f"{server.base_url}/v1/agents/{thread}", headers={"Authorization": f"Bearer {API_KEY}"})
-    assert agent.status_code == 200 and agent.json()["tier"] == "hot"
-
     second = run_codex(codex, codex_home, tmp_path, "resume", "--last", "What did I ask you?")
     assert next(event["thread_id"] for event in second if event["type"] == "thread.started") == thread
     resumed = next(event["usage"] for event in second if event["type"] == "turn.completed")
     assert resumed["cached_input_tokens"] >= usage["input_tokens"]
+
+    # Codex names its session in prompt_cache_key: one agent on the server. (Its cache is kept just after
+    # the reply is sent, so the listing may need a moment.)
+    deadline = time.monotonic() + 30
+    while (agent := httpx.get(f"{server.base_url}/v1/agents/{thread}", headers=AUTH)).status_code == 404:
+        assert time.monotonic() < deadline, "Codex's session never showed up in /v1/agents"
+        time.sleep(0.5)
+    assert agent.json()["tier"] == "hot"
+
+
+def test_codex_full_prompt_is_too_long_for_the_default_model(codex, codex_home, tmp_path):
+    """Without the small profile Codex's prompt overflows the 8k context: Codex shows the server's 400."""
+    events = run_codex(codex, codex_home, tmp_path, "Say hello.", profile=(), ok=False)
+    failed = next(event for event in events if event["type"] == "turn.failed")
+    assert "prompt is too long" in failed["error"]["message"] and "8191 maximum" in failed["error"]["message"]
