@@ -74,6 +74,13 @@ def test_turns_are_fitted_to_strict_templates():
         ({"model": "x", "input": [{"type": "web_search_call"}]}, "input.0: the item type must be message"),
         ({"model": "x", "input": [{"role": "user", "content": [{"type": "video"}]}]}, "input.0.content.0.type: "),
         ({"model": "x", "tools": [{"type": "function", "name": "a b"}]}, "tools.0.name: String should match"),
+        (
+            {
+                "model": "x",
+                "tools": [{"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "a b"}]}],
+            },
+            "tools.0.tools.0.name: String should match",
+        ),
         ({"model": "x", "tool_choice": 5}, "tool_choice: "),
         ({"input": "hi"}, "model: field required"),
     ],

@@ -315,6 +315,7 @@ def test_allowed_tools_limit_a_required_call(client):
             "input.0.content.0: input_image input is not supported",
         ),
         ({"input": []}, "input: send the text or the items"),
+        ({"input": " "}, "input: the message is empty"),
         ({"input": "hi", "background": True}, "background responses are not supported"),
         ({"input": "hi", "conversation": "conv_1"}, "chain responses with `previous_response_id`"),
         ({"input": "hi", "tools": [WEATHER], "tool_choice": {"type": "web_search"}}, "hosted tools run only"),

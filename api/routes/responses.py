@@ -374,6 +374,8 @@ async def create_response(request):
     new_messages = input_messages(parsed)
     if not new_messages:
         raise ApiError(400, "input: send the text or the items to respond to", param="input")
+    if new_messages[-1].role == "user" and not new_messages[-1].content.strip():
+        raise ApiError(400, "input: the message is empty; send some text", param="input")
     conversation = [*(previous.conversation if previous else []), *new_messages]
     fields, turn.namespaces = _tool_fields(parsed)
     session_id = (

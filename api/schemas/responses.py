@@ -78,15 +78,6 @@ class FunctionTool(_Open):
     strict: bool | None = None
 
 
-class NamespaceTool(_Open):
-    """A named group of function tools (Codex sends one); its functions are offered like any other."""
-
-    type: Literal["namespace"]
-    name: str
-    description: str | None = None
-    tools: list[FunctionTool | dict[str, Any]] = Field(default_factory=list)
-
-
 class HostedTool(_Open):
     """A tool that runs at OpenAI (web_search, file_search, …) or a custom tool: accepted, not offered."""
 
@@ -96,6 +87,20 @@ class HostedTool(_Open):
 def _tool_type(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     return kind if kind in ("function", "namespace") else "hosted"
+
+
+class NamespaceTool(_Open):
+    """A named group of function tools (Codex sends one); its functions are offered like any other."""
+
+    type: Literal["namespace"]
+    name: str
+    description: str | None = None
+    tools: list[
+        Annotated[
+            Annotated[FunctionTool, Tag("function")] | Annotated[HostedTool, Tag("hosted")],
+            Discriminator(lambda value: "function" if _tool_type(value) == "function" else "hosted"),
+        ]
+    ] = Field(default_factory=list)
 
 
 Tool = Annotated[
