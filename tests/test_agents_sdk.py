@@ -14,6 +14,8 @@ from openai import AsyncOpenAI
 
 from tests.conftest import API_KEY
 
+pytestmark = pytest.mark.slow  # a real client running whole agent loops
+
 agents = pytest.importorskip("agents", reason="the OpenAI Agents SDK is not installed: pip install -e '.[dev]'")
 
 

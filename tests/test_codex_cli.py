@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import API_KEY, REPO_ROOT
 
+pytestmark = pytest.mark.slow  # a real client in a subprocess
+
 CODEX = REPO_ROOT / ".clients" / "node_modules" / ".bin" / "codex"
 GUIDE = REPO_ROOT / "docs" / "user-guide.md"
 DOCS_URL = "http://127.0.0.1:8000/v1"

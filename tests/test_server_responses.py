@@ -349,6 +349,7 @@ def test_openapi_documents_the_routes(http):
     assert "ResponsesRequest" in document["components"]["schemas"]
 
 
+@pytest.mark.slow
 def test_chain_continues_after_a_restart(default_engine, data_dir, tmp_path):
     """Stored responses live in the data dir and the chain's KV cache on disk: a new process resumes it."""
     cache_dir = tmp_path / "kv"
