@@ -359,3 +359,21 @@ def test_a_failing_sampling_step_fails_only_its_own_request(batch_engine, monkey
     assert isinstance(results[1], TurnFailed) and "grammar error at token 5" in results[1].message
     assert [results[0].text, results[2].text] == alone
     batch_engine.check_integrity()
+
+
+def test_a_request_without_a_session_reads_what_another_session_holds(batch_engine):
+    """A stateless client resending a conversation that a session holds hot reuses that session's
+    cache, not the few template tokens its own last anonymous request shared with it."""
+    history = [ChatMessage(role="user", content="Name the planets of the solar system in order, please.")]
+    held = batch_engine.generate(
+        GenerationRequest(
+            messages=history, max_tokens=16, sampling=SamplingParams(temperature=0.0), session_id="holder"
+        )
+    )
+    batch_engine.generate(ask("Hi", max_tokens=2))  # the anonymous slot now holds another prompt
+    resent = [*history, ChatMessage(role="assistant", content=held.text), ChatMessage(role="user", content="Thanks!")]
+    again = batch_engine.generate(
+        GenerationRequest(messages=resent, max_tokens=2, sampling=SamplingParams(temperature=0.0))
+    )
+    assert again.usage.cached_tokens >= held.usage.prompt_tokens
+    batch_engine.check_integrity()

@@ -165,7 +165,9 @@ class KVMemory:
         if not self.enabled or limit <= 0:
             return Restored(make_prompt_cache(self.model), 0, "cold", 0.0)
 
-        own = self.hot.checkout(key)
+        # A request without a session id takes the longest match, not its last slot's few shared tokens.
+        anonymous_elsewhere = key == ANONYMOUS and self._another_holds_more(key, prompt, limit)
+        own = None if anonymous_elsewhere else self.hot.checkout(key)
         if own is not None:
             matched = common_prefix_length(prompt[:limit], own.tokens)
             if matched > 0 and _trim(own.cache, len(own.tokens) - matched):
@@ -214,6 +216,12 @@ class KVMemory:
     def observe_prefill(self, new_tokens: int, context_tokens: int, seconds: float) -> None:
         """A turn prefilled `new_tokens` in `seconds`, ending at `context_tokens`: the cost model learns."""
         self.cost.observe_prefill(new_tokens, context_tokens, seconds)
+
+    def _another_holds_more(self, key: str, prompt: list[int], limit: int) -> bool:
+        own = next((entry for entry in self.hot.entries() if entry.session_id == key), None)
+        own_matched = common_prefix_length(prompt[:limit], own.tokens) if own is not None else 0
+        other = self._from_other_hot(key, prompt, limit)
+        return other is not None and other[0] > own_matched
 
     def _from_other_hot(self, key: str, prompt: list[int], limit: int):
         best_entry, best_match = None, 0
