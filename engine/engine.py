@@ -9,21 +9,22 @@ handle.cancel() --> threading.Event checked after every token
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from engine.backend import current_backend, prefill_step_size
-from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError, RequestError
+from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError
 from engine.events import TurnEvent, TurnFinished
 from engine.gguf_import import Progress
 from engine.handle import TurnHandle
-from engine.loader import LoadedModel, ModelInfo, load
-from engine.requests import ChatMessage, GenerationRequest
+from engine.loader import LoadedModel, ModelInfo
+from engine.model_loading import SwapLoader, load_checked
+from engine.requests import GenerationRequest
 from engine.sampling import repair_random_state
 from engine.settings import Settings
 
@@ -76,7 +77,7 @@ class Engine:
         self.state = "loading"  # "loading" | "ready" | "swapping" | "failed" | "closed"
         self._busy = False  # a request is running on the engine thread
         self._swap_lock = threading.Lock()
-        self._loader: _Loader | None = None
+        self._loader: SwapLoader | None = None
         self._hot_view: dict | None = None  # the hot tier as the engine thread last saw it
         self._scheduler = None  # BatchScheduler, when the model batches
         self._deferred: list[_Call] = []  # exclusive calls waiting for the running batch to drain
@@ -234,7 +235,7 @@ class Engine:
         try:
             self.state = "swapping"
             if self._loader is None:
-                self._loader = _Loader()
+                self._loader = SwapLoader()
             loaded = self._loader.load(model_id, self.settings, progress or self._progress)
             self.call(lambda engine: engine._install(loaded, model_id), exclusive=True)
             return loaded.info
@@ -243,19 +244,26 @@ class Engine:
             self._swap_lock.release()
 
     def memory_stats(self) -> dict:
-        return self.call(lambda engine: engine.memory.stats() if engine.memory else {"enabled": False})
+        """The KV memory's figures, the warm tier's once every finished turn is on disk."""
+        return self._after_writes(lambda memory: memory.stats(), {"enabled": False})
 
     def forget_session(self, session_id: str) -> None:
         """Drop a session's KV caches (hot and warm); shared blocks stay while others use them."""
-        self.call(lambda engine: engine.memory.forget(session_id) if engine.memory else None)
+        self._after_writes(lambda memory: memory.forget(session_id))
 
     def check_integrity(self) -> None:
         """Raise AssertionError if a KV memory invariant is broken (tests call it after each step)."""
-        self.call(lambda engine: engine.memory.check_integrity() if engine.memory else None)
+        self._after_writes(lambda memory: memory.check_integrity())
 
     def flush(self) -> None:
         """Wait until every finished turn's KV is on disk."""
-        self.call(lambda engine: engine.memory.flush() if engine.memory else None)
+        self._after_writes(lambda memory: memory.flush())
+
+    def _after_writes(self, start: Callable[[Any], Future], default: Any = None) -> Any:
+        """`start(memory)` on the engine thread hands a task to the KV writer, behind the turns' writes;
+        the caller waits for its result here, so the engine thread keeps serving while the disk catches up."""
+        pending = self.call(lambda engine: start(engine.memory) if engine.memory else None)
+        return pending.result() if pending is not None else default
 
     # -- engine thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -427,83 +435,3 @@ class Engine:
         finally:
             self._busy = False
             self._publish()
-
-
-def load_checked(model_id: str, settings: Settings, progress: Progress | None = None) -> LoadedModel:
-    """Load a model and check it against the settings; every failure is a ModelLoadError."""
-    from mlx_lm.models.cache import make_prompt_cache
-
-    from engine.prompt import render_prompt
-
-    try:
-        loaded = load(model_id, settings.models_path, progress)
-    except EngineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any loader failure must reach the caller
-        log.exception("model load failed")
-        raise ModelLoadError(f"loading {model_id!r} failed: {exc}") from None
-    if settings.kv_bits and any(type(cache).__name__ == "RotatingKVCache" for cache in make_prompt_cache(loaded.model)):
-        raise ModelLoadError(
-            f"SEMANTIC_KV_BITS is not supported for {loaded.info.model_type}: its sliding-window "
-            "layers cannot be quantized by mlx-lm; unset SEMANTIC_KV_BITS"
-        )
-    if settings.kv_bits:
-        _check_quantized_kv(loaded, settings)
-    # The chat template is compiled at its first use (~10 ms): at load, not in the first turn's time
-    # to first token. A template that rejects this conversation will say why on a real one.
-    with contextlib.suppress(RequestError):
-        render_prompt(loaded, GenerationRequest(messages=[ChatMessage(role="user", content="Hello.")]))
-    return loaded
-
-
-def _check_quantized_kv(loaded: LoadedModel, settings: Settings) -> None:
-    """Run a few tokens through mlx-lm's quantized KV cache, so that a backend without kernels for it
-    fails at load rather than in every turn (MLX 0.32's CUDA backend has no 8-bit quantized_matmul for
-    the default model's attention)."""
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
-
-    bits, group_size = settings.kv_bits, settings.kv_group_size
-    caches = [cache.to_quantized(group_size=group_size, bits=bits) for cache in make_prompt_cache(loaded.model)]
-    try:
-        for _ in range(2):  # the second pass attends to quantized keys and values
-            mx.eval(loaded.model(mx.zeros((1, 16), dtype=mx.int32), cache=caches))
-    except Exception as exc:  # noqa: BLE001 - MLX reports a missing kernel as RuntimeError or ValueError
-        raise ModelLoadError(
-            f"SEMANTIC_KV_BITS={bits} does not run for {loaded.info.model_type} on the "
-            f"{loaded.info.backend} backend ({str(exc).splitlines()[0]}); unset SEMANTIC_KV_BITS"
-        ) from None
-
-
-class _Loader:
-    """A thread that loads models beside the serving one (for swaps), on its own MLX stream.
-
-    Like the engine thread it parks instead of exiting (MLX 0.32 crashes when such a thread exits).
-    """
-
-    def __init__(self):
-        self._jobs: queue.Queue = queue.Queue()
-        threading.Thread(target=self._run, name="agent-memory-loader", daemon=True).start()
-
-    def load(self, model_id: str, settings: Settings, progress: Progress | None) -> LoadedModel:
-        done, box = threading.Event(), {}
-        self._jobs.put((model_id, settings, progress, done, box))
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box["loaded"]
-
-    def _run(self) -> None:
-        import mlx.core as mx
-
-        stream = mx.new_stream(mx.default_device())
-        with mx.stream(stream):
-            while True:
-                model_id, settings, progress, done, box = self._jobs.get()
-                try:
-                    box["loaded"] = load_checked(model_id, settings, progress)
-                    mx.synchronize(stream)
-                except EngineError as exc:
-                    box["error"] = exc
-                finally:
-                    done.set()
