@@ -47,7 +47,11 @@ QUESTIONS = [
     "Summarise your findings in one line.",
 ]
 
-MLX_LM_WRAPPER = "import sys, engine; from mlx_lm.server import main; sys.argv[0] = 'mlx_lm.server'; main()"
+# OpenBLAS under MLX on the CPU (as our engine has it) and nothing else of ours: on a GPU it does nothing.
+MLX_LM_WRAPPER = (
+    "import sys; from engine.cpu import blas; blas.preload(); "
+    "from mlx_lm.server import main; sys.argv[0] = 'mlx_lm.server'; main()"
+)
 
 
 def free_port() -> int:
