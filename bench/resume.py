@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,9 @@ import engine  # noqa: E402
 
 engine.setup_process()  # before MLX is imported (the CPU backend loads OpenBLAS)
 from engine.engine import Engine  # noqa: E402
+from engine.kv.codec import read_file  # noqa: E402
 from engine.kv.cost import CostModel  # noqa: E402
-from engine.kv.warm import read_file, session_key  # noqa: E402
+from engine.kv.warm import WarmTier  # noqa: E402
 from engine.loader import ModelInfo  # noqa: E402
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
 from engine.settings import Settings  # noqa: E402
@@ -117,17 +117,14 @@ def files_read_mb_s(paths: list[Path]) -> float:
 
 
 def session_files(cache_dir: Path, session_id: str) -> tuple[int, list[int]]:
-    """(bytes of the session's snapshot file, bytes of each block file of its chain in order) on disk, found
-    through the warm tier's index (layout in engine/kv/warm.py): the files a warm resume of it reads."""
-    with closing(sqlite3.connect(cache_dir / "index.sqlite")) as index:
-        row = index.execute("SELECT file, chain FROM sessions WHERE key=?", (session_key(session_id),)).fetchone()
-        if row is None:
-            return 0, []
-        file, chain = row[0], json.loads(row[1])
-        marks = ",".join("?" * len(chain))
-        block_files = dict(index.execute(f"SELECT name, file FROM blocks WHERE name IN ({marks})", chain))
-    blocks = [(cache_dir / block_files[name]).stat().st_size for name in chain if name in block_files]
-    return (cache_dir / file).stat().st_size, blocks
+    """(bytes of the session's snapshot file, bytes of each block file of its chain in order) on disk: the
+    files a warm resume of it reads (WarmTier.resume_files). The tier is closed again before the warm
+    process starts, which must own the cache dir."""
+    with closing(WarmTier(cache_dir, disk_budget_mb=0)) as warm:
+        files = warm.resume_files(session_id)
+    if files is None:
+        return 0, []
+    return files.snapshot.stat().st_size, [path.stat().st_size for path in files.blocks]
 
 
 def restored_bytes(files: tuple[int, list[int]], reused_tokens: int, block_tokens: int) -> int:

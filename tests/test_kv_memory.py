@@ -201,8 +201,10 @@ def test_files_with_matching_checksums_that_are_not_ours_are_dropped(data_dir, t
     header = json.dumps({"k.0": {"dtype": "F16", "shape": [3, 256, 64], "data_offsets": [0, 98304]}}).encode()
     contents = [b"not a safetensors file at all", len(header).to_bytes(8, "little") + header]
     with sqlite3.connect(cache_dir / "index.sqlite") as db:
-        snapshot_file, chain = db.execute("SELECT file, chain FROM sessions").fetchone()
-        (block_file,) = db.execute("SELECT file FROM blocks WHERE name=?", (json.loads(chain)[0],)).fetchone()
+        (snapshot_file,) = db.execute("SELECT file FROM sessions").fetchone()
+        (block_file,) = db.execute(
+            "SELECT b.file FROM session_blocks c JOIN blocks b ON b.name = c.name WHERE c.position = 0"
+        ).fetchone()
         for file, content in zip((snapshot_file, block_file), contents, strict=True):
             (cache_dir / file).write_bytes(content)
             table = "sessions" if file == snapshot_file else "blocks"
@@ -497,9 +499,8 @@ def test_bfloat16_caches_are_stored_as_their_own_bits(tmp_path):
     import mlx.core as mx
     from mlx_lm.models import llama
 
-    from engine.kv.layout import decode_from_disk, encode_for_disk
+    from engine.kv.codec import decode, decode_from_disk, encode_for_disk, pack
     from engine.kv.memory import KVMemory
-    from engine.kv.warm import _pack, decode_numpy
     from tests.conftest import TINY_LLAMA
 
     mx.random.seed(0)
@@ -507,8 +508,8 @@ def test_bfloat16_caches_are_stored_as_their_own_bits(tmp_path):
     keys, values = (mx.random.normal((2, 3, 40, 64)) * scales).astype(mx.bfloat16)
 
     def round_trip(disk_dtype: str):
-        payload = _pack({0: encode_for_disk(keys, values, disk_dtype)}, {})
-        parts = decode_numpy(b"".join(bytes(chunk) for chunk in payload.chunks))[0][0]
+        payload = pack({0: encode_for_disk(keys, values, disk_dtype)}, {})
+        parts = decode(b"".join(bytes(chunk) for chunk in payload.chunks))[0][0]
         return decode_from_disk({name: mx.array(part) for name, part in parts.items()}, mx.bfloat16)
 
     restored_keys, restored_values = round_trip("bfloat16")

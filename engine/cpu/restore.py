@@ -1,6 +1,6 @@
 """Restoring full-attention layers from the warm tier into float32 MLX arrays (the CPU backend).
 
-    engine thread                           reader threads (WarmTier.iter_blocks)
+    engine thread                           reader threads (KVTier.read_blocks)
     size the arrays (from the tail, else      read + checksum every block, ahead
     the first block), mx.zeros on two
     streams: filled on two cores while
@@ -17,19 +17,18 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from engine.cpu.upcast import float16_into_float32
-from engine.kv.layout import INT8_GROUP, decode_from_disk
-from engine.kv.warm import WarmTier
+from engine.kv.codec import INT8_GROUP, decode_from_disk
+from engine.kv.tier import Layers
 
 
 def restore_float32(
-    warm: WarmTier,
-    fingerprint: str,
-    names: list[str],
+    reading: Iterator[Layers],
     tail: dict | None,
     full_layers: list[int],
     block_tokens: int,
@@ -37,8 +36,9 @@ def restore_float32(
     capacity: int,
 ) -> dict[int, tuple]:
     """Every full layer's (keys, values) as float32 MLX arrays of shape (heads, max(capacity,
-    tokens), dim) holding the first `tokens` tokens: the named blocks in order, then `tail` (decoded
-    disk parts by layer). Raises MissingBlock when a block is missing or damaged."""
+    tokens), dim) holding the first `tokens` tokens: the blocks `reading` yields (KVTier.read_blocks,
+    closed here), then `tail` (decoded disk parts by layer). Raises MissingBlock when a block is missing
+    or damaged."""
     import mlx.core as mx
 
     from engine.cpu import blas
@@ -49,8 +49,8 @@ def restore_float32(
     blas.park_workers()
     arrays: dict[int, tuple] = {}
     copied = []  # (start token, layers left to the engine thread) per piece
-    reading = contextlib.closing(warm.iter_blocks(fingerprint, names))
-    with ThreadPoolExecutor(max_workers=1) as helper, reading as blocks:
+    block_count = 0
+    with ThreadPoolExecutor(max_workers=1) as helper, contextlib.closing(reading) as blocks:
         pieces = enumerate(blocks)
         sizing = tail
         if sizing is None:  # sized from the first block
@@ -67,6 +67,7 @@ def restore_float32(
         targets = {layer: tuple(np.asarray(array) for array in pair) for layer, pair in arrays.items()}
         pending = []
         for index, piece in pieces:
+            block_count = index + 1
             start = index * block_tokens
             if index % 2:
                 pending.append((start, helper.submit(_copy_piece, piece, targets, start, tokens)))
@@ -74,7 +75,7 @@ def restore_float32(
                 copied.append((start, _copy_piece(piece, targets, start, tokens)))
         copied.extend((start, future.result()) for start, future in pending)
     if tail is not None:
-        start = len(names) * block_tokens
+        start = block_count * block_tokens
         copied.append((start, _copy_piece(tail, targets, start, tokens)))
     for start, leftover in copied:
         _copy_leftover(leftover, targets, start, tokens)

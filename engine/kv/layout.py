@@ -1,4 +1,4 @@
-"""What a model's KV cache looks like, layer by layer, and how to move it between MLX and numpy.
+"""What a model's KV cache looks like, layer by layer, and how to cut, join and rebuild it.
 
 Full-attention layers (mlx-lm's KVCache) hold every token, so they can be cut at any position and are
 stored as shareable blocks. Sliding-window layers (RotatingKVCache) hold only the last `window`
@@ -8,8 +8,6 @@ tokens; they are stored as a window snapshot at the end of a session's sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -132,60 +130,6 @@ def sliding_window_snapshot(cache):
     keys = cache._temporal_order(cache.keys)[0, :, -size:, :]
     values = cache._temporal_order(cache.values)[0, :, -size:, :]
     return keys, values
-
-
-INT8_GROUP = 64
-
-
-def encode_for_disk(keys, values, disk_dtype: str) -> dict[str, np.ndarray]:
-    """(heads, tokens, dim) MLX keys/values as named numpy parts: `k`/`v` (float16, float32, or
-    bfloat16 as uint16 bits), or 8-bit `kq ks kb vq vs vb`.
-
-    Keys already quantized by the model (SEMANTIC_KV_BITS) are stored as they are.
-    """
-    import mlx.core as mx
-
-    if isinstance(keys, tuple | list):
-        parts = {
-            f"{name}{suffix}": array
-            for name, triple in (("k", keys), ("v", values))
-            for suffix, array in zip("qsb", triple, strict=True)
-        }
-    elif disk_dtype == "int8" and keys.shape[-1] % INT8_GROUP == 0:
-        parts = {}
-        for name, array in (("k", keys), ("v", values)):
-            packed, scales, biases = mx.quantize(array, group_size=INT8_GROUP, bits=8)
-            parts.update(
-                {f"{name}q": packed, f"{name}s": scales.astype(mx.float16), f"{name}b": biases.astype(mx.float16)}
-            )
-    elif disk_dtype == "bfloat16":  # as its bits: numpy has no bfloat16
-        parts = {"k": keys.astype(mx.bfloat16).view(mx.uint16), "v": values.astype(mx.bfloat16).view(mx.uint16)}
-    else:
-        dtype = mx.float32 if disk_dtype == "float32" else mx.float16
-        parts = {"k": keys.astype(dtype), "v": values.astype(dtype)}
-    mx.eval(list(parts.values()))
-    return {name: np.array(array) for name, array in parts.items()}
-
-
-def decode_from_disk(parts: dict, dtype, quantized: bool = False):
-    """Named parts (MLX arrays) back to (keys, values) in the compute dtype, or as quantized triples."""
-    import mlx.core as mx
-
-    if quantized:
-        return tuple(
-            (parts[f"{name}q"], parts[f"{name}s"].astype(dtype), parts[f"{name}b"].astype(dtype)) for name in ("k", "v")
-        )
-    if "k" in parts:
-        keys, values = parts["k"], parts["v"]
-        if keys.dtype == mx.uint16:  # bfloat16 bits
-            keys, values = keys.view(mx.bfloat16), values.view(mx.bfloat16)
-        return keys.astype(dtype), values.astype(dtype)
-    return tuple(
-        mx.dequantize(parts[f"{name}q"], parts[f"{name}s"], parts[f"{name}b"], group_size=INT8_GROUP, bits=8).astype(
-            dtype
-        )
-        for name in ("k", "v")
-    )
 
 
 def build_cache(layout: CacheLayout, full: dict[int, tuple], sliding: dict[int, tuple], offset: int, dtype):

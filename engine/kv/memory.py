@@ -13,14 +13,9 @@ release(session, tokens, cache) -- engine thread, after the turn's last event
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import queue
-import sqlite3
-import sys
-import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +23,7 @@ import numpy as np
 from engine.backend import installed_backend
 from engine.cpu.restore import restore_float32
 from engine.kv.blocks import block_names, common_prefix_length, root_name
+from engine.kv.codec import decode_from_disk, encode_for_disk
 from engine.kv.cost import CostModel, Plan
 from engine.kv.hot import HotEntry, HotPool
 from engine.kv.layout import (
@@ -35,13 +31,13 @@ from engine.kv.layout import (
     UnsupportedCache,
     build_cache,
     cache_offset,
-    decode_from_disk,
-    encode_for_disk,
     full_layer_slice,
     kv_dtype,
     sliding_window_snapshot,
 )
-from engine.kv.warm import MissingBlock, SessionSnapshot, WarmTier, WriteJob
+from engine.kv.tier import MissingBlock, SessionSnapshot, WriteJob
+from engine.kv.warm import WarmTier
+from engine.kv.writer import WarmWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,45 +56,6 @@ class Restored:
     # when it was not estimated)
     decision: str = "recompute"
     estimate_s: float = 0.0
-
-
-class WarmWriter:
-    """The one thread that writes the warm tier, so disk time never delays a response."""
-
-    def __init__(self, warm: WarmTier):
-        self._warm = warm
-        self._jobs: queue.Queue[WriteJob | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="agent-memory-kv-writer", daemon=True)
-        self._thread.start()
-        self.failures = 0
-
-    def submit(self, job: WriteJob) -> None:
-        self._jobs.put(job)
-
-    def flush(self) -> None:
-        self._jobs.join()
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        _lower_this_threads_priority()
-        while True:
-            job = self._jobs.get()
-            try:
-                if job is None:
-                    self._warm.close()
-                    return
-                self._warm.write(job)
-            except (OSError, sqlite3.Error) as exc:
-                self.failures += 1
-                log.warning("could not write the warm KV tier (%s); serving continues hot-only", exc)
-            except Exception:  # noqa: BLE001 - a bad write must not kill the writer
-                self.failures += 1
-                log.exception("warm KV write failed")
-            finally:
-                self._jobs.task_done()
 
 
 class KVMemory:
@@ -238,7 +195,7 @@ class KVMemory:
     def _from_warm(self, session_id: str | None, prompt: list[int], limit: int):
         if not self.warm.enabled:
             return None
-        snapshot = self.warm.session(self.fingerprint, session_id) if session_id else None
+        snapshot = self.warm.read_session(self.fingerprint, session_id) if session_id else None
         if snapshot is not None and snapshot.root != self.root:
             # Written under another cache layout or disk encoding (SEMANTIC_KV_BITS or
             # SEMANTIC_KV_DISK_DTYPE changed since; the fingerprint names only the model): recomputed.
@@ -256,7 +213,7 @@ class KVMemory:
         if not self.layout.resumable_everywhere():
             return None
         names = block_names(prompt[:limit], self.root, self.block_tokens)
-        count = self.warm.has_blocks(self.fingerprint, names)
+        count = self.warm.match(self.fingerprint, names).blocks
         if count == 0:
             return None
         block = self.block_tokens
@@ -284,8 +241,9 @@ class KVMemory:
             if self.compute_dtype == mx.float32 and not self.kv_bits:
                 capacity = _capacity(prompt_tokens)
                 layers, blocks = self.layout.full_layers, self.block_tokens
-                return restore_float32(self.warm, self.fingerprint, names, tail, layers, blocks, tokens, capacity)
-            pieces = list(self.warm.iter_blocks(self.fingerprint, names))
+                reading = self.warm.read_blocks(self.fingerprint, names)
+                return restore_float32(reading, tail, layers, blocks, tokens, capacity)
+            pieces = list(self.warm.read_blocks(self.fingerprint, names))
         except MissingBlock:
             return None
         if tail is not None:
@@ -359,12 +317,12 @@ class KVMemory:
         best = max((common_prefix_length(prompt[:limit], e.tokens) for e in self.hot.entries()), default=0)
         if self.warm.enabled and self.layout.resumable_everywhere():
             names = block_names(prompt[:limit], self.root, self.block_tokens)
-            best = max(best, self.warm.has_blocks(self.fingerprint, names) * self.block_tokens)
+            best = max(best, self.warm.match(self.fingerprint, names).blocks * self.block_tokens)
         return best
 
     def _write_job(self, session_id: str, tokens: list[int], cache: list) -> WriteJob:
         names = block_names(tokens, self.root, self.block_tokens)
-        stored = self.warm.has_blocks(self.fingerprint, names)
+        stored = self.warm.match(self.fingerprint, names).blocks
         new_blocks = {}
         full_layers = self.layout.full_layers
         for index in range(stored, len(names)):
@@ -389,31 +347,37 @@ class KVMemory:
         """A request failed mid-way: its cache state is unknown, so it is not kept."""
         self.hot.release_pin(session_id or ANONYMOUS)
 
-    def forget(self, session_id: str) -> None:
-        """Drop a session's hot cache and warm snapshot; shared blocks stay while others use them."""
+    def forget(self, session_id: str) -> Future[None]:
+        """Drop a session's hot cache now and its warm snapshot behind the writes queued before (so
+        none of them brings it back); shared blocks stay while others use them. Wait on the Future
+        off the engine thread."""
         self.hot.drop(session_id)
-        self.writer.flush()
-        self.warm.forget_session(None, session_id)
+        return self.writer.run(lambda warm: warm.forget_session(None, session_id))
 
     # -- inspection ------------------------------------------------------------------------------------
-    def flush(self) -> None:
-        self.writer.flush()
+    def flush(self) -> Future[None]:
+        """Done once every turn released so far is on disk (wait on it off the engine thread)."""
+        return self.writer.run(lambda warm: None)
 
     def close(self) -> None:
-        self.writer.flush()
+        self.writer.flush()  # every finished turn reaches the disk, however long that takes
         self.writer.close()
         if self.warm.writable:
             self.cost.save(self._speeds_path, self._speeds_key)
 
-    def stats(self) -> dict:
-        self.writer.flush()
-        return {
-            "hot": self._hot_totals(),
-            "warm": {**self.warm.stats(), "dtype": self.disk_dtype},
-            "hits": dict(self.hits),
-            "block_tokens": self.block_tokens,
-            "resume": self.resume_mode(),
-        }
+    def stats(self) -> Future[dict]:
+        """The hot tier and hits as of now, the warm tier once the writes queued before are done (wait
+        on the Future off the engine thread)."""
+        hot, hits = self._hot_totals(), dict(self.hits)
+        return self.writer.run(
+            lambda warm: {
+                "hot": hot,
+                "warm": {**warm.stats(), "dtype": self.disk_dtype},
+                "hits": hits,
+                "block_tokens": self.block_tokens,
+                "resume": self.resume_mode(),
+            }
+        )
 
     def hot_view(self) -> dict:
         """The hot tier as plain data (engine thread; others read the copy the engine publishes)."""
@@ -443,22 +407,11 @@ class KVMemory:
             "shared_bytes_saved": self.hot.shared_bytes_saved,
         }
 
-    def check_integrity(self) -> None:
+    def check_integrity(self) -> Future[None]:
+        """Check the hot tier now (raises AssertionError); the Future raises it for the warm tier, checked
+        once the writes queued before are done."""
         self.hot.check_integrity()
-        self.writer.flush()
-        report = self.warm.check(repair=False)
-        if report["bad"] or report["missing"]:
-            raise AssertionError(f"warm tier damaged: {report}")
-
-
-def _lower_this_threads_priority() -> None:
-    """Writes happen behind the response: the next turn's prefill should not share the CPU with them.
-
-    On Linux a thread has its own nice value (setpriority on its thread id); elsewhere this does nothing.
-    """
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        return self.writer.run(lambda warm: warm.check_integrity())
 
 
 def _capacity(prompt_tokens: int) -> int:
