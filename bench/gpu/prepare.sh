@@ -15,7 +15,7 @@ PY=${PY:-.venv/bin/python}
 WHEELS=(
   pydantic pydantic-core pydantic-settings python-dotenv annotated-types typing-inspection typing-extensions
   sanic sanic-routing httptools uvloop ujson aiofiles websockets multidict html5tagger tracerite
-  diskcache llguidance gguf
+  llguidance gguf
   jsonschema referencing rpds-py jsonschema-specifications attrs
   openai anyio httpx2 httpcore2 h11 idna truststore jiter sniffio
 )
