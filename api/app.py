@@ -13,10 +13,11 @@ import signal
 import time
 
 from sanic import Sanic
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.response import empty
 from sanic.response import json as json_response
 
+from api import access_log
 from api.errors import ApiError, error_body, is_anthropic
 from api.metrics import Metrics
 from api.routes import admin, agents, anthropic, openai, responses, system
@@ -26,6 +27,7 @@ from engine.settings import Settings
 
 log = logging.getLogger("agent_memory.api")
 
+CLIENT_GONE = 499  # a client that closed the connection first (nginx's status; streams report it too)
 OPEN_PATHS = {"/", "/health", "/metrics", "/openapi.json"}
 # Generation may run for many minutes; Sanic's default 60 s response timeout would cut it off.
 RESPONSE_TIMEOUT_S = 24 * 3600
@@ -33,7 +35,8 @@ RESPONSE_TIMEOUT_S = 24 * 3600
 
 def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     """The app for `engine` (an engine.engine.Engine, started when the server starts, closed when it stops)."""
-    app = Sanic(name)
+    # Logging is the caller's (serve sets it up once): Sanic's own handlers would print every line twice.
+    app = Sanic(name, configure_logging=False)
     app.config.REQUEST_MAX_SIZE = settings.max_request_mb * 1024 * 1024
     app.config.RESPONSE_TIMEOUT = RESPONSE_TIMEOUT_S
     app.config.REQUEST_TIMEOUT = 120
@@ -64,6 +67,7 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     app.on_request(_on_request, priority=100)
     app.on_response(_on_response)
     app.error_handler.add(Exception, _on_error)
+    app.error_handler.add(RequestCancelled, _on_client_gone)
     return app
 
 
@@ -119,10 +123,11 @@ async def _on_response(request, response):
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
         response.headers["Vary"] = "Origin"
     response.headers["x-request-id"] = str(request.id)
-    if not getattr(request.ctx, "streamed", False):  # streams are counted when they end
+    if not getattr(request.ctx, "streamed", False):  # streams are counted and logged when they end
         started = getattr(request.ctx, "started", time.perf_counter())
         route = getattr(request.ctx, "route_label", "unmatched")
         server.metrics.observe_request(route, request.method, response.status, time.perf_counter() - started)
+        access_log.write(request, response.status)
 
 
 def _on_error(request, exception: Exception):
@@ -131,6 +136,11 @@ def _on_error(request, exception: Exception):
         error_body(is_anthropic(request.path, request.headers), error), status=error.status, headers=error.headers
     )
     return response
+
+
+def _on_client_gone(request, exception: RequestCancelled):
+    # The client left before its answer: nothing reaches it; metrics and the access log count a 499.
+    return empty(status=CLIENT_GONE)
 
 
 def _as_api_error(request, exception: Exception) -> ApiError:

@@ -8,11 +8,24 @@ engine within one token.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
+from sanic import Request
+from sanic.exceptions import ServerError
+
+from api.access_log import TurnNote, note_for
 from api.errors import ApiError
 from engine.errors import EngineBusy, EngineClosed
-from engine.events import PrefillProgress, TurnEvent, TurnFailed, TurnFinished
+from engine.events import (
+    PrefillProgress,
+    ToolCallStart,
+    TurnChunk,
+    TurnEvent,
+    TurnFailed,
+    TurnFinished,
+    TurnStarted,
+)
 
 
 class TurnStream:
@@ -31,6 +44,8 @@ class TurnStream:
             raise ApiError(503, f"{exc}; retry shortly", headers={"Retry-After": "5"}) from None
         self.done = False
         self.keepalive_s = keepalive_s
+        self.note, self._arrived = _request_note()
+        self.note.session_id = request.session_id
 
     async def __aenter__(self) -> TurnStream:
         return self
@@ -52,6 +67,7 @@ class TurnStream:
                 continue
             if isinstance(event, PrefillProgress):
                 continue
+            self._note(event)
             if isinstance(event, TurnFinished | TurnFailed):
                 self.done = True
             last = loop.time()
@@ -66,9 +82,30 @@ class TurnStream:
                 return event
         raise ApiError(500, "the turn ended without a result")
 
+    def _note(self, event: TurnEvent) -> None:
+        """The turn's figures for the access log, as far as they are known."""
+        note = self.note
+        if isinstance(event, TurnStarted):
+            note.prompt_tokens, note.cached_tokens = event.prompt_tokens, event.cache.reused_tokens
+        elif isinstance(event, TurnFinished):
+            note.prompt_tokens, note.cached_tokens = event.usage.prompt_tokens, event.usage.cached_tokens
+            note.generated_tokens = event.usage.completion_tokens
+        if note.ttft_s is None and isinstance(event, TurnChunk | ToolCallStart | TurnFinished):
+            note.ttft_s = time.perf_counter() - self._arrived
+
     def cancel(self) -> None:
         if not self.done:
             self.handle.cancel()
+
+
+def _request_note() -> tuple[TurnNote, float]:
+    """The current HTTP request's access-log note and arrival time. Handlers run in the request's own
+    task, so Sanic knows the request without every route passing it in; outside one, a loose note."""
+    try:
+        request = Request.get_current()
+    except ServerError:
+        return TurnNote(), time.perf_counter()
+    return note_for(request), getattr(request.ctx, "started", time.perf_counter())
 
 
 def failure(event: TurnFailed) -> ApiError:

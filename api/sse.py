@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 
+from api import access_log
+
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KEEPALIVE_COMMENT = ": keep-alive\n\n"
 
@@ -62,7 +64,7 @@ class EventStream:
         self.completed = True
 
     def record(self) -> None:
-        """Count the request: 499 if the client left or it failed mid-stream."""
+        """Count and log the request: 499 if the client left or it failed mid-stream."""
         if self.response is None:
             return
         server = self.request.app.ctx.server
@@ -71,3 +73,4 @@ class EventStream:
         server.metrics.observe_request(
             route, self.request.method, status, time.perf_counter() - self.request.ctx.started
         )
+        access_log.write(self.request, status)

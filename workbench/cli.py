@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -141,17 +142,30 @@ def tui(
     WorkbenchApp(source, initial_agent=session).run()
 
 
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")] = 8000,
     model: ModelOption = None,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "--log-level", case_sensitive=False, help="Least severe log lines shown; info: a line per request."
+        ),
+    ] = LogLevel.info,
 ) -> None:
     """Serve the Anthropic, OpenAI and agent APIs over HTTP (one process, one model in memory)."""
     runs_the_engine()
     from workbench.serve_cmd import run_server
 
-    raise typer.Exit(run_server(settings_or_exit(mlx_model_id=model), host, port))
+    raise typer.Exit(run_server(settings_or_exit(mlx_model_id=model), host, port, log_level.value))
 
 
 @app.command()

@@ -25,11 +25,12 @@ class LogProgress:
             log.info("%s: %d%%", stage, percent)
 
 
-def run_server(settings: Settings, host: str, port: int) -> int:
+def run_server(settings: Settings, host: str, port: int, log_level: str = "info") -> int:
     from api.app import create_app
     from engine.engine import Engine
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One handler for every logger, Sanic's included (the app leaves logging to us).
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = Engine(settings, progress=LogProgress())
     app = create_app(settings, engine)
     auth = "API key required" if settings.api_key else "no API key (set SEMANTIC_API_KEY to require one)"
