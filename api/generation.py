@@ -49,6 +49,17 @@ def generation_request(
         raise from_validation_error(exc) from None
 
 
+def check_prompt_fits(engine, request: GenerationRequest) -> int:
+    """The request's prompt tokens, or a 400 at once when they leave no room in the model's context (the
+    engine would say so too, but only once the request reaches the front of its queue). Renders the
+    prompt: call it off the event loop; the engine's own render then reuses the tokens."""
+    prompt_tokens = engine.count_tokens(request)
+    context_length = engine.info.context_length
+    if prompt_tokens >= context_length:
+        raise ApiError(400, f"prompt is too long: {prompt_tokens} tokens > {context_length - 1} maximum")
+    return prompt_tokens
+
+
 def text_only_error(kind: str, where: str) -> ApiError:
     return ApiError(400, f"{where}: {kind} input is not supported; this server's models read text only", param=where)
 

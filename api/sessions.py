@@ -4,22 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 
 def session_id_from(headers, body: dict) -> str | None:
-    """First found wins: X-Session-ID, x-claude-code-session-id, Anthropic metadata.user_id, OpenAI
-    user / safety_identifier. Without one the engine still reuses the longest cached prefix."""
+    """First found wins: X-Session-ID, x-claude-code-session-id, Anthropic metadata.user_id (its
+    session_id when it is Claude Code's JSON), OpenAI user / safety_identifier. Without one the engine
+    still reuses the longest cached prefix."""
     for header in ("x-session-id", "x-claude-code-session-id"):
         if value := headers.get(header):
             return value
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
-        return metadata["user_id"]
+        return _claude_code_session(metadata["user_id"]) or metadata["user_id"]
     for field in ("user", "safety_identifier"):
         if isinstance(body.get(field), str) and body[field]:
             return body[field]
     return None
+
+
+def _claude_code_session(user_id: str) -> str | None:
+    """Claude Code's user_id is a JSON string, `{"device_id": …, "account_uuid": …, "session_id": "<uuid>"}`:
+    its session_id names the agent (the same id its x-claude-code-session-id header carries)."""
+    if not user_id.startswith("{"):
+        return None
+    try:
+        fields = json.loads(user_id)
+    except ValueError:
+        return None
+    session = fields.get("session_id") if isinstance(fields, dict) else None
+    return session if isinstance(session, str) and session else None
 
 
 class SessionLocks:

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     strict_model_names: bool = Field(
         default=False, description="Answer 404 for a `model` the server does not serve (default: serve any name)."
     )
+    drop_volatile_lines: bool = Field(
+        default=True,
+        description="Drop system-prompt lines that clients change on every request (Claude Code's "
+        "x-anthropic-billing-header), so they do not defeat the KV cache; see api/volatile.py.",
+    )
     sse_keepalive_s: float = Field(
         default=10.0, gt=0, le=60, description="Quiet seconds before a stream sends a keep-alive (ping) event."
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import anthropic
 import httpx
 import pytest
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, ServerProcess
+from tests.recorded_clients import claude_code_request, replay_headers, small_claude_code_body, with_billing_line
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +170,88 @@ def test_final_assistant_message_is_continued(client):
     )
     assert "Paris" in message.content[0].text
     assert not message.content[0].text.startswith("The capital")  # only the continuation is returned
+
+
+# -- Claude Code, replayed from a recorded request (tests/recorded_clients.py) ---------------------------
+
+
+def _claude_code_post(server, body: dict, session_id: str, timeout: float = 600) -> httpx.Response:
+    recorded = claude_code_request()
+    headers = {**replay_headers(recorded, API_KEY), "X-Claude-Code-Session-Id": session_id}
+    return httpx.post(f"{server.base_url}{recorded['path']}", json=body, headers=headers, timeout=timeout)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_claude_code_request_too_long_is_a_fast_400(server, stream):
+    body = {**claude_code_request()["body"], "stream": stream}  # ~20k tokens against an 8k context
+    started = time.perf_counter()
+    response = _claude_code_post(server, body, "cc-too-long")
+    elapsed_s = time.perf_counter() - started
+    assert response.status_code == 400 and elapsed_s < 5
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    found = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", error["error"]["message"])
+    assert found and int(found[1]) > 15000 and int(found[2]) == 8191
+
+
+def test_claude_code_request_is_served_as_one_agent(server):
+    """Every field Claude Code sends (thinking, context_management, output_config.effort, betas,
+    ?beta=true, a system message inside `messages`, metadata.user_id as JSON) is accepted; its session
+    is one agent named by its session id."""
+    session_id = "6f0a3a52-6d8e-4c1e-9d55-0c2b8e1f4a10"
+    body = small_claude_code_body(max_tokens=6)
+    body["metadata"] = {"user_id": json.dumps({"device_id": "d", "account_uuid": "", "session_id": session_id})}
+    response = _claude_code_post(server, body, session_id)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = [frame.split("\n")[0].removeprefix("event: ") for frame in response.text.strip().split("\n\n")]
+    events = [name for name in events if name != "ping"]
+    assert events[:2] == ["message_start", "content_block_start"] and events[-1] == "message_stop"
+    assert "thinking" not in response.text  # the model has no thinking blocks to send
+    for _ in range(100):  # the turn's cache is kept just after its last event
+        agent = httpx.get(f"{server.base_url}/v1/agents/{session_id}", headers={"x-api-key": API_KEY})
+        if agent.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert agent.status_code == 200 and agent.json()["id"] == session_id
+
+
+def test_billing_line_does_not_bust_the_cache(server):
+    """Two requests that differ only in Claude Code's x-anthropic-billing-header line: the second reads
+    its whole prompt from the cache (all but the one token that must be computed to answer)."""
+    body = {**small_claude_code_body(max_tokens=1), "stream": False}
+    lines = (
+        "x-anthropic-billing-header: cc_version=2.1.197.1c0; cc_entrypoint=sdk-cli;",
+        "x-anthropic-billing-header: cc_version=2.1.197.e4a; cc_entrypoint=cli; cch=5f0e1;",
+    )
+    first, second = (
+        _claude_code_post(server, with_billing_line(body, line), "cc-billing").json()["usage"] for line in lines
+    )
+    prompt_tokens = first["input_tokens"] + first["cache_read_input_tokens"]
+    assert second["input_tokens"] + second["cache_read_input_tokens"] == prompt_tokens
+    assert second["cache_read_input_tokens"] == prompt_tokens - 1 and second["input_tokens"] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_model_dir, data_dir):
+    """The random-weight tiny Llama (a 512-token context) behind a real server."""
+    cache_dir = data_dir / "tiny-server-caches"
+    cache_dir.mkdir(exist_ok=True)
+    running = ServerProcess(data_dir, cache_dir, {"SEMANTIC_MLX_MODEL_ID": str(tiny_model_dir)})
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_max_tokens_beyond_the_context_is_clamped(tiny_server):
+    client = anthropic.Anthropic(base_url=tiny_server.base_url, api_key="unused", max_retries=0)
+    request = {"model": "m", "messages": [{"role": "user", "content": "tok " * 440}]}
+    prompt_tokens = client.messages.count_tokens(**request).input_tokens
+    assert 400 < prompt_tokens < 511
+    # (a timeout of our own: the SDK refuses a non-streaming max_tokens this large without one)
+    message = client.messages.create(max_tokens=64000, extra_body={"temperature": 0}, timeout=300, **request)
+    assert message.usage.output_tokens <= 512 - prompt_tokens
+    assert message.stop_reason in ("max_tokens", "end_turn")
+    with pytest.raises(anthropic.BadRequestError, match=r"prompt is too long: \d+ tokens > 511 maximum"):
+        client.messages.create(model="m", max_tokens=1, messages=[{"role": "user", "content": "tok " * 600}])

@@ -10,30 +10,40 @@ from sanic import Blueprint
 from sanic.response import json as json_response
 
 from api import sse
+from api.access_log import note_for
 from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
-from api.generation import check_schema, generation_request, text_only_error
+from api.generation import check_prompt_fits, check_schema, generation_request, text_only_error
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest, TextBlock
 from api.sessions import session_id_from
+from api.system_turns import fit_system_turns, renders_system_turns
 from api.usage import ANTHROPIC_STOP, anthropic_input_usage, anthropic_usage
 from api.validation import parse, read_json
+from api.volatile import drop_volatile_lines
 from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.requests import ChatMessage, ToolCall, ToolSpec
 
 bp = Blueprint("anthropic", url_prefix="/v1/messages")
 
 
-def engine_messages(parsed: MessagesRequest | CountTokensRequest) -> list[ChatMessage]:
+def engine_messages(parsed: MessagesRequest | CountTokensRequest, drop_volatile: bool = True) -> list[ChatMessage]:
     """System prompt and turns as chat messages; the same input always renders the same text (cache reuse).
-    A user turn's tool_result blocks become "tool" turns, before the text sent with them."""
+    A user turn's tool_result blocks become "tool" turns, before the text sent with them. System text loses
+    its volatile lines (api/volatile.py) unless `drop_volatile` is false; system entries inside `messages`
+    stay system messages here (api/system_turns.py fits them to the template)."""
+    clean = drop_volatile_lines if drop_volatile else str
     messages = []
     if parsed.system:
-        system = parsed.system if isinstance(parsed.system, str) else "\n".join(b.text for b in parsed.system)
+        blocks = [parsed.system] if isinstance(parsed.system, str) else [block.text for block in parsed.system]
+        system = "\n".join(text for text in map(clean, blocks) if text)
         if system.strip():
             messages.append(ChatMessage(role="system", content=system))
     for index, message in enumerate(parsed.messages):
         where = f"messages.{index}.content"
         blocks = [TextBlock(type="text", text=message.content)] if isinstance(message.content, str) else message.content
+        if message.role == "system":
+            messages.append(ChatMessage(role="system", content=clean(_system_text(blocks, where))))
+            continue
         texts, calls = [], []
         for number, block in enumerate(blocks):
             if block.type == "text":
@@ -56,6 +66,13 @@ def engine_messages(parsed: MessagesRequest | CountTokensRequest) -> list[ChatMe
         if texts or calls or not any(block.type == "tool_result" for block in blocks):
             messages.append(ChatMessage(role=message.role, content="\n".join(texts), tool_calls=tuple(calls)))
     return messages
+
+
+def _system_text(blocks, where: str) -> str:
+    for number, block in enumerate(blocks):
+        if block.type != "text":
+            raise ApiError(400, f"{where}.{number}: a system message holds text blocks only", param=where)
+    return "\n".join(block.text for block in blocks)
 
 
 def _result_text(content, where: str) -> str:
@@ -91,17 +108,26 @@ def _tools(parsed: MessagesRequest | CountTokensRequest) -> dict:
     }
 
 
-def _request(parsed: MessagesRequest, body: dict, headers):
-    return generation_request(
-        engine_messages(parsed),
+def _conversation(parsed: MessagesRequest | CountTokensRequest, engine, settings) -> list[ChatMessage]:
+    """The request's messages as the serving model renders them (renders a probe once per model)."""
+    return fit_system_turns(engine_messages(parsed, settings.drop_volatile_lines), renders_system_turns(engine))
+
+
+def _request(parsed: MessagesRequest, session_id: str | None, engine, settings):
+    """The engine request, checked against the context (400 at once when too long). Renders the prompt:
+    run it off the event loop."""
+    generation = generation_request(
+        _conversation(parsed, engine, settings),
         parsed.max_tokens,
-        session_id_from(headers, body),
+        session_id,
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         top_k=parsed.top_k,
         stop=parsed.stop_sequences,
         **_tools(parsed),
     )
+    check_prompt_fits(engine, generation)
+    return generation
 
 
 def tool_use_id(call_id: str) -> str:
@@ -130,7 +156,8 @@ async def create_message(request):
     parsed = parse(MessagesRequest, body)
     engine = server.ready_engine()
     model = server.served_model(parsed.model)
-    generation = _request(parsed, body, request.headers)
+    session_id = note_for(request).session_id = session_id_from(request.headers, body)
+    generation = await asyncio.to_thread(_request, parsed, session_id, engine, server.settings)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
     # A session's requests run one at a time, in arrival order (the lock is FIFO).
     async with (
@@ -241,6 +268,9 @@ async def count_tokens(request):
     parsed = parse(CountTokensRequest, body)
     engine = server.ready_engine()
     server.served_model(parsed.model)
-    generation = generation_request(engine_messages(parsed), 1, None, **_tools(parsed))
-    count = await asyncio.to_thread(engine.count_tokens, generation)
-    return json_response({"input_tokens": count})
+
+    def count() -> int:
+        generation = generation_request(_conversation(parsed, engine, server.settings), 1, None, **_tools(parsed))
+        return engine.count_tokens(generation)
+
+    return json_response({"input_tokens": await asyncio.to_thread(count)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -9,9 +10,10 @@ from sanic import Blueprint
 from sanic.response import json as json_response
 
 from api import sse
+from api.access_log import note_for
 from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
-from api.generation import check_schema, generation_request, text_only_error
+from api.generation import check_prompt_fits, check_schema, generation_request, text_only_error
 from api.schemas.openai import ChatCompletionRequest, NamedToolChoice
 from api.sessions import session_id_from
 from api.usage import OPENAI_FINISH, openai_usage
@@ -115,6 +117,8 @@ async def create_chat_completion(request):
     engine = server.ready_engine()
     model = server.served_model(parsed.model)
     generation = _request(parsed, body, request.headers)
+    note_for(request).session_id = generation.session_id
+    await asyncio.to_thread(check_prompt_fits, engine, generation)  # too long: a 400 now, not after the queue
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
     # A session's requests run one at a time, in arrival order (the lock is FIFO).
     async with (

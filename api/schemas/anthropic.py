@@ -53,7 +53,8 @@ ContentBlock = Annotated[
 
 
 class Message(_Open):
-    role: Literal["user", "assistant"]
+    # "system" inside `messages`: Claude Code's mid-conversation system turns (beta mid-conversation-system-…)
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
