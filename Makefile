@@ -30,10 +30,10 @@ openblas:
 		fi; \
 	fi
 
-# Agent CLIs the tests drive (Codex CLI), installed into .clients, not globally. Without npm or the
-# registry their tests are skipped with the reason.
+# Agent CLIs the tests drive (Codex CLI, Claude Code), installed into .clients, not globally. Without npm
+# or the registry their tests are skipped with the reason.
 CLIENTS_DIR := .clients
-NPM_CLIENTS := @openai/codex
+NPM_CLIENTS := @openai/codex @anthropic-ai/claude-code@2
 CLIENTS_STAMP := $(CLIENTS_DIR)/.installed
 
 clients: $(CLIENTS_STAMP)
