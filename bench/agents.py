@@ -105,6 +105,7 @@ def drive(
     client = OpenAI(base_url=base_url + "/v1", api_key="bench", max_retries=0, timeout=3600)
     ttfts: list[tuple[int, float]] = []  # (turn, seconds)
     output_tokens = [0]
+    resumed_prompt = [0, 0]  # prompt tokens of resumed turns, and how many of them the server had cached
     lock = threading.Lock()
     errors: list[BaseException] = []
 
@@ -137,6 +138,10 @@ def drive(
             with lock:
                 ttfts.append((turn, (first or time.perf_counter()) - started))
                 output_tokens[0] += usage.completion_tokens if usage else len(text)
+                details = getattr(usage, "prompt_tokens_details", None) if usage else None
+                if turn > 0 and details is not None and details.cached_tokens is not None:
+                    resumed_prompt[0] += usage.prompt_tokens
+                    resumed_prompt[1] += details.cached_tokens
             messages.append({"role": "assistant", "content": "".join(text)})
 
     # One untimed request first: the first forward pass of a fresh process pays one-off set-up costs.
@@ -159,6 +164,8 @@ def drive(
         "ttft_p95_s": round(percentile(all_ttft, 95), 3),
         "resumed_ttft_p50_s": round(percentile(resumed, 50), 3),
         "resumed_ttft_p95_s": round(percentile(resumed, 95), 3),
+        # Of the resumed turns' prompt tokens, the share read from a cache (None: not reported)
+        "resumed_cached_fraction": round(resumed_prompt[1] / resumed_prompt[0], 3) if resumed_prompt[0] else None,
     }
 
 
@@ -170,26 +177,34 @@ def percentile(values: list[float], p: int) -> float:
 
 
 def run_server(command: list[str], env: dict, ready_path: str, conversations, args, sessions: bool, model: str):
-    """Start a server on a free port, drive the workload against it, stop it."""
+    """Start a server on a free port, drive the workload against it, stop it. With --server-logs DIR
+    its output goes to DIR/<program>.log."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [*command, "--port", str(port)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_ready(url, process, ready_path)
-        return drive(url, conversations, args.turns, args.new_tokens, sessions, model)
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
+    log_path = None
+    if args.server_logs:
+        Path(args.server_logs).mkdir(parents=True, exist_ok=True)
+        log_path = Path(args.server_logs) / ("agent-memory.log" if sessions else "mlx_lm.server.log")
+    with open(log_path or os.devnull, "w") as output:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_ready(url, process, ready_path)
+            return drive(url, conversations, args.turns, args.new_tokens, sessions, model)
+        finally:
+            process.terminate()
+            process.wait(timeout=120)
 
 
 def run_ours(conversations, args, data_dir: Path) -> dict:
     command = [sys.executable, "-m", "workbench.cli", "serve"]
+    if args.server_logs:
+        command += ["--log-level", args.server_log_level]
     env = {"SEMANTIC_AGENT_CACHE_DIR": str(data_dir / "bench-caches")}
     return run_server(command, env, "/health", conversations, args, True, "default")
 
@@ -236,6 +251,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="A small run (3 agents, 2 turns, short prompts).")
     parser.add_argument("--json", action="store_true", help="Print one JSON line.")
+    parser.add_argument(
+        "--only", choices=("ours", "mlx_lm"), help="Run one server alone, without the decode scaling (no ratios)."
+    )
+    parser.add_argument("--server-logs", metavar="DIR", help="Keep each server's output in DIR.")
+    parser.add_argument(
+        "--server-log-level", default="info", help="Our server's --log-level with --server-logs (debug: each step)."
+    )
     args = parser.parse_args()
     if args.quick:
         args.agents, args.turns, args.system_tokens, args.history_tokens, args.new_tokens = 3, 2, 200, 300, 16
@@ -250,6 +272,14 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     conversations = build_conversations(tokenizer, args.agents, args.system_tokens, args.history_tokens)
 
+    if args.only:
+        with tempfile.TemporaryDirectory() as scratch:
+            if args.only == "ours":
+                figures = run_ours(conversations, args, Path(scratch))
+            else:
+                figures = run_mlx_lm(conversations, args, model_dir, settings.mlx_max_batch_size)
+        print(json.dumps({"agents": args.agents, "turns": args.turns, args.only: figures}))
+        return
     with tempfile.TemporaryDirectory() as scratch:
         ours = run_ours(conversations, args, Path(scratch))
     theirs = run_mlx_lm(conversations, args, model_dir, settings.mlx_max_batch_size)

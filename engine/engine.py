@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -345,7 +346,10 @@ class Engine:
                 self._deferred.clear()
                 return
         else:
+            began = time.perf_counter()
             scheduler.admit()
+            if log.isEnabledFor(logging.DEBUG) and time.perf_counter() - began > 1e-3:
+                log.debug("admit: %.1f ms, %d running", (time.perf_counter() - began) * 1e3, len(scheduler.active))
         try:
             scheduler.step()
         except Exception as exc:  # noqa: BLE001 - fail the running requests, keep serving

@@ -190,7 +190,9 @@ class BatchScheduler:
         # as one chunk.
         prefilling = sum(1 for s in self.active.values() if s.turn.prefilling)
         self.generator.prefill_step_size = max(MIN_PREFILL_CHUNK, self.prefill_step_size // max(prefilling, 1))
+        began = time.perf_counter()
         prompt_responses, generation_responses = self.generator.next()
+        computed = time.perf_counter()
         for sequence in [s for s in self.active.values() if s.turn.failure is not None]:
             self._fail_one(sequence)
         for response in prompt_responses:
@@ -201,6 +203,15 @@ class BatchScheduler:
             sequence = self.active.get(response.uid)
             if sequence is not None:
                 self._on_token(sequence, response)
+        if log.isEnabledFor(logging.DEBUG):  # where a step's time goes (serve --log-level debug)
+            log.debug(
+                "step: %d running, %d prefilling, %d tokens; next %.1f ms, after %.1f ms",
+                len(self.active),
+                prefilling,
+                len(generation_responses),
+                (computed - began) * 1e3,
+                (time.perf_counter() - computed) * 1e3,
+            )
 
     def _on_token(self, sequence: _Sequence, response) -> None:
         if sequence.turn.prefilling and sequence.shared_prefix:
