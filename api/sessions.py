@@ -7,21 +7,41 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
+from api.errors import ApiError
+from api.validation import has_surrogate
+
+# Ids name files only through a hash, but each is kept in memory, in SQLite and in the access log.
+MAX_SESSION_ID_CHARS = 256
+
 
 def session_id_from(headers, body: dict) -> str | None:
     """First found wins: X-Session-ID, x-claude-code-session-id, Anthropic metadata.user_id (its
     session_id when it is Claude Code's JSON), OpenAI user / safety_identifier. Without one the engine
-    still reuses the longest cached prefix."""
+    still reuses the longest cached prefix. The id found is checked (checked_session_id): a 400 if bad."""
     for header in ("x-session-id", "x-claude-code-session-id"):
         if value := headers.get(header):
-            return value
+            return checked_session_id(value, header)
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
-        return _claude_code_session(metadata["user_id"]) or metadata["user_id"]
+        return checked_session_id(_claude_code_session(metadata["user_id"]) or metadata["user_id"], "metadata.user_id")
     for field in ("user", "safety_identifier"):
         if isinstance(body.get(field), str) and body[field]:
-            return body[field]
+            return checked_session_id(body[field], field)
     return None
+
+
+def checked_session_id(session_id: str, source: str) -> str:
+    """`session_id` if it is at most MAX_SESSION_ID_CHARS of valid Unicode, else a 400 naming `source`.
+    A header's non-UTF-8 byte arrives as a lone surrogate (Sanic decodes heads with surrogateescape)."""
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        raise ApiError(
+            400,
+            f"{source}: a session id is at most {MAX_SESSION_ID_CHARS} characters; this one has {len(session_id)}",
+            param=source,
+        )
+    if has_surrogate(session_id):
+        raise ApiError(400, f"{source}: the session id is not valid UTF-8 text", param=source)
+    return session_id
 
 
 def _claude_code_session(user_id: str) -> str | None:

@@ -1,15 +1,27 @@
-"""Reading request bodies: JSON object or a 400 in the caller's API shape, never a 500."""
+"""Reading request bodies: JSON object or a 400 in the caller's API shape, never a 500.
+
+Everything a body holds is checked once here, before any route reads it: nesting deeper than
+MAX_JSON_DEPTH (deep enough for any tool schema, shallow enough for every recursive walk after it) and
+strings holding a lone UTF-16 surrogate (JSON's "\\ud800" parses, but no tokenizer, file or log takes it).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+import re
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from api.errors import ApiError, from_validation_error
 
 M = TypeVar("M", bound=BaseModel)
+
+MAX_JSON_DEPTH = 100
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# A sampling seed: MLX keys take an unsigned 64-bit integer; `true` is not 1.
+Seed = Annotated[StrictInt, Field(ge=0, lt=2**64, description="Sampling seed, 0 to 2^64-1.")]
 
 
 def read_json(request) -> dict:
@@ -19,9 +31,46 @@ def read_json(request) -> dict:
         body = json.loads(request.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
+    _check_values(body)
     return body
+
+
+def has_surrogate(text: str) -> bool:
+    """True when `text` holds a lone surrogate: an escaped "\\ud800" in JSON, a non-UTF-8 header byte."""
+    return _SURROGATE.search(text) is not None
+
+
+def _check_values(body: dict) -> None:
+    # Iterative, so a deep body cannot exhaust the stack while being checked.
+    stack: list[tuple[object, tuple]] = [(body, ())]
+    while stack:
+        value, location = stack.pop()
+        if isinstance(value, str):
+            if has_surrogate(value):
+                _refuse(location, "the text holds a lone UTF-16 surrogate (e.g. \\ud800); send valid Unicode")
+            continue
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        else:
+            continue
+        if len(location) >= MAX_JSON_DEPTH:
+            _refuse(location, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        for key, item in items:
+            if isinstance(key, str) and has_surrogate(key):
+                _refuse(location, "a key holds a lone UTF-16 surrogate (e.g. \\ud800); send valid Unicode")
+            stack.append((item, (*location, key)))
+
+
+def _refuse(location: tuple, message: str):
+    # Only the first few levels name the field: a path 100 levels deep is no help.
+    path = ".".join(str(part) for part in location[:8]) + (".…" if len(location) > 8 else "")
+    raise ApiError(400, f"{path}: {message}" if path else message, param=path or None)
 
 
 def parse(model: type[M], body: dict) -> M:

@@ -14,6 +14,7 @@ from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
 from api.generation import generation_request
 from api.schemas.agents import AgentMessageRequest
+from api.sessions import checked_session_id
 from api.usage import turn_summary
 from api.validation import parse, read_json
 from engine.agents_view import agent_rows, block_counts
@@ -21,6 +22,11 @@ from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.sessions import Session, SessionCorrupt, SessionStore
 
 bp = Blueprint("agents", url_prefix="/v1/agents")
+
+
+def _agent_id(in_path: str) -> str:
+    # Ids may hold any character, percent-encoded in the path; their length is capped like every session id.
+    return checked_session_id(unquote(in_path), "agent_id")
 
 
 def _store(request) -> SessionStore:
@@ -49,7 +55,7 @@ async def list_agents(request):
 
 @bp.get("/<agent_id:str>")
 async def get_agent(request, agent_id: str):
-    agent_id = unquote(agent_id)  # ids may hold any character, percent-encoded in the path
+    agent_id = _agent_id(agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
     session = _session(_store(request), agent_id)
@@ -68,7 +74,7 @@ async def get_agent(request, agent_id: str):
 
 @bp.delete("/<agent_id:str>")
 async def delete_agent(request, agent_id: str):
-    agent_id = unquote(agent_id)  # ids may hold any character, percent-encoded in the path
+    agent_id = _agent_id(agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
     async with server.locks.hold(agent_id):
@@ -85,7 +91,7 @@ async def delete_agent(request, agent_id: str):
 
 @bp.post("/<agent_id:str>/messages")
 async def send_message(request, agent_id: str):
-    agent_id = unquote(agent_id)  # ids may hold any character, percent-encoded in the path
+    agent_id = _agent_id(agent_id)
     server = request.app.ctx.server
     parsed = parse(AgentMessageRequest, read_json(request))
     engine = server.ready_engine()

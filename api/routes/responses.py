@@ -40,7 +40,7 @@ from api.schemas.responses import (
     NamespaceTool,
     ResponsesRequest,
 )
-from api.sessions import session_id_from
+from api.sessions import checked_session_id, session_id_from
 from api.validation import read_json
 from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted, Usage
 from engine.requests import NO_ARGUMENTS, ChatMessage, ToolCall, ToolSpec
@@ -380,7 +380,7 @@ async def create_response(request):
     fields, turn.namespaces = _tool_fields(parsed)
     session_id = (
         session_id_from(request.headers, body)
-        or parsed.prompt_cache_key
+        or (parsed.prompt_cache_key and checked_session_id(parsed.prompt_cache_key, "prompt_cache_key"))
         or (previous.session_id if previous else None)
         or (turn.id if turn.keep else None)
     )

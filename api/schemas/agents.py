@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.validation import Seed
+
 
 class AgentMessageRequest(BaseModel):
     """POST /v1/agents/{id}/messages"""
@@ -17,7 +19,7 @@ class AgentMessageRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class SwapRequest(BaseModel):
