@@ -1,6 +1,7 @@
 """The Sanic app factory: one blueprint per API family on one shared engine, in one process.
 
 Every error leaves as JSON in the called API's shape. A 500 is a bug: it is logged with the request id.
+With SEMANTIC_API_KEY set every route but OPEN_PATHS needs the key (docs/security.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import time
 
 from sanic import Sanic
-from sanic.exceptions import RequestCancelled, SanicException
+from sanic.exceptions import PayloadTooLarge, RequestCancelled, SanicException
 from sanic.response import empty
 from sanic.response import json as json_response
 
@@ -28,7 +29,10 @@ from engine.settings import Settings
 log = logging.getLogger("agent_memory.api")
 
 CLIENT_GONE = 499  # a client that closed the connection first (nginx's status; streams report it too)
-OPEN_PATHS = {"/", "/health", "/metrics", "/openapi.json"}
+# Load balancers probe /health without a key; /metrics tells traffic and session counts, so it needs one.
+OPEN_PATHS = {"/", "/health", "/openapi.json"}
+# Request line and headers together (Sanic's own default, stated here because docs/security.md names it).
+MAX_HEAD_BYTES = 8192
 # Generation may run for many minutes; Sanic's default 60 s response timeout would cut it off.
 RESPONSE_TIMEOUT_S = 24 * 3600
 
@@ -38,6 +42,7 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     # Logging is the caller's (serve sets it up once): Sanic's own handlers would print every line twice.
     app = Sanic(name, configure_logging=False)
     app.config.REQUEST_MAX_SIZE = settings.max_request_mb * 1024 * 1024
+    app.config.REQUEST_MAX_HEADER_SIZE = MAX_HEAD_BYTES
     app.config.RESPONSE_TIMEOUT = RESPONSE_TIMEOUT_S
     app.config.REQUEST_TIMEOUT = 120
     app.config.FALLBACK_ERROR_FORMAT = "json"
@@ -84,7 +89,9 @@ async def _on_request(request):
     if request.method == "OPTIONS" and settings.cors_origin_list:
         return empty(status=204)  # CORS preflight: headers are added on the way out
     path = request.path
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or not request.head:
+        # No head: Sanic could not read the request (too large, malformed) and answers its error with a
+        # stand-in request; a 401 would hide the real status.
         return None
     if path.startswith("/admin"):
         _check_admin(request, settings)
@@ -101,7 +108,7 @@ def _check_api_key(request, api_key: str) -> None:
         offered = token.strip() if scheme.lower() == "bearer" else None
     if offered is None:
         raise ApiError(401, "missing API key: send it as `x-api-key: KEY` or `Authorization: Bearer KEY`")
-    if not hmac.compare_digest(offered.encode(), api_key.encode()):
+    if not hmac.compare_digest(_header_bytes(offered), api_key.encode()):
         raise ApiError(401, "invalid API key")
 
 
@@ -109,8 +116,13 @@ def _check_admin(request, settings: Settings) -> None:
     if not settings.admin_key:
         raise ApiError(403, "admin routes are disabled: set SEMANTIC_ADMIN_KEY to enable them")
     offered = request.headers.get("x-admin-key", "")
-    if not hmac.compare_digest(offered.encode(), settings.admin_key.encode()):
+    if not hmac.compare_digest(_header_bytes(offered), settings.admin_key.encode()):
         raise ApiError(401 if not offered else 403, "missing or wrong X-Admin-Key")
+
+
+def _header_bytes(value: str) -> bytes:
+    # A header's non-UTF-8 bytes arrive as lone surrogates (Sanic decodes heads with surrogateescape).
+    return value.encode("utf-8", "surrogateescape")
 
 
 async def _on_response(request, response):
@@ -132,8 +144,9 @@ async def _on_response(request, response):
 
 def _on_error(request, exception: Exception):
     error = _as_api_error(request, exception)
+    path = request.path if request.head else _unread_path(request)
     response = json_response(
-        error_body(is_anthropic(request.path, request.headers), error), status=error.status, headers=error.headers
+        error_body(is_anthropic(path, request.headers), error), status=error.status, headers=error.headers
     )
     return response
 
@@ -150,6 +163,8 @@ def _as_api_error(request, exception: Exception) -> ApiError:
         return ApiError(400, str(exception))
     if isinstance(exception, EngineClosed):
         return ApiError(503, str(exception), headers={"Retry-After": "5"})
+    if isinstance(exception, PayloadTooLarge) and not request.head:
+        return _head_too_large(request)
     if isinstance(exception, SanicException):
         status = exception.status_code
         message = {
@@ -158,9 +173,34 @@ def _as_api_error(request, exception: Exception) -> ApiError:
             413: f"the request body is larger than the {request.app.config.REQUEST_MAX_SIZE // (1024 * 1024)} MB "
             "limit (SEMANTIC_MAX_REQUEST_MB)",
         }.get(status, str(exception))
-        return ApiError(status, message)
+        return ApiError(status, message, headers=dict(exception.headers or {}))  # a 405's Allow among them
     if isinstance(exception, EngineError):
         log.error("request %s failed: %s", request.id, exception)
         return ApiError(500, str(exception), headers={"x-should-retry": "false"})
     log.exception("request %s: unexpected server error", request.id)
     return ApiError(500, f"internal server error (request id {request.id})")
+
+
+def _received(request) -> bytes:
+    """What Sanic had received of a request it could not read. Its buffer is an internal (hence the getattr):
+    without it, an over-long head is a 431 and its error is in the OpenAI shape."""
+    return bytes(getattr(request.stream, "recv_buffer", b""))
+
+
+def _unread_path(request) -> str:
+    # "POST /v1/messages?beta=true HTTP/1.1": the path picks the error's shape.
+    parts = _received(request).split(b"\r\n", 1)[0].split(b" ")
+    return parts[1].split(b"?", 1)[0].decode("latin-1") if len(parts) > 1 else request.path
+
+
+def _head_too_large(request) -> ApiError:
+    """414 when the request line alone takes more than half the limit (a long URL), else 431: Sanic raises
+    one PayloadTooLarge for both."""
+    received = _received(request)
+    line_end = received.find(b"\r\n")
+    request_line_bytes = len(received) if line_end == -1 else line_end
+    if request_line_bytes * 2 > MAX_HEAD_BYTES:
+        return ApiError(414, f"the URL is too long: request line and headers are limited to {MAX_HEAD_BYTES} bytes")
+    return ApiError(
+        431, f"the request headers are too large: request line and headers are limited to {MAX_HEAD_BYTES} bytes"
+    )

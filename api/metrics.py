@@ -1,4 +1,8 @@
-"""Prometheus metrics: counters and histograms updated per request, KV and queue gauges read at scrape time."""
+"""Prometheus metrics: counters and histograms updated per request, KV and queue gauges read at scrape time.
+
+Every label value comes from a closed set (a method outside METHODS is "other"; a route is its template or
+"unmatched", never a raw path), so no client can grow the registry by sending odd requests.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from engine.events import TurnFinished
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -75,7 +80,8 @@ class Metrics:
             self.ttft.labels(finished.cache.source).observe(finished.timing.ttft_s)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
+        """`route` is a route template or "unmatched"; `method` is any string the client sent."""
+        self.requests.labels(route, method if method in METHODS else "other", str(status)).inc()
         self.duration.labels(route).observe(seconds)
 
     def render(self) -> bytes:

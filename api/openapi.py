@@ -39,7 +39,8 @@ ROUTES = [
     ("get", "/metrics", "Server", "Prometheus metrics", None, False),
     ("post", "/admin/swap", "Admin", "Swap the served model (X-Admin-Key)", SwapRequest, False),
 ]
-OPEN_PATHS = {"/health", "/metrics"}
+OPEN_PATHS = {"/health"}  # with SEMANTIC_API_KEY set every other route needs the key (api/app.py)
+ENGINELESS_PATHS = {"/metrics", "/v1/responses/{response_id}"}  # answered while the model loads
 
 
 def package_version() -> str:
@@ -54,14 +55,13 @@ def openapi_document(app_version: str) -> dict:
     _, schemas = models_json_schema(
         [(model, "validation") for model in REQUEST_MODELS], ref_template="#/components/schemas/{model}"
     )
-    error = {"description": "Error, in the called API's shape", "content": {"application/json": {"schema": {}}}}
     paths: dict[str, dict] = {}
     for method, path, tag, summary, model, streams in ROUTES:
         operation: dict = {
             "tags": [tag],
             "summary": summary,
             "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
-            "responses": {"200": _ok(streams), "400": error, "401": error, "404": error, "503": error},
+            "responses": _responses(method, path, model, streams),
         }
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -96,7 +96,37 @@ def openapi_document(app_version: str) -> dict:
     }
 
 
-def _ok(streams: bool) -> dict:
+def _responses(method: str, path: str, model, streams: bool) -> dict:
+    """The statuses a route answers; 414 and 431 (an over-long head) may come from any route."""
+    responses = {"200": _ok(path, streams)}
+    if model is not None or "{agent_id}" in path:
+        responses["400"] = _error("Invalid request: a bad body, or a session id that is too long or not UTF-8")
+    if path.startswith("/admin"):
+        responses["401"] = _error("X-Admin-Key missing")
+        responses["403"] = _error("X-Admin-Key wrong, or admin routes disabled (no SEMANTIC_ADMIN_KEY)")
+    elif path not in OPEN_PATHS:
+        responses["401"] = _error("API key missing or wrong (when SEMANTIC_API_KEY is set)")
+    if "{" in path or (model is not None and "model" in model.model_fields):
+        responses["404"] = _error("No such item, or a model name not served (SEMANTIC_STRICT_MODEL_NAMES)")
+    if model is not None:
+        responses["413"] = _error("Body larger than SEMANTIC_MAX_REQUEST_MB")
+    if streams:
+        responses["429"] = _error("Queue full (SEMANTIC_MAX_QUEUE); retry after Retry-After seconds")
+    if path not in ENGINELESS_PATHS:
+        responses["503"] = _error("Model loading, swapping or failed; retry after Retry-After seconds")
+    return responses
+
+
+def _error(description: str) -> dict:
+    return {"description": f"{description}. JSON in the called API's shape.", "content": {"application/json": {}}}
+
+
+def _ok(path: str, streams: bool) -> dict:
+    if path == "/metrics":
+        return {
+            "description": "Prometheus text format 0.0.4",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
     content = {"application/json": {"schema": {"type": "object"}}}
     if streams:
         content["text/event-stream"] = {"schema": {"type": "string"}}

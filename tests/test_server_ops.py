@@ -25,7 +25,7 @@ def http(server):
 
 
 def samples(http, name: str) -> dict:
-    families = text_string_to_metric_families(http.get("/metrics").text)
+    families = text_string_to_metric_families(http.get("/metrics", headers={"X-API-Key": API_KEY}).text)
     return {tuple(sorted(s.labels.items())): s.value for f in families for s in f.samples if s.name == name}
 
 
@@ -35,8 +35,8 @@ def test_auth_accepts_both_header_styles(http):
     assert http.post(CHAT, json=HELLO, headers={"X-API-Key": API_KEY}).status_code == 200
     wrong = http.post("/v1/messages", json=HELLO, headers={"x-api-key": "nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
-    # Open routes: probes and scrapers carry no key.
-    for path in ("/health", "/metrics", "/"):
+    # Open routes: probes carry no key (/metrics needs it: tests/test_hardening.py).
+    for path in ("/health", "/"):
         assert http.get(path).status_code == 200
     assert http.head("/").status_code == 200
 

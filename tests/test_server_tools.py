@@ -409,7 +409,7 @@ def test_bad_tool_requests_are_400s_in_each_shape(server, oai, claude):
 
 def test_tool_call_metric_counts_valid_calls(server, oai):
     def valid_calls() -> float:
-        text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+        text = httpx.get(f"{server.base_url}/metrics", headers={"X-API-Key": API_KEY}, timeout=10).text
         line = next(x for x in text.splitlines() if x.startswith('agent_memory_tool_calls_total{outcome="valid"}'))
         return float(line.split()[-1])
 
