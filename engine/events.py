@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.requests import ToolCall
+from engine.requests import SamplingParams, ToolCall
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ class TurnFinished:
     tool_calls: tuple[ToolCall, ...] = ()
     # Calls the model wrote that did not parse (returned as text instead)
     invalid_tool_calls: int = 0
+    # The settings the turn sampled with: the request's, the unset ones from the model's defaults
+    sampling: SamplingParams | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from engine.fingerprint import DigestCache, model_fingerprint
 from engine.gguf_import import Progress, convert_gguf
 from engine.model_source import ModelSource, resolve
 from engine.prompt_tokens import PromptEncoder
+from engine.requests import SamplingParams
+from engine.sampling import ENGINE_DEFAULTS, model_sampling_defaults
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class ModelInfo:
     num_parameters: int
     kv_bytes_per_token: int
     vocab_size: int = 0  # logits per token (0: unknown)
+    # What a request that leaves a sampling value unset gets (every value set), and where they come from.
+    sampling_defaults: SamplingParams = ENGINE_DEFAULTS
+    sampling_source: str = "engine defaults"
 
 
 @dataclass
@@ -93,6 +98,7 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
 
     digests = DigestCache(models_path / "digests.json")
     template = getattr(tokenizer, "chat_template", None)
+    sampling_defaults, sampling_source = model_sampling_defaults(model_dir, (source.location, model_dir.name))
     info = ModelInfo(
         model_id=model_id,
         path=str(model_dir),
@@ -107,6 +113,8 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
         num_parameters=_num_parameters(model),
         kv_bytes_per_token=_kv_bytes_per_token(config, model),
         vocab_size=int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0),
+        sampling_defaults=sampling_defaults,
+        sampling_source=sampling_source,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, prompt_encoder=PromptEncoder(tokenizer))
 

@@ -47,17 +47,48 @@ class ChatMessage(BaseModel):
 
 
 class SamplingParams(BaseModel):
-    """mlx-lm's sampler settings; temperature 0 is greedy."""
+    """mlx-lm's sampler settings and repetition penalties; temperature 0 is greedy. A value left as None is
+    the serving model's default, else the engine's (engine.sampling.ENGINE_DEFAULTS): the engine fills
+    them in when the turn starts (`over`), so what a caller sets always wins, field by field."""
 
     model_config = ConfigDict(frozen=True)
 
-    temperature: float = Field(default=0.7, ge=0.0, le=5.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Penalties on tokens the answer already holds (its last `penalty_context_tokens`): mlx-lm's logits
+    # processors. repetition_penalty divides a positive logit (multiplies a negative one), 1.0 is off;
+    # presence_penalty subtracts once per token present, frequency_penalty once per occurrence (OpenAI's).
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    penalty_context_tokens: int | None = Field(default=None, ge=1, le=65536)
     seed: int | None = None
     # Never end the turn on an end-of-turn token (benchmarks that need a fixed number of tokens).
     ignore_eos: bool = False
+
+    def over(self, defaults: SamplingParams) -> SamplingParams:
+        """These settings with each one left unset taken from `defaults`."""
+        unset = {name: getattr(defaults, name) for name in SAMPLING_VALUES if getattr(self, name) is None}
+        return self.model_copy(update=unset) if unset else self
+
+    def values(self) -> dict[str, float | int | None]:
+        """The sampling values by name (seed and ignore_eos left out): what a user is shown."""
+        return {name: getattr(self, name) for name in SAMPLING_VALUES}
+
+
+# The fields a model or the engine may give a default for.
+SAMPLING_VALUES = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "penalty_context_tokens",
+)
 
 
 class GenerationRequest(BaseModel):

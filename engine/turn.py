@@ -1,7 +1,8 @@
 """One turn's bookkeeping, whichever path generates it (the batch scheduler or the lone path).
 
-    prepare_turn   render the prompt (the turn's clock starts here) → check the context → logits
-                   processors → the KV memory's longest cached prefix (cache + CacheReport)
+    prepare_turn   render the prompt (the turn's clock starts here) → check the context → the
+                   sampling settings (unset ones from the model's defaults) → logits processors →
+                   the KV memory's longest cached prefix (cache + CacheReport)
     announce       TurnStarted
     progress       PrefillProgress, counting the reused tokens as done
     add_token ×N   detokenize, hold back text that may start a stop string, emit TurnChunk; says
@@ -21,6 +22,7 @@ from engine.events import CacheReport, PrefillProgress, Timing, TurnChunk, TurnF
 from engine.handle import TurnHandle
 from engine.loader import LoadedModel
 from engine.prompt import check_context, render_prompt
+from engine.requests import GenerationRequest
 from engine.sampling import check_sampling, logits_processors
 
 clock = time.perf_counter
@@ -29,6 +31,7 @@ clock = time.perf_counter
 @dataclass
 class Turn:
     handle: TurnHandle
+    request: GenerationRequest  # the handle's, its sampling settings all set (the model's defaults filled in)
     prompt: list[int]
     report: CacheReport
     cache: list  # mlx-lm caches holding the report's reused tokens; the generating path owns them while it runs
@@ -45,10 +48,6 @@ class Turn:
     stop_sequence: str | None = None
     ended_by_token: bool = False  # the last generated token is the end-of-turn token (not part of the answer)
     failure: Exception | None = None  # what failed in this turn's own sampling step (see guarded)
-
-    @property
-    def request(self):
-        return self.handle.request
 
     @property
     def request_id(self) -> str:
@@ -132,6 +131,7 @@ class Turn:
                 ),
                 stop_sequence=self.stop_sequence,
                 prompt_token_ids=self.prompt,
+                sampling=self.request.sampling,
             )
         )
 
@@ -178,6 +178,7 @@ def prepare_turn(
     started_at, prompt = rendered if rendered is not None else (clock(), render_prompt(loaded, request))
     context_length = loaded.info.context_length
     check_context(len(prompt), context_length)
+    request = request.model_copy(update={"sampling": request.sampling.over(loaded.info.sampling_defaults)})
     check_sampling(request.sampling, loaded.info.vocab_size)
     processors = logits_processors(loaded, request)  # before the cache is taken: this may raise
     if memory is not None:
@@ -193,6 +194,7 @@ def prepare_turn(
     stops = TextStateMachine({"normal": [(stop, None) for stop in request.stop]} if request.stop else None)
     return Turn(
         handle=handle,
+        request=request,
         prompt=prompt,
         report=report,
         cache=cache,
