@@ -7,9 +7,6 @@ from pydantic import ValidationError
 from api.errors import ApiError, from_validation_error
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolSpec
 
-# Used when a request names no temperature: sane for small local models (the APIs document 1.0).
-DEFAULT_TEMPERATURE = 0.7
-
 
 def generation_request(
     messages: list[ChatMessage],
@@ -19,6 +16,9 @@ def generation_request(
     temperature: float | None = None,
     top_p: float | None = None,
     top_k: int | None = None,
+    repetition_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
     seed: int | None = None,
     stop: list[str] | None = None,
     tools: list[ToolSpec] | None = None,
@@ -31,10 +31,14 @@ def generation_request(
         return GenerationRequest(
             messages=messages,
             max_tokens=max_tokens,
+            # Values left unset (None) are the serving model's defaults, filled in when the turn starts.
             sampling=SamplingParams(
-                temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-                top_p=1.0 if top_p is None else top_p,
-                top_k=top_k or 0,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                repetition_penalty=repetition_penalty,
+                presence_penalty=presence_penalty,
+                frequency_penalty=frequency_penalty,
                 seed=seed,
             ),
             stop=stop or [],

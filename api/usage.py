@@ -71,4 +71,6 @@ def turn_summary(finished: TurnFinished) -> dict:
             "decode_tokens_per_s": round(finished.timing.decode_tokens_per_s, 2),
             "total_s": round(finished.timing.total_s, 4),
         },
+        # The values the turn sampled with (those the request left unset are the model's defaults)
+        "sampling": finished.sampling.values() if finished.sampling is not None else None,
     }

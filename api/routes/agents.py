@@ -106,6 +106,7 @@ async def send_message(request, agent_id: str):
             agent_id,
             temperature=parsed.temperature,
             top_p=parsed.top_p,
+            repetition_penalty=parsed.repetition_penalty,
             seed=parsed.seed,
             stop=parsed.stop,
         )

@@ -123,6 +123,7 @@ def _request(parsed: MessagesRequest, session_id: str | None, engine, settings):
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         top_k=parsed.top_k,
+        repetition_penalty=parsed.repetition_penalty,
         stop=parsed.stop_sequences,
         **_tools(parsed),
     )

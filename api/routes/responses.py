@@ -273,6 +273,8 @@ class _Turn:
         self.keep = parsed.store is not False
         self.namespaces: dict[str, str] = {}
         text_config = body.get("text") if isinstance(body.get("text"), dict) else {}
+        # What the turn samples with: the request's values, else the model's defaults.
+        defaults = self.server.engine.info.sampling_defaults
         self.head = {
             "id": self.id,
             "object": "response",
@@ -287,8 +289,8 @@ class _Turn:
             "safety_identifier": parsed.safety_identifier,
             "user": parsed.user,
             "store": self.keep,
-            "temperature": parsed.temperature,
-            "top_p": parsed.top_p,
+            "temperature": defaults.temperature if parsed.temperature is None else parsed.temperature,
+            "top_p": defaults.top_p if parsed.top_p is None else parsed.top_p,
             "text": {**text_config, "format": text_config.get("format") or {"type": "text"}},
             "tool_choice": body.get("tool_choice") or "auto",
             "tools": body.get("tools") or [],
@@ -303,8 +305,10 @@ class _Turn:
         incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
         usage = responses_usage(finished.usage, self.server.engine.kv_enabled) if finished is not None else None
         done = status in ("completed", "incomplete", "failed")
+        sampled = finished.sampling if finished is not None else None
         return {
             **self.head,
+            **({"temperature": sampled.temperature, "top_p": sampled.top_p} if sampled is not None else {}),
             "status": status,
             "completed_at": int(time.time()) if done else None,
             "error": error,
@@ -390,6 +394,9 @@ async def create_response(request):
         session_id,
         temperature=parsed.temperature,
         top_p=parsed.top_p,
+        frequency_penalty=parsed.frequency_penalty,
+        presence_penalty=parsed.presence_penalty,
+        repetition_penalty=parsed.repetition_penalty,
         **fields,
     )
     # A session's requests run one at a time, in arrival order (the lock is FIFO).

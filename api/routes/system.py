@@ -41,6 +41,9 @@ async def health(request):
             "context_length": info.context_length,
             "kv_bytes_per_token": info.kv_bytes_per_token,
             "kv_block_tokens": server.settings.kv_block_tokens,
+            # What a request gets for a sampling value it leaves unset
+            "sampling_defaults": info.sampling_defaults.values(),
+            "sampling_defaults_source": info.sampling_source,
         }
     )
     # A swap keeps serving on the old model, but load balancers should prefer a settled replica.

@@ -18,6 +18,12 @@ class AgentMessageRequest(BaseModel):
     system: str | None = Field(default=None, description="Sets the agent's system prompt (kept with the agent).")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Above 1.0 makes tokens the answer already holds less likely; 1.0 is off.",
+    )
     stop: list[str] | None = None
     seed: Seed | None = None
 

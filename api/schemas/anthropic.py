@@ -103,6 +103,8 @@ class MessagesRequest(_Conversation):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
+    # An extension (as in vLLM and mlx-lm's server): above 1.0 makes tokens the answer holds less likely.
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     stream: bool = False
     metadata: Metadata | None = None
 

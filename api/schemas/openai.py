@@ -86,6 +86,10 @@ class ChatCompletionRequest(_Open):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # An extension (as in vLLM and mlx-lm's server): above 1.0 makes tokens the answer holds less likely.
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     stop: str | list[str] | None = None
     seed: Seed | None = None
     n: int | None = Field(default=None, ge=1)

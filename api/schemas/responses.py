@@ -147,6 +147,10 @@ class ResponsesRequest(_Open):
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # An extension (as in vLLM and mlx-lm's server): above 1.0 makes tokens the answer holds less likely.
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     stream: bool = False
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice | AllowedTools | dict[str, Any] | None = None
