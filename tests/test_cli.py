@@ -44,7 +44,7 @@ def test_session_continues_in_a_new_process(cli_data_dir):
     assert first.returncode == 0, first.stderr
     one = json.loads(first.stdout)
     assert one["session"] == "alice" and "Paris" in one["text"]
-    assert set(one) == {"session", "text", "finish_reason", "usage", "cache", "timing"}
+    assert set(one) == {"session", "text", "finish_reason", "usage", "cache", "timing", "sampling"}
     # A fresh process has measured nothing yet: no estimate, and a cold turn recomputes.
     assert one["cache"] == {"source": "cold", "reused_tokens": 0, "decision": "recompute", "estimate_s": 0.0}
     assert one["usage"]["cached_tokens"] == 0

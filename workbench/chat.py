@@ -18,6 +18,9 @@ from workbench.platform_info import blas_warning
 from workbench.progress import ModelProgress
 
 QUIT_WORDS = {"/quit", "/exit", "exit", "quit"}
+# Chat (here and in the TUI) samples with the model's defaults and this mild penalty on tokens the
+# answer already holds (its last 64), which keeps small models from looping on a phrase.
+CHAT_REPETITION_PENALTY = 1.1
 HELP_TEXT = "Commands: /new starts this session over, /quit (or exit, Ctrl-D) leaves. Ctrl-C stops a reply."
 
 
@@ -30,10 +33,12 @@ class ChatOptions:
     system: str | None = None
     json_output: bool = False
     max_tokens: int = 512
-    temperature: float = 0.2
-    top_p: float = 0.9
-    top_k: int = 0
-    min_p: float = 0.0
+    # None: the model's default (engine.sampling.model_sampling_defaults)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = CHAT_REPETITION_PENALTY
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
 
@@ -94,6 +99,7 @@ def build_request(engine, session: Session, text: str, options: ChatOptions):
             top_p=options.top_p,
             top_k=options.top_k,
             min_p=options.min_p,
+            repetition_penalty=options.repetition_penalty,
             seed=options.seed,
         ),
         stop=options.stop,
@@ -108,7 +114,10 @@ def stream_turn(engine, store: SessionStore, session: Session, text: str, option
     try:
         request = build_request(engine, session, text, options)
     except ValidationError as exc:
-        raise EngineError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        error = exc.errors()[0]
+        message = error["msg"].removeprefix("Value error, ")
+        field = error["loc"][-1] if error["loc"] and error["loc"][0] == "sampling" else None
+        raise EngineError(f"{field}: {message}" if field else message) from None
     handle = engine.submit(request)
     finished = None
     try:
@@ -168,6 +177,7 @@ def json_result(session_id: str, finished: TurnFinished) -> dict:
             "prefill_tokens_per_s": round(finished.timing.prefill_tokens_per_s, 2),
             "decode_tokens_per_s": round(finished.timing.decode_tokens_per_s, 2),
         },
+        "sampling": finished.sampling.values() if finished.sampling is not None else None,
     }
 
 

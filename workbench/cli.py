@@ -79,11 +79,19 @@ def chat(
     system: Annotated[str | None, typer.Option("--system", help="System prompt (kept with the session).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON result object.")] = False,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate.")] = 512,
-    # Small models wander at higher temperatures; 0.2 / 0.9 is what SmolLM2's authors recommend.
-    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, max=5.0, help="0 is greedy.")] = 0.2,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 0.9,
-    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 0,
-    min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0)] = 0.0,
+    # Unset sampling values are the model's defaults (`agent-memory models` shows them).
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", "-t", min=0.0, max=5.0, help="0 is greedy. [default: the model's]")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, help="[default: the model's]")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=0, help="0 is off. [default: the model's]")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p", min=0.0, max=1.0, help="[default: the model's]")] = None,
+    repetition_penalty: Annotated[
+        float,
+        typer.Option(
+            "--repetition-penalty", min=0.0, help="Above 1 discourages repeating the answer's tokens; 1 is off."
+        ),
+    ] = 1.1,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible sampling.")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).")] = None,
     model: ModelOption = None,
@@ -105,6 +113,7 @@ def chat(
         top_p=top_p,
         top_k=top_k,
         min_p=min_p,
+        repetition_penalty=repetition_penalty,
         seed=seed,
         stop=stop or [],
     )

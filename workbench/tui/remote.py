@@ -15,6 +15,7 @@ import httpx
 from engine.events import CacheReport, Timing, TurnChunk, TurnEvent, TurnFailed, TurnFinished, TurnStarted, Usage
 from engine.requests import ChatMessage
 from engine.sessions import Session
+from workbench.chat import CHAT_REPETITION_PENALTY
 
 _request_numbers = itertools.count(1)
 
@@ -138,7 +139,13 @@ class RemoteSource:
     # -- turns -----------------------------------------------------------------------------------
     def send(self, session: Session, text: str, on_event: Callable[[TurnEvent], None], max_tokens: int = 512):
         handle = RemoteHandle(f"remote-{next(_request_numbers)}")
-        body = {"content": text, "max_tokens": max_tokens, "stream": True, "temperature": 0.2, "top_p": 0.9}
+        # The server's model samples with its defaults, and chat's mild repetition penalty.
+        body = {
+            "content": text,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "repetition_penalty": CHAT_REPETITION_PENALTY,
+        }
         thread = threading.Thread(target=self._stream, args=(session.id, body, handle, on_event), daemon=True)
         thread.start()
         return handle

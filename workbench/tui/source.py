@@ -10,6 +10,7 @@ from engine.events import TurnEvent, TurnFinished
 from engine.requests import GenerationRequest, SamplingParams
 from engine.sessions import Session, SessionStore
 from engine.settings import Settings
+from workbench.chat import CHAT_REPETITION_PENALTY
 
 
 class LocalSource:
@@ -97,7 +98,7 @@ class LocalSource:
         request = GenerationRequest(
             messages=session.conversation(text),
             max_tokens=max_tokens,
-            sampling=SamplingParams(temperature=0.2, top_p=0.9),
+            sampling=SamplingParams(repetition_penalty=CHAT_REPETITION_PENALTY),  # else the model's defaults
             session_id=session.id,
         )
         return self.engine.submit(request, on_event=on_event)
