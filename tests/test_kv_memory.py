@@ -499,7 +499,7 @@ def test_bfloat16_caches_are_stored_as_their_own_bits(tmp_path):
     import mlx.core as mx
     from mlx_lm.models import llama
 
-    from engine.kv.codec import decode, decode_from_disk, encode_for_disk, pack
+    from engine.kv.codec import decode, decode_from_disk, encode_for_disk, pack, parts_on_host
     from engine.kv.memory import KVMemory
     from tests.conftest import TINY_LLAMA
 
@@ -508,7 +508,7 @@ def test_bfloat16_caches_are_stored_as_their_own_bits(tmp_path):
     keys, values = (mx.random.normal((2, 3, 40, 64)) * scales).astype(mx.bfloat16)
 
     def round_trip(disk_dtype: str):
-        payload = pack({0: encode_for_disk(keys, values, disk_dtype)}, {})
+        payload = pack(parts_on_host({0: encode_for_disk(keys, values, disk_dtype)}), {})
         parts = decode(b"".join(bytes(chunk) for chunk in payload.chunks))[0][0]
         return decode_from_disk({name: mx.array(part) for name, part in parts.items()}, mx.bfloat16)
 

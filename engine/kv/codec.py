@@ -2,6 +2,7 @@
 
     MLX keys, values ──encode_for_disk──► parts {k, v} (float16, float32, bfloat16 bits)
                      ◄─decode_from_disk──       or {kq ks kb vq vs vb} (8-bit, or the model's own quantization)
+                                         ──parts_on_host──► the same parts as numpy (on the writer thread)
     {layer: parts} ──pack──► Payload: safetensors header, then each array's own memory, and its checksum
                    ◄─decode── a file's bytes (numpy views of them: no copy)
 
@@ -38,9 +39,11 @@ SAFETENSORS_NAMES = {np.dtype(dtype): name for name, dtype in SAFETENSORS_DTYPES
 UNDECODABLE = (ValueError, KeyError, TypeError, AttributeError)
 
 
-def encode_for_disk(keys, values, disk_dtype: str) -> dict[str, np.ndarray]:
-    """(heads, tokens, dim) MLX keys/values as named numpy parts: `k`/`v` (float16, float32, or
-    bfloat16 as uint16 bits), or 8-bit `kq ks kb vq vs vb`.
+def encode_for_disk(keys, values, disk_dtype: str) -> dict:
+    """(heads, tokens, dim) MLX keys/values as named MLX parts: `k`/`v` (float16, float32, or bfloat16 as
+    uint16 bits), or 8-bit `kq ks kb vq vs vb`. Their computation is only queued (on the calling thread's
+    stream): `parts_on_host` waits for it and copies them out, on the thread that writes them, so the
+    engine thread never waits for a device-to-host copy.
 
     Keys already quantized by the model (SEMANTIC_KV_BITS) are stored as they are.
     """
@@ -64,8 +67,15 @@ def encode_for_disk(keys, values, disk_dtype: str) -> dict[str, np.ndarray]:
     else:
         dtype = mx.float32 if disk_dtype == "float32" else mx.float16
         parts = {"k": keys.astype(dtype), "v": values.astype(dtype)}
-    mx.eval(list(parts.values()))
-    return {name: np.array(array) for name, array in parts.items()}
+    # Each part in memory of its own, in order: the writer's copy is then one plain read
+    parts = {name: mx.contiguous(array) for name, array in parts.items()}
+    mx.async_eval(list(parts.values()))
+    return parts
+
+
+def parts_on_host(layers: dict) -> dict:
+    """{layer: parts} with MLX parts (from encode_for_disk) copied into numpy; numpy parts stay."""
+    return {layer: {name: np.asarray(array) for name, array in parts.items()} for layer, parts in layers.items()}
 
 
 def decode_from_disk(parts: dict, dtype, quantized: bool = False):

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-# One block's or one piece's layers: {layer: {part: array}} (parts: engine/kv/codec.py)
+# One block's or one piece's layers: {layer: {part: array}} (parts: engine/kv/codec.py; numpy once on the host)
 Layers = dict[int, dict[str, np.ndarray]]
 
 
@@ -53,6 +53,16 @@ class WriteJob:
     snapshot: SessionSnapshot | None  # None: blocks only (a request without a session)
     # Blocks not yet stored: name -> layers
     blocks: dict[str, Layers] = field(default_factory=dict)
+
+    def on_host(self) -> WriteJob:
+        """The job with every part in numpy (waiting for parts still computing on the device)."""
+        from engine.kv.codec import parts_on_host
+
+        snapshot = self.snapshot
+        if snapshot is not None:
+            snapshot = replace(snapshot, tail=parts_on_host(snapshot.tail), windows=parts_on_host(snapshot.windows))
+        blocks = {name: parts_on_host(layers) for name, layers in self.blocks.items()}
+        return WriteJob(self.fingerprint, snapshot, blocks)
 
 
 @dataclass(frozen=True)

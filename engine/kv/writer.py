@@ -41,8 +41,9 @@ class WarmWriter:
         self._thread.start()
 
     def submit(self, job: WriteJob) -> None:
-        """Write `job` behind the response; a failure is logged and counted, never raised."""
-        self._put(lambda tier: tier.write(job), None)
+        """Write `job` behind the response; a failure is logged and counted, never raised. Its parts may
+        still be computing on the device (encode_for_disk): they are copied out here, not by the caller."""
+        self._put(lambda tier: tier.write(job.on_host()), None)
 
     def run(self, task: Callable[[KVTier], T]) -> Future[T]:
         """`task(tier)` on the writer thread after every job submitted before it; its result or error
