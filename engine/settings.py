@@ -49,7 +49,9 @@ class Settings(BaseSettings):
         description="CPU backend: attention softmax in numpy (vectorised exp, ~4x faster) or in MLX's own kernel.",
     )
     agent_cache_dir: Path | None = Field(default=None, description="Warm KV tier on disk; default <data_dir>/caches.")
-    agent_max_agents_in_memory: int = Field(default=5, ge=1, description="Agents resident in the hot tier.")
+    agent_max_agents_in_memory: int = Field(
+        default=32, ge=1, description="Agents resident in the hot tier (the byte budget usually binds first)."
+    )
     agent_disk_budget_mb: int = Field(default=20480, ge=1, description="Warm KV tier budget on disk (MB).")
     kv_block_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens per KV block.")
     kv_disk_dtype: Literal["float16", "float32", "int8"] = Field(

@@ -21,7 +21,7 @@ def test_defaults():
     settings = load_settings()
     assert settings.mlx_model_id == "default"
     assert settings.mlx_cache_budget_mb == 4096
-    assert settings.agent_max_agents_in_memory == 5
+    assert settings.agent_max_agents_in_memory == 32
     assert settings.cache_path == Path("~/.agent_memory/caches").expanduser()
 
 
