@@ -51,7 +51,7 @@ def write(request, status: int) -> None:
     log.info(
         "req=%s %s %s %d session=%s prompt=%s cached=%s generated=%s ttft=%s duration=%s",
         request.id,
-        request.method,
+        _quoted(request.method),
         _quoted(request.path),
         status,
         _quoted(note.session_id) if note.session_id is not None else "-",
