@@ -52,6 +52,9 @@ def mlx_version() -> str | None:
 
 
 GPU_SWITCH_INTERVAL_S = 0.0002
+# The hot tier's default size on the CPU (system memory, which the rest of the machine shares too)
+CPU_HOT_BUDGET_BYTES = 4096 << 20
+MIN_HOT_BUDGET_BYTES = 512 << 20
 
 
 class Backend:
@@ -89,6 +92,28 @@ class Backend:
 
     def after_install(self, loaded, settings) -> None:
         """The engine thread just started serving `loaded` (a LoadedModel)."""
+
+    def default_hot_budget_bytes(self, model) -> int:
+        """The hot tier's size when SEMANTIC_MLX_CACHE_BUDGET_MB is unset: half of the device memory the
+        model's weights leave, so that agents stay resident as far as the card allows while the other
+        half is left to activations, queued disk writes and MLX's buffer cache."""
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        info = mx.device_info()
+        # Metal's working-set limit, else CUDA's card size
+        memory = info.get("max_recommended_working_set_size") or info.get("total_memory") or info.get("memory_size")
+        if not isinstance(memory, int) or memory <= 0:
+            return CPU_HOT_BUDGET_BYTES
+        weights = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+        return max(MIN_HOT_BUDGET_BYTES, (memory - weights) // 2)
+
+
+def hot_budget_bytes(settings, model) -> int:
+    """The hot tier's byte budget: SEMANTIC_MLX_CACHE_BUDGET_MB, else the backend's default for `model`."""
+    if settings.mlx_cache_budget_mb is not None:
+        return settings.mlx_cache_budget_mb << 20
+    return current_backend().default_hot_budget_bytes(model)
 
 
 def prefill_step_size(settings) -> int:

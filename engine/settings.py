@@ -29,7 +29,12 @@ class Settings(BaseSettings):
         description="'default' (embedded SmolLM2-135M-Instruct), a .gguf path, an mlx-lm directory "
         "or a Hugging Face repo id.",
     )
-    mlx_cache_budget_mb: int = Field(default=4096, ge=1, description="Hot KV cache budget (MB).")
+    mlx_cache_budget_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="Hot KV cache budget (MB). Unset: 4096 on the CPU; on a GPU, half the device memory "
+        "the model's weights leave free.",
+    )
     mlx_max_batch_size: int = Field(default=8, ge=1, le=256, description="Requests decoded at once.")
     max_queue: int = Field(
         default=64, ge=0, le=100000, description="Requests that may wait behind the running batch; more get 429."

@@ -20,7 +20,7 @@ def clean_env(monkeypatch, tmp_path):
 def test_defaults():
     settings = load_settings()
     assert settings.mlx_model_id == "default"
-    assert settings.mlx_cache_budget_mb == 4096
+    assert settings.mlx_cache_budget_mb is None  # sized by the backend at load
     assert settings.agent_max_agents_in_memory == 32
     assert settings.cache_path == Path("~/.agent_memory/caches").expanduser()
 

@@ -30,7 +30,8 @@ def show_stats(settings: Settings, json_output: bool) -> None:
         warm.close()
     stats["dtype"] = settings.kv_disk_encoding
     pool = {
-        "budget_bytes": settings.mlx_cache_budget_mb * 1024 * 1024,
+        # None: the backend's default, sized at load (a GPU's share of its memory)
+        "budget_bytes": settings.mlx_cache_budget_mb << 20 if settings.mlx_cache_budget_mb else None,
         "max_agents": settings.agent_max_agents_in_memory,
         "block_tokens": settings.kv_block_tokens,
     }
@@ -40,10 +41,8 @@ def show_stats(settings: Settings, json_output: bool) -> None:
         )
         return
     typer.echo("Hot tier (device memory, per running process):")
-    typer.echo(
-        f"  budget {_mb(pool['budget_bytes'])}, at most {pool['max_agents']} agents, "
-        f"{pool['block_tokens']} tokens per block"
-    )
+    budget = _mb(pool["budget_bytes"]) if pool["budget_bytes"] else "sized at load (4096 MB on the CPU)"
+    typer.echo(f"  budget {budget}, at most {pool['max_agents']} agents, {pool['block_tokens']} tokens per block")
     typer.echo("  (live figures: `agent-memory tui` or the server's /metrics)")
     typer.echo(f"Warm tier (disk): {stats.get('path', settings.cache_path)}")
     if not stats.get("enabled"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 
-from engine.backend import Backend
+from engine.backend import CPU_HOT_BUDGET_BYTES, Backend, hot_budget_bytes
 
 
 class CpuBackend(Backend):
@@ -24,6 +24,9 @@ class CpuBackend(Backend):
 
         heap.keep_freed_memory()  # before any thread starts (OpenBLAS's included)
         blas.preload()  # before anything imports mlx.core
+
+    def default_hot_budget_bytes(self, model) -> int:
+        return CPU_HOT_BUDGET_BYTES
 
     def blas_name(self) -> str:
         from engine.cpu import blas
@@ -59,5 +62,5 @@ class CpuBackend(Backend):
         if settings.kv_memory:
             info = loaded.info
             full_context = info.context_length * info.kv_bytes_per_token
-            budget = settings.mlx_cache_budget_mb << 20
+            budget = hot_budget_bytes(settings, loaded.model)
             heap.page_in_heap(min(settings.kv_page_in_mb << 20, full_context, budget))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.backend import installed_backend
+from engine.backend import hot_budget_bytes, installed_backend
 from engine.cpu.restore import restore_float32
 from engine.kv.blocks import block_names, common_prefix_length, root_name
 from engine.kv.codec import decode_from_disk, encode_for_disk
@@ -83,7 +83,7 @@ class KVMemory:
         layout_text = f"{self.layout.describe() if self.layout else 'unsupported'}|{self.disk_dtype}"
         self.root = root_name(fingerprint, layout_text, self.block_tokens)
         self.hot = HotPool(
-            settings.mlx_cache_budget_mb * 1024 * 1024,
+            hot_budget_bytes(settings, model),
             settings.agent_max_agents_in_memory,
             layout=self.layout,
             block_tokens=self.block_tokens,
