@@ -10,6 +10,10 @@ batch 1, 2, 4 and 8.
 `--json` prints one line with, per server, wall_s, output_tok_s, ttft_p50_s, ttft_p95_s,
 resumed_ttft_p50_s, resumed_ttft_p95_s; decode_tok_s per batch size; and the ratios
 `batch8_over_batch1`, `mlx_lm_server_over_ours` (its wall time / ours) and `resumed_p95_over_p50` (ours).
+
+On a GPU each server first runs the same workload untimed on other conversations (`--warmup`): MLX compiles
+its GPU kernels on first use and keeps them on disk, so without it the server that runs first pays the
+compiles of both.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import engine  # noqa: E402
 
 engine.setup_process()  # before MLX is imported (the CPU backend loads OpenBLAS)
+from engine.backend import installed_backend  # noqa: E402
 from engine.settings import load_settings  # noqa: E402
 
 SYSTEM_FILLER = (
@@ -60,12 +65,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_conversations(tokenizer, agents: int, system_tokens: int, history_tokens: int) -> list[list[dict]]:
-    system = SYSTEM_FILLER
+def build_conversations(
+    tokenizer, agents: int, system_tokens: int, history_tokens: int, first_agent: int = 0
+) -> list[list[dict]]:
+    """`agents` conversations; those of another `first_agent` share no prefix with these (not even the
+    system prompt), at the same lengths."""
+    system = f"Team {first_agent}. " + SYSTEM_FILLER
     while len(tokenizer.encode(system)) < system_tokens:
         system += SYSTEM_FILLER
     conversations = []
-    for agent in range(agents):
+    for agent in range(first_agent, first_agent + agents):
         history, week = [], agent * 1000
         while len(tokenizer.encode(" ".join(m["content"] for m in history))) < history_tokens:
             week += 1
@@ -97,7 +106,13 @@ def wait_ready(url: str, process: subprocess.Popen, path: str, timeout: float = 
 
 
 def drive(
-    base_url: str, conversations: list[list[dict]], turns: int, new_tokens: int, sessions: bool, model: str
+    base_url: str,
+    conversations: list[list[dict]],
+    turns: int,
+    new_tokens: int,
+    sessions: bool,
+    model: str,
+    session_prefix: str = "bench-agent",
 ) -> dict:
     """All agents at once, each running its turns in sequence; streaming, to time the first token."""
     from openai import OpenAI
@@ -127,7 +142,7 @@ def drive(
                 temperature=0.0,
                 stream=True,
                 stream_options={"include_usage": True},
-                extra_headers={"X-Session-ID": f"bench-agent-{index}"} if sessions else None,
+                extra_headers={"X-Session-ID": f"{session_prefix}-{index}"} if sessions else None,
             )
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -195,6 +210,8 @@ def run_server(command: list[str], env: dict, ready_path: str, conversations, ar
         )
         try:
             wait_ready(url, process, ready_path)
+            if args.warmup_conversations:
+                drive(url, args.warmup_conversations, args.turns, args.new_tokens, sessions, model, "bench-warmup")
             return drive(url, conversations, args.turns, args.new_tokens, sessions, model)
         finally:
             process.terminate()
@@ -258,6 +275,12 @@ def main() -> None:
     parser.add_argument(
         "--server-log-level", default="info", help="Our server's --log-level with --server-logs (debug: each step)."
     )
+    parser.add_argument(
+        "--warmup",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Run the workload once untimed on other conversations first, on each server (auto: on a GPU).",
+    )
     args = parser.parse_args()
     if args.quick:
         args.agents, args.turns, args.system_tokens, args.history_tokens, args.new_tokens = 3, 2, 200, 300, 16
@@ -271,6 +294,12 @@ def main() -> None:
     model_dir = str(prepare(resolve(settings.mlx_model_id, settings.models_path), settings.models_path))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     conversations = build_conversations(tokenizer, args.agents, args.system_tokens, args.history_tokens)
+    warmup = args.warmup == "on" or (args.warmup == "auto" and installed_backend() != "cpu")
+    args.warmup_conversations = (
+        build_conversations(tokenizer, args.agents, args.system_tokens, args.history_tokens, first_agent=args.agents)
+        if warmup
+        else None
+    )
 
     if args.only:
         with tempfile.TemporaryDirectory() as scratch:
