@@ -2,7 +2,8 @@
 
 A handler submits through TurnStream and reads events (None marks a quiet interval: time for a
 keep-alive) inside `async with`, whose exit cancels the turn, so a client that goes away frees the
-engine within one token.
+engine within one token, and then waits for the turn's end: whatever runs next under the session's lock
+(its next turn, a DELETE) sees the cache the cancelled turn left.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from engine.events import (
     TurnStarted,
 )
 
+# How long a handler that is done with a turn waits for the engine to end it (one step; a turn still
+# waiting for a batch slot ends at once)
+CANCEL_WAIT_S = 30.0
+
 
 class TurnStream:
     def __init__(self, engine, request, keepalive_s: float = 10.0):
@@ -50,8 +55,19 @@ class TurnStream:
     async def __aenter__(self) -> TurnStream:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, exc_type, *exc) -> None:
         self.cancel()  # a client that went away (or an error) stops the generation after this token
+        try:
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                while not self.done:
+                    event = await self._queue.get()
+                    self._note(event)
+                    self.done = isinstance(event, TurnFinished | TurnFailed)
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            if exc_type is None:
+                raise  # cancelled while leaving normally: pass it on (else the original exception goes on)
 
     async def events(self) -> AsyncIterator[TurnEvent | None]:
         """Events for the client; None whenever `keepalive_s` passed without one (prefill progress

@@ -248,9 +248,10 @@ class Engine:
         """The KV memory's figures, the warm tier's once every finished turn is on disk."""
         return self._after_writes(lambda memory: memory.stats(), {"enabled": False})
 
-    def forget_session(self, session_id: str) -> None:
-        """Drop a session's KV caches (hot and warm); shared blocks stay while others use them."""
-        self._after_writes(lambda memory: memory.forget(session_id))
+    def forget_session(self, session_id: str) -> bool:
+        """Drop a session's KV caches (hot and warm); shared blocks stay while others use them. Whether
+        it had any: a turn that just ended counts, since this runs after it on the engine thread."""
+        return bool(self._after_writes(lambda memory: memory.forget(session_id), False))
 
     def check_integrity(self) -> None:
         """Raise AssertionError if a KV memory invariant is broken (tests call it after each step)."""

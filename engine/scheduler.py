@@ -86,6 +86,7 @@ class BatchScheduler:
     def admit(self) -> None:
         """Move waiting requests into the batch while there is room; a session's turns never overlap."""
         running_sessions = {s.turn.session_id for s in self.active.values() if s.turn.session_id is not None}
+        self._drop_cancelled_waiting()
         skipped = deque()
         while self.waiting and len(self.active) < self.max_batch_size:
             handle = self.waiting.popleft()
@@ -107,6 +108,20 @@ class BatchScheduler:
                 running_sessions.add(session_id)
         skipped.extend(self.waiting)
         self.waiting = skipped
+
+    def _drop_cancelled_waiting(self) -> None:
+        """End the waiting requests whose callers went away, without waiting for a batch slot (their
+        callers wait for the end before their session's next request runs)."""
+        if not any(handle.cancelled for handle in self.waiting):
+            return
+        kept = deque()
+        for handle in self.waiting:
+            if handle.cancelled:
+                self._prompts.pop(handle.request_id, None)
+                handle.fail("the request was cancelled before it started", "cancelled")
+            else:
+                kept.append(handle)
+        self.waiting = kept
 
     def _prompt(self, handle: TurnHandle) -> list[int]:
         """The request's prompt tokens, rendered once (RequestError for a bad conversation)."""

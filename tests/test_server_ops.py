@@ -142,6 +142,28 @@ def test_disconnect_cancels_generation(http):
     assert time.monotonic() - started < 20
 
 
+def test_an_agent_deleted_right_after_its_client_hung_up_stays_deleted(http):
+    key = {"X-API-Key": API_KEY}
+    agent = "hung-up-agent"
+    body = {
+        "model": "x",
+        "max_tokens": 2000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+    }
+    with http.stream("POST", CHAT, json=body, headers={**key, "X-Session-ID": agent}) as response:
+        for line in response.iter_lines():
+            if '"content"' in line and '""' not in line:
+                break  # one token arrived: hang up, then delete at once
+    # The DELETE waits for the cancelled turn to end, so it finds (and removes) the cache that turn left
+    deleted = http.delete(f"/v1/agents/{agent}", headers=key)
+    assert deleted.status_code == 200, deleted.text
+    time.sleep(1.5)
+    assert http.get(f"/v1/agents/{agent}", headers=key).status_code == 404
+    listed = http.get("/v1/agents", headers=key).json()
+    assert agent not in {row["id"] for row in listed["data"]}
+
+
 def test_admin_needs_its_key(http):
     assert http.post("/admin/swap", json={"model_id": "default"}).status_code == 401
     wrong = http.post("/admin/swap", json={"model_id": "default"}, headers={"X-Admin-Key": "wrong"})

@@ -77,15 +77,13 @@ async def delete_agent(request, agent_id: str):
     agent_id = _agent_id(agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
+    # Under the agent's lock: a turn of this agent still running (its client gone) has ended first
     async with server.locks.hold(agent_id):
-        deleted = _store(request).delete(agent_id)
-        overview = await _overview(engine)
-        cached = agent_id in (overview.get("hot") or {}).get("sessions", {}) or agent_id in overview.get(
-            "warm_sessions", {}
-        )
+        deleted = await asyncio.to_thread(_store(request).delete, agent_id)
+        # Asked of the engine thread, not the published view, which lags a turn that just ended
+        cached = await asyncio.to_thread(engine.forget_session, agent_id)
         if not deleted and not cached:
             raise ApiError(404, f"no agent {agent_id!r}", param="agent_id")
-        await asyncio.to_thread(engine.forget_session, agent_id)
     return json_response({"id": agent_id, "deleted": True})
 
 

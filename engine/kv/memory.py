@@ -347,12 +347,12 @@ class KVMemory:
         """A request failed mid-way: its cache state is unknown, so it is not kept."""
         self.hot.release_pin(session_id or ANONYMOUS)
 
-    def forget(self, session_id: str) -> Future[None]:
+    def forget(self, session_id: str) -> Future[bool]:
         """Drop a session's hot cache now and its warm snapshot behind the writes queued before (so
-        none of them brings it back); shared blocks stay while others use them. Wait on the Future
-        off the engine thread."""
-        self.hot.drop(session_id)
-        return self.writer.run(lambda warm: warm.forget_session(None, session_id))
+        none of them brings it back); shared blocks stay while others use them. The Future (wait on it
+        off the engine thread) says whether the session had a cache in either tier."""
+        was_hot = self.hot.drop(session_id)
+        return self.writer.run(lambda warm: warm.forget_session(None, session_id) or was_hot)
 
     # -- inspection ------------------------------------------------------------------------------------
     def flush(self) -> Future[None]:

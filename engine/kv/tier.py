@@ -126,9 +126,9 @@ class KVTier(ABC):
         (if it has one) in one step; then evict to the tier's budget."""
 
     @abstractmethod
-    def forget_session(self, fingerprint: str | None, session_id: str) -> None:
-        """Delete the session's snapshot and chain (every model's when `fingerprint` is None). Its blocks
-        stay; those no other chain names become evictable."""
+    def forget_session(self, fingerprint: str | None, session_id: str) -> bool:
+        """Delete the session's snapshot and chain (every model's when `fingerprint` is None); whether it
+        had one. Its blocks stay; those no other chain names become evictable."""
 
     @abstractmethod
     def evict(self, nbytes: int) -> int:

@@ -213,9 +213,12 @@ class WarmTier(KVTier):
                 self._unlink([previous])
         self.enforce_budget()
 
-    def forget_session(self, fingerprint: str | None, session_id: str) -> None:
-        if self.writable:
-            self._unlink(self.index.delete_sessions(session_key(session_id), fingerprint))
+    def forget_session(self, fingerprint: str | None, session_id: str) -> bool:
+        if not self.writable:
+            return False
+        files = self.index.delete_sessions(session_key(session_id), fingerprint)
+        self._unlink(files)
+        return bool(files)
 
     def evict(self, nbytes: int) -> int:
         if nbytes <= 0 or not self.writable:
