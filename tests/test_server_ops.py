@@ -164,6 +164,41 @@ def test_an_agent_deleted_right_after_its_client_hung_up_stays_deleted(http):
     assert agent not in {row["id"] for row in listed["data"]}
 
 
+def test_non_streaming_clients_that_hang_up_free_the_engine_and_count_as_499(server, http):
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(server.base_url)
+    body = json.dumps(
+        {"model": "x", "max_tokens": 400, "messages": [{"role": "user", "content": "Write a long story."}]}
+    ).encode()
+    head = (
+        f"POST {CHAT} HTTP/1.1\r\nHost: {address.netloc}\r\nX-API-Key: {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    route = (("method", "POST"), ("route", CHAT))
+    before = samples(http, "agent_memory_requests_total")
+    # Hang-ups at every stage: queued, prefilling, decoding; some at once, some together
+    delays = [0.05, 0.3, 0.3, 0.8, 1.5, 2.5]
+    for delay in delays:
+        with socket.create_connection((address.hostname, address.port)) as sock:
+            sock.sendall(head + body)
+            time.sleep(delay)
+    started = time.monotonic()
+    assert http.post(CHAT, json=HELLO, headers={"X-API-Key": API_KEY}).status_code == 200
+    # Each of them uncancelled would hold the engine for 400 tokens (~20 s on a CPU)
+    assert time.monotonic() - started < 15
+    deadline = time.monotonic() + 15  # a handler counts its request once its turn has ended
+    while True:
+        after = samples(http, "agent_memory_requests_total")
+        gone = after.get((*route, ("status", "499")), 0) - before.get((*route, ("status", "499")), 0)
+        if gone >= len(delays) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert gone == len(delays)
+    assert after.get((*route, ("status", "500")), 0) == before.get((*route, ("status", "500")), 0)
+
+
 def test_admin_needs_its_key(http):
     assert http.post("/admin/swap", json={"model_id": "default"}).status_code == 401
     wrong = http.post("/admin/swap", json={"model_id": "default"}, headers={"X-Admin-Key": "wrong"})
