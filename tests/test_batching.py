@@ -110,7 +110,7 @@ def test_long_prefill_does_not_freeze_other_streams(batch_engine):
 
     streaming = batch_engine.submit(ask("Write a long story about a dragon.", max_tokens=200), on_event=record("a"))
     next(e for e in streaming.events() if isinstance(e, TurnChunk))
-    long_prompt = "Summarize this text. " + " ".join(f"Sentence {i} talks about topic {i % 17}." for i in range(400))
+    long_prompt = "Summarize this text. " + " ".join(f"Sentence {i} talks about topic {i % 17}." for i in range(150))
     heavy = batch_engine.submit(ask(long_prompt, max_tokens=2), on_event=record("b"))
     heavy.result()
     streaming.cancel()

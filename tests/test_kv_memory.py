@@ -91,8 +91,10 @@ def run_conversation(data_dir, cache_dir, cold_engine, model, target_tokens, **s
     return first, hot, cold_hot, warm, cold_warm
 
 
+# About 1000 tokens: four blocks, two prefill chunks on the CPU, and past Gemma's 512-token window (a
+# longer history takes the same paths, at minutes more of CPU prefill per case).
 @pytest.mark.slow
-@pytest.mark.parametrize("target_tokens", [1000, 3000])
+@pytest.mark.parametrize("target_tokens", [1000])
 def test_smollm2_resume_matches_cold(data_dir, tmp_path, cold_engine, target_tokens):
     first, hot, cold_hot, warm, cold_warm = run_conversation(
         data_dir, tmp_path / "kv", cold_engine, "default", target_tokens
@@ -112,7 +114,7 @@ def gemma_cold_engine(data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target_tokens", [1000, 3000])
+@pytest.mark.parametrize("target_tokens", [1000])
 def test_gemma3_resume_matches_cold(data_dir, tmp_path, gemma_cold_engine, target_tokens):
     first, hot, cold_hot, warm, cold_warm = run_conversation(
         data_dir, tmp_path / "kv", gemma_cold_engine, "gemma3-270m", target_tokens
@@ -132,7 +134,7 @@ def test_gemma3_concurrent_resumes_in_one_batch_match_cold(data_dir, tmp_path):
     eng = engine_for(data_dir, tmp_path / "kv", "gemma3-270m")
     try:
         assert eng.batching
-        histories = [history(target, eng.tokenizer) for target in (700, 1000, 1400)]
+        histories = [history(target, eng.tokenizer) for target in (620, 800, 1000)]
         firsts = [eng.submit(greedy(m, f"g{i}")) for i, m in enumerate(histories)]
         seconds = [
             [*m, ChatMessage(role="assistant", content=f.result().text), ChatMessage(role="user", content="Who?")]
