@@ -151,9 +151,10 @@ def test_gemma3_concurrent_resumes_in_one_batch_match_cold(data_dir, tmp_path):
 
 
 def stored_turn(data_dir: Path, cache_dir: Path, session_id: str, **settings) -> list[ChatMessage]:
-    """A ~700-token first turn of `session_id`, on disk once this returns; its messages."""
+    """A ~600-token first turn of `session_id` (two whole blocks and a tail), on disk once this returns;
+    its messages."""
     eng = engine_for(data_dir, cache_dir, **settings)
-    messages = history(700, eng.tokenizer)
+    messages = history(600, eng.tokenizer)
     try:
         eng.generate(greedy(messages, session_id))
         eng.flush()
@@ -442,7 +443,7 @@ def test_quantized_kv_resumes_like_a_quantized_cold_run(data_dir, tmp_path):
     settings = dict(data_dir=data_dir, kv_bits=8)
     with Engine(Settings(**settings, kv_memory=False)) as cold:
         first, hot, cold_hot, warm, cold_warm = run_conversation(
-            data_dir, tmp_path / "kv", cold, "default", 800, kv_bits=8, kv_hot_live_agents=0
+            data_dir, tmp_path / "kv", cold, "default", 600, kv_bits=8, kv_hot_live_agents=0
         )
     assert hot.cache.source == "hot" and warm.cache.source == "warm"
     assert hot.text == cold_hot.text
