@@ -59,10 +59,8 @@ class TurnStream:
         self.cancel()  # a client that went away (or an error) stops the generation after this token
         try:
             async with asyncio.timeout(CANCEL_WAIT_S):
-                while not self.done:
-                    event = await self._queue.get()
-                    self._note(event)
-                    self.done = isinstance(event, TurnFinished | TurnFailed)
+                async for _ in self.events():  # drained up to the turn's end, which it notes
+                    pass
         except TimeoutError:
             pass
         except asyncio.CancelledError:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def serve_alone(handle: TurnHandle, loaded: LoadedModel, memory, stream, settings: Settings) -> None:
     """Run one request to its end on the engine thread; every outcome reaches the handle."""
     if handle.cancelled:  # cancelled while it waited: never started
-        handle.fail("the request was cancelled before it started", "cancelled")
+        handle.end_unstarted()
         return
     try:
         turn = prepare_turn(handle, loaded, memory)

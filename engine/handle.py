@@ -50,6 +50,10 @@ class TurnHandle:
         """End the turn with TurnFailed: `kind` "request", "cancelled" or "internal"."""
         self.emit(TurnFailed(self.request_id, message, kind))
 
+    def end_unstarted(self) -> None:
+        """End a turn that was cancelled while it waited, before it started."""
+        self.fail("the request was cancelled before it started", "cancelled")
+
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()

@@ -118,7 +118,7 @@ class BatchScheduler:
         for handle in self.waiting:
             if handle.cancelled:
                 self._prompts.pop(handle.request_id, None)
-                handle.fail("the request was cancelled before it started", "cancelled")
+                handle.end_unstarted()
             else:
                 kept.append(handle)
         self.waiting = kept
@@ -165,7 +165,7 @@ class BatchScheduler:
 
         rendered = self._prompts.pop(handle.request_id, None)  # the request leaves the waiting queue here
         if handle.cancelled:
-            handle.fail("the request was cancelled before it started", "cancelled")
+            handle.end_unstarted()
             return False
         try:
             turn = prepare_turn(handle, self.loaded, self.memory, rendered)
