@@ -178,7 +178,7 @@ def test_non_streaming_clients_that_hang_up_free_the_engine_and_count_as_499(ser
     ).encode()
     route = (("method", "POST"), ("route", CHAT))
     before = samples(http, "agent_memory_requests_total")
-    # Hang-ups at every stage: queued, prefilling, decoding; some at once, some together
+    # One client after another, each hanging up at a later stage: before its turn started, while prefilling, decoding
     delays = [0.05, 0.3, 0.3, 0.8, 1.5, 2.5]
     for delay in delays:
         with socket.create_connection((address.hostname, address.port)) as sock:
