@@ -5,7 +5,9 @@ Update after an intended change with: pytest tests/test_tui_snapshots.py --snaps
 
 from __future__ import annotations
 
-from tests.tui_frozen import FrozenSource
+from textual.widgets import ListView, Static
+
+from tests.tui_frozen import ROWS, TRANSCRIPT, FrozenSource
 from workbench.tui.app import WorkbenchApp
 
 SIZE = (100, 30)
@@ -17,10 +19,27 @@ def make_app() -> WorkbenchApp:
     return app
 
 
+def settled(app: WorkbenchApp) -> bool:
+    """The agent list is drawn and alice's transcript is mounted, with its status line: the last steps
+    of start-up, which a loaded machine can take well past a fixed pause."""
+    status = str(app.query_one("#status", Static).content)
+    agents = app.query_one("#agents", ListView)
+    return (
+        app.ready
+        and len(agents.children) == len(ROWS)
+        and agents.index == 0  # alice, highlighted
+        and len(app.query("#log Markdown")) == len(TRANSCRIPT)
+        and status.startswith("Agent alice:")
+    )
+
+
 async def settle(pilot) -> None:
-    app = pilot.app
-    while not (app.ready and app.rows and app._session is not None):
+    for _ in range(600):  # 30 s at most
+        if settled(pilot.app):
+            break
         await pilot.pause(0.05)
+    else:
+        raise AssertionError("the TUI did not finish starting within 30 s")
     await pilot.pause(0.2)
 
 
