@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from api.errors import ApiError
 from api.validation import has_surrogate
+from engine.session_lock import POLL_S, TurnLock
 
 # Ids name files only through a hash, but each is kept in memory, in SQLite and in the access log.
 MAX_SESSION_ID_CHARS = 256
@@ -79,3 +80,15 @@ class SessionLocks:
             if self._waiters[session_id] == 0:  # nobody else holds or waits: forget it
                 del self._waiters[session_id]
                 del self._locks[session_id]
+
+
+@contextlib.asynccontextmanager
+async def held_across_processes(lock: TurnLock) -> AsyncIterator[None]:
+    """A transcript's turn lock, awaited without blocking the event loop: another process sharing the
+    data dir may hold it for a whole turn."""
+    while not lock.try_acquire():
+        await asyncio.sleep(POLL_S)
+    try:
+        yield
+    finally:
+        lock.release()

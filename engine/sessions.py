@@ -1,6 +1,8 @@
 """Agent sessions: a transcript and metadata per session id, persisted atomically as JSON.
 
-Session ids are user input (any length, any character): they name files only through a hash.
+Session ids are user input (any length, any character): they name files only through a hash. Several
+processes may share the store: a turn is recorded under the session's `TurnLock` onto the transcript as
+stored then, so a turn another process stored meanwhile is kept.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from engine.atomic import atomic_write_text
+from engine.events import TurnFinished
 from engine.requests import ChatMessage
+from engine.session_lock import TurnLock
 
 SESSION_FILE_VERSION = 1
 
@@ -73,14 +77,38 @@ class SessionStore:
         session.updated_at = time.time()
         atomic_write_text(self.path_for(session.id), session.model_dump_json(indent=1))
 
-    def record_turn(self, session: Session, user_text: str, reply: str, context_tokens: int) -> Session:
-        """Append one finished exchange and persist it; the caller's object is updated too."""
-        session.messages.extend(
-            [ChatMessage(role="user", content=user_text), ChatMessage(role="assistant", content=reply)]
-        )
-        session.context_tokens = context_tokens
-        self.save(session)
+    def turn_lock(self, session_id: str) -> TurnLock:
+        return TurnLock(self.root / "locks" / session_file_name(session_id).replace(".json", ".lock"))
+
+    def refresh(self, session: Session) -> Session:
+        """Take in turns another process appended to the stored transcript since `session` was read.
+        A stored transcript that does not extend this one (started over meanwhile) is left alone."""
+        stored = self.get(session.id)
+        if stored is not None and _extends(stored.messages, session.messages):
+            session.messages = stored.messages
+            session.context_tokens = stored.context_tokens
         return session
+
+    def record_turn(self, session: Session, user_text: str, reply: str, context_tokens: int) -> Session:
+        """Append one finished exchange and persist it; the caller's object is updated too. Under the
+        session's turn lock: turns stored by another process since `session` was read are kept, before
+        this one."""
+        with self.turn_lock(session.id).held():
+            self.refresh(session)
+            session.messages.extend(
+                [ChatMessage(role="user", content=user_text), ChatMessage(role="assistant", content=reply)]
+            )
+            session.context_tokens = context_tokens
+            self.save(session)
+        return session
+
+    def keep_turn(self, session: Session, user_text: str, finished: TurnFinished, model_id: str, fingerprint: str):
+        """Record a finished turn with the model that ran it (a stopped one is not kept)."""
+        if finished.finish_reason == "cancelled":
+            return
+        session.model_id, session.model_fingerprint = model_id, fingerprint
+        context = finished.usage.prompt_tokens + finished.usage.completion_tokens
+        self.record_turn(session, user_text, finished.text, context)
 
     def delete(self, session_id: str) -> bool:
         try:
@@ -104,6 +132,10 @@ class SessionStore:
     def last(self) -> Session | None:
         sessions = self.all()
         return sessions[0] if sessions else None
+
+
+def _extends(longer: list[ChatMessage], shorter: list[ChatMessage]) -> bool:
+    return len(longer) > len(shorter) and longer[: len(shorter)] == shorter
 
 
 class SessionCorrupt(ValueError):

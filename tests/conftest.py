@@ -85,8 +85,8 @@ def ask(text: str, max_tokens: int = 48, **kwargs) -> GenerationRequest:
     )
 
 
-def run_cli(*args: str, data_dir: Path, env: dict | None = None, stdin: str | None = None, cwd=None):
-    """Run `agent-memory ARGS` in a fresh process with its data dir pointed at `data_dir`."""
+def cli_env(data_dir: Path, env: dict | None = None) -> dict:
+    """The environment of an `agent-memory` subprocess whose data dir is `data_dir`."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMANTIC_")}
     # Its own KV cache dir: the test process's engines own (lock) the data dir's default one.
     full_env.update(
@@ -97,12 +97,17 @@ def run_cli(*args: str, data_dir: Path, env: dict | None = None, stdin: str | No
         }
     )
     full_env.update(env or {})
+    return full_env
+
+
+def run_cli(*args: str, data_dir: Path, env: dict | None = None, stdin: str | None = None, cwd=None):
+    """Run `agent-memory ARGS` in a fresh process with its data dir pointed at `data_dir`."""
     return subprocess.run(
         [sys.executable, "-m", "workbench.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=full_env,
+        env=cli_env(data_dir, env),
         cwd=cwd or data_dir.parent,
         timeout=300,
     )

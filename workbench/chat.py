@@ -82,7 +82,11 @@ def open_session(store: SessionStore, options: ChatOptions) -> Session:
         session_id = last.id
     else:
         session_id = options.session_id or time.strftime("chat-%Y%m%d-%H%M%S")
-    session = Session(id=session_id) if options.new else store.get_or_new(session_id)
+    if options.new:  # started over now, so that the first turn is not appended to the old transcript
+        session = Session(id=session_id, system=options.system)
+        store.save(session)
+        return session
+    session = store.get_or_new(session_id)
     if options.system is not None:
         session.system = options.system
     return session
@@ -108,37 +112,47 @@ def build_request(engine, session: Session, text: str, options: ChatOptions):
 
 
 def stream_turn(engine, store: SessionStore, session: Session, text: str, options: ChatOptions) -> TurnFinished:
-    """Run one turn, echoing text unless --json; persist it unless it was cancelled."""
+    """Run one turn, echoing text unless --json; persist it unless it was cancelled. Another process
+    sharing the data dir (a server, a second chat) may be in a turn of this session: it ends first, and
+    the turns it stored are taken in before this one's prompt is built."""
+    with store.turn_lock(session.id).held(on_wait=lambda: waiting_for_another_process(session.id)):
+        store.refresh(session)
+        handle = engine.submit(checked_request(engine, session, text, options))
+        finished = None
+        try:
+            for event in handle.events():
+                if isinstance(event, TurnChunk) and not options.json_output:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, TurnFailed):
+                    raise EngineError(event.message)
+                elif isinstance(event, TurnFinished):
+                    finished = event
+        except KeyboardInterrupt:
+            handle.cancel()
+            finished = handle.result()
+        if not options.json_output:
+            sys.stdout.write("\n" if finished.finish_reason != "cancelled" else " [stopped]\n")
+            sys.stdout.flush()
+        store.keep_turn(session, text, finished, engine.model_id, engine.info.fingerprint)
+    return finished
+
+
+def checked_request(engine, session: Session, text: str, options: ChatOptions):
+    """The turn's request; sampling values the engine refuses become an EngineError naming the flag."""
     from pydantic import ValidationError
 
     try:
-        request = build_request(engine, session, text, options)
+        return build_request(engine, session, text, options)
     except ValidationError as exc:
         error = exc.errors()[0]
         message = error["msg"].removeprefix("Value error, ")
         field = error["loc"][-1] if error["loc"] and error["loc"][0] == "sampling" else None
         raise EngineError(f"{field}: {message}" if field else message) from None
-    handle = engine.submit(request)
-    finished = None
-    try:
-        for event in handle.events():
-            if isinstance(event, TurnChunk) and not options.json_output:
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-            elif isinstance(event, TurnFailed):
-                raise EngineError(event.message)
-            elif isinstance(event, TurnFinished):
-                finished = event
-    except KeyboardInterrupt:
-        handle.cancel()
-        finished = handle.result()
-    if not options.json_output:
-        sys.stdout.write("\n" if finished.finish_reason != "cancelled" else " [stopped]\n")
-        sys.stdout.flush()
-    if finished.finish_reason != "cancelled":
-        context = finished.usage.prompt_tokens + finished.usage.completion_tokens
-        store.record_turn(session, text, finished.text, context)
-    return finished
+
+
+def waiting_for_another_process(session_id: str) -> None:
+    typer.echo(f"Another process is running a turn of {session_id!r}; waiting for it to end…", err=True)
 
 
 def one_turn(engine, store: SessionStore, session: Session, text: str, options: ChatOptions) -> int:

@@ -14,7 +14,7 @@ from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
 from api.generation import generation_request
 from api.schemas.agents import AgentMessageRequest
-from api.sessions import checked_session_id
+from api.sessions import checked_session_id, held_across_processes
 from api.usage import turn_summary
 from api.validation import parse, read_json
 from engine.agents_view import agent_rows, block_counts
@@ -77,9 +77,11 @@ async def delete_agent(request, agent_id: str):
     agent_id = _agent_id(agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
-    # Under the agent's lock: a turn of this agent still running (its client gone) has ended first
-    async with server.locks.hold(agent_id):
-        deleted = await asyncio.to_thread(_store(request).delete, agent_id)
+    store = _store(request)
+    # Under the agent's locks: a turn of this agent still running (its client gone, or in another
+    # process) has ended first
+    async with server.locks.hold(agent_id), held_across_processes(store.turn_lock(agent_id)):
+        deleted = await asyncio.to_thread(store.delete, agent_id)
         # Asked of the engine thread, not the published view, which lags a turn that just ended
         cached = await asyncio.to_thread(engine.forget_session, agent_id)
         if not deleted and not cached:
@@ -94,7 +96,8 @@ async def send_message(request, agent_id: str):
     parsed = parse(AgentMessageRequest, read_json(request))
     engine = server.ready_engine()
     store = _store(request)
-    async with server.locks.hold(agent_id):  # the transcript grows one turn at a time
+    # The transcript grows one turn at a time, in this process and in any other sharing the data dir
+    async with server.locks.hold(agent_id), held_across_processes(store.turn_lock(agent_id)):
         session = _session(store, agent_id) or Session(id=agent_id)
         if parsed.system is not None:
             session.system = parsed.system
@@ -110,10 +113,7 @@ async def send_message(request, agent_id: str):
         )
 
         def keep(finished: TurnFinished) -> dict:
-            if finished.finish_reason != "cancelled":
-                session.model_id, session.model_fingerprint = engine.model_id, engine.info.fingerprint
-                context = finished.usage.prompt_tokens + finished.usage.completion_tokens
-                store.record_turn(session, parsed.content, finished.text, context)
+            store.keep_turn(session, parsed.content, finished, engine.model_id, engine.info.fingerprint)
             server.metrics.observe_turn(finished)
             return {
                 "agent_id": agent_id,

@@ -105,8 +105,4 @@ class LocalSource:
 
     def keep(self, session: Session, text: str, finished: TurnFinished) -> None:
         """Store a finished turn in the transcript (a stopped reply is not kept)."""
-        if finished.finish_reason == "cancelled":
-            return
-        session.model_id, session.model_fingerprint = self.engine.model_id, self.engine.info.fingerprint
-        context = finished.usage.prompt_tokens + finished.usage.completion_tokens
-        self.store.record_turn(session, text, finished.text, context)
+        self.store.keep_turn(session, text, finished, self.engine.model_id, self.engine.info.fingerprint)
