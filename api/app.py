@@ -35,6 +35,10 @@ OPEN_PATHS = {"/", "/health", "/openapi.json"}
 MAX_HEAD_BYTES = 8192
 # Generation may run for many minutes; Sanic's default 60 s response timeout would cut it off.
 RESPONSE_TIMEOUT_S = 24 * 3600
+# After the grace period the running turns are ended with an error event; this long more lets their
+# streams send it and close before Sanic drops whatever connection is still open.
+SHUTDOWN_FLUSH_S = 10.0
+SHUTDOWN_MESSAGE = "the server is shutting down; retry shortly"
 
 
 def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
@@ -46,8 +50,9 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     app.config.RESPONSE_TIMEOUT = RESPONSE_TIMEOUT_S
     app.config.REQUEST_TIMEOUT = 120
     app.config.FALLBACK_ERROR_FORMAT = "json"
-    # SIGTERM/SIGINT: stop accepting, give running requests this long, then cancel them.
-    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_grace_s
+    # SIGTERM/SIGINT: stop accepting, give running turns the grace period, then end them with an error
+    # (end_turns_past_grace); Sanic closes the connections left after that and the flush time.
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_grace_s + SHUTDOWN_FLUSH_S
     app.ctx.server = ServerState(settings, engine, Metrics(lambda: engine))
     for blueprint in (system.bp, anthropic.bp, openai.bp, responses.bp, agents.bp, admin.bp):
         app.blueprint(blueprint)
@@ -65,6 +70,13 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, _exit_now, number)
 
+    @app.before_server_stop
+    async def end_turns_past_grace(app):
+        # Sanic waits for open connections on this loop while the grace period runs
+        app.ctx.grace_timer = asyncio.get_running_loop().call_later(
+            settings.shutdown_grace_s, _end_running_turns, app.ctx.server
+        )
+
     @app.after_server_stop
     async def stop_engine(app):
         engine.close()  # finishes queued work and writes every pending KV block to disk
@@ -74,6 +86,12 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     app.error_handler.add(Exception, _on_error)
     app.error_handler.add(RequestCancelled, _on_client_gone)
     return app
+
+
+def _end_running_turns(server) -> None:
+    if len(server.turns):
+        log.warning("grace period over: ending %d running turn(s) with an error", len(server.turns))
+    server.turns.end_all(SHUTDOWN_MESSAGE)
 
 
 def _exit_now(number: int) -> None:

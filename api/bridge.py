@@ -3,7 +3,8 @@
 A handler submits through TurnStream and reads events (None marks a quiet interval: time for a
 keep-alive) inside `async with`, whose exit cancels the turn, so a client that goes away frees the
 engine within one token, and then waits for the turn's end: whatever runs next under the session's lock
-(its next turn, a DELETE) sees the cache the cancelled turn left.
+(its next turn, a DELETE) sees the cache the cancelled turn left. The server's running turns are known
+(RunningTurns), so that a shutdown past its grace period ends each with an error its client is sent.
 """
 
 from __future__ import annotations
@@ -49,13 +50,20 @@ class TurnStream:
             raise ApiError(503, f"{exc}; retry shortly", headers={"Retry-After": "5"}) from None
         self.done = False
         self.keepalive_s = keepalive_s
-        self.note, self._arrived = _request_note()
+        self._ended_by: str | None = None  # why the server ended the turn (shutdown), if it did
+        http_request = _current_request()
+        self.note, self._arrived = _request_note(http_request)
         self.note.session_id = request.session_id
+        self._running = http_request.app.ctx.server.turns if http_request is not None else None
+        if self._running is not None:
+            self._running.add(self)
 
     async def __aenter__(self) -> TurnStream:
         return self
 
     async def __aexit__(self, exc_type, *exc) -> None:
+        if self._running is not None:
+            self._running.discard(self)
         self.cancel()  # a client that went away (or an error) stops the generation after this token
         try:
             async with asyncio.timeout(CANCEL_WAIT_S):
@@ -81,6 +89,8 @@ class TurnStream:
                 continue
             if isinstance(event, PrefillProgress):
                 continue
+            if self._ended_by is not None and _cancelled(event):
+                event = TurnFailed(event.request_id, self._ended_by, "cancelled")
             self._note(event)
             if isinstance(event, TurnFinished | TurnFailed):
                 self.done = True
@@ -111,13 +121,51 @@ class TurnStream:
         if not self.done:
             self.handle.cancel()
 
+    def end(self, reason: str) -> None:
+        """Stop the turn for the server's own reason: its client gets an error saying so (a 503 before
+        the answer began, an error event in a stream), not an answer that looks complete."""
+        self._ended_by = reason
+        self.cancel()
 
-def _request_note() -> tuple[TurnNote, float]:
-    """The current HTTP request's access-log note and arrival time. Handlers run in the request's own
-    task, so Sanic knows the request without every route passing it in; outside one, a loose note."""
+
+class RunningTurns:
+    """The server's turns in flight."""
+
+    def __init__(self):
+        self._streams: set[TurnStream] = set()
+
+    def add(self, stream: TurnStream) -> None:
+        self._streams.add(stream)
+
+    def discard(self, stream: TurnStream) -> None:
+        self._streams.discard(stream)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def end_all(self, reason: str) -> None:
+        for stream in list(self._streams):
+            stream.end(reason)
+
+
+def _cancelled(event: TurnEvent) -> bool:
+    return (isinstance(event, TurnFinished) and event.finish_reason == "cancelled") or (
+        isinstance(event, TurnFailed) and event.kind == "cancelled"
+    )
+
+
+def _current_request() -> Request | None:
+    """Handlers run in the request's own task, so Sanic knows the request without every route passing
+    it in; None outside one."""
     try:
-        request = Request.get_current()
+        return Request.get_current()
     except ServerError:
+        return None
+
+
+def _request_note(request: Request | None) -> tuple[TurnNote, float]:
+    """The HTTP request's access-log note and arrival time; outside one, a loose note."""
+    if request is None:
         return TurnNote(), time.perf_counter()
     return note_for(request), getattr(request.ctx, "started", time.perf_counter())
 

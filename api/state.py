@@ -1,10 +1,12 @@
-"""What every handler reaches through `request.app.ctx.server`: settings, engine, metrics, session locks."""
+"""What every handler reaches through `request.app.ctx.server`: settings, engine, metrics, session locks,
+running turns."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+from api.bridge import RunningTurns
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.sessions import SessionLocks
@@ -17,6 +19,7 @@ class ServerState:
     engine: object  # engine.engine.Engine: the api package never imports MLX
     metrics: Metrics
     locks: SessionLocks = field(default_factory=SessionLocks)
+    turns: RunningTurns = field(default_factory=RunningTurns)
     started: float = field(default_factory=time.time)
 
     def ready_engine(self):

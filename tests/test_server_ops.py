@@ -375,6 +375,44 @@ def test_sigterm_finishes_the_running_turn_and_keeps_its_cache(default_engine, d
         assert second.stop() == 0
 
 
+def test_turns_still_running_past_the_grace_period_end_with_an_error_and_the_server_exits(
+    default_engine, data_dir, tmp_path
+):
+    cache_dir = tmp_path / "kv"
+    cache_dir.mkdir()
+    running = ServerProcess(data_dir, cache_dir, {"SEMANTIC_SHUTDOWN_GRACE_S": "1"})
+    running.wait_ready()
+    long_tale = [{"role": "user", "content": "Tell me a long story about a dragon and a knight."}]
+    agent_answer = {}
+
+    def agent_turn() -> None:  # not streamed: its client waits for the whole answer
+        body = {"content": "Tell me a very long story.", "max_tokens": 3000, "temperature": 0}
+        response = httpx.post(f"{running.base_url}/v1/agents/grace/messages", json=body, timeout=120)
+        agent_answer.update(status=response.status_code, body=response.json())
+
+    waiting = threading.Thread(target=agent_turn)
+    lines = []
+    body = {"model": "m", "max_tokens": 3000, "stream": True, "temperature": 0, "messages": long_tale}
+    with httpx.stream("POST", f"{running.base_url}{CHAT}", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and not lines:
+                waiting.start()
+                time.sleep(0.5)
+                running.process.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+            if line.startswith("data: "):
+                lines.append(line)
+                ended = time.monotonic()
+    waiting.join(timeout=120)
+    assert running.process.wait(timeout=60) == 0, running.log()
+    assert time.monotonic() - signalled < 20, running.log()  # no wait on a turn nobody will read
+    last = json.loads(lines[-1].removeprefix("data: "))
+    assert "shutting down" in last["error"]["message"], lines[-3:]
+    assert ended - signalled >= 1  # the turn ran on through the grace period
+    assert agent_answer["status"] == 503 and "shutting down" in agent_answer["body"]["error"]["message"]
+    running.stop()
+
+
 def test_a_second_sigterm_exits_at_once_and_leaves_a_clean_cache(default_engine, data_dir, tmp_path):
     cache_dir = tmp_path / "kv"
     cache_dir.mkdir()
