@@ -43,6 +43,9 @@ class LoadedModel:
     tokenizer: Any  # mlx_lm TokenizerWrapper
     info: ModelInfo
     prompt_encoder: PromptEncoder | None = None  # tokenizes prompts reusing recent ones (None: plainly)
+    # The vocabulary's longest token in characters: a prompt longer than this many per context token
+    # cannot fit, whatever its tokens (0: no such bound)
+    longest_token_chars: int = 0
 
 
 def converted_dir(models_path: Path, gguf_path: Path, digest: str, backend: str) -> Path:
@@ -116,7 +119,23 @@ def load(model_id: str, models_path: Path, progress: Progress | None = None) -> 
         sampling_defaults=sampling_defaults,
         sampling_source=sampling_source,
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info, prompt_encoder=PromptEncoder(tokenizer))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        info=info,
+        prompt_encoder=PromptEncoder(tokenizer),
+        longest_token_chars=longest_entry_chars(tokenizer),
+    )
+
+
+def longest_entry_chars(tokenizer) -> int:
+    """Characters of the longest vocabulary entry. An entry's text is at least as long as the text it
+    stands for (byte-level entries spell one character per byte, `<0x0A>` byte pieces more), so no
+    prompt has fewer tokens than its characters over this; 0 if the vocabulary cannot be listed."""
+    try:
+        return max(map(len, tokenizer.get_vocab()), default=0)
+    except (AttributeError, NotImplementedError, TypeError):
+        return 0
 
 
 def _context_length(config: dict, model_dir: Path) -> int:

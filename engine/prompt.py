@@ -31,9 +31,20 @@ def render_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
             raise RequestError(f"the model's chat template rejected the conversation: {exc}") from None
     else:
         text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+    refuse_text_beyond_context(text, loaded)
     if loaded.prompt_encoder is not None:
         return loaded.prompt_encoder.encode(text)
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def refuse_text_beyond_context(text: str, loaded: LoadedModel) -> None:
+    """A prompt too long to fit even at the vocabulary's longest token per token is refused before it is
+    tokenized: the tokenizer holds the GIL throughout (half a minute for tens of MB), stalling the server,
+    and its token list would take gigabytes."""
+    longest, context_length = loaded.longest_token_chars, loaded.info.context_length
+    if longest and len(text) > context_length * longest:
+        at_least = -(-len(text) // longest)
+        raise RequestError(f"prompt is too long: at least {at_least} tokens > {context_length - 1} maximum")
 
 
 def check_context(prompt_tokens: int, context_length: int) -> None:

@@ -167,6 +167,23 @@ def test_a_key_that_is_not_utf8_is_a_401(http):
     assert response.status_code == 403
 
 
+def server_rss_mb(server) -> int:
+    with open(f"/proc/{server.process.pid}/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0]) // 1024
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_prompt_of_many_megabytes_is_refused_before_it_is_tokenized(server, http, api):
+    # 20 MB (under the body limit): tokenizing it would hold the GIL for ~30 s and take GBs of memory
+    spec = APIS[api]
+    before = server_rss_mb(server)
+    body = with_value(spec["body"], spec["content"], "lorem ipsum " * 1_700_000)
+    response = http.post(spec["path"], json=body, headers=KEY)
+    assert_400_in_shape(response, api, "20 MB")
+    assert "prompt is too long: at least" in response.json()["error"]["message"]
+    assert server_rss_mb(server) - before < 500  # no token list of millions was built
+
+
 @pytest.mark.parametrize("api", ["chat", "agents"])
 def test_seed_is_an_unsigned_64_bit_integer(http, api):
     spec = APIS[api]

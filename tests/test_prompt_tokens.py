@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.engine import Engine
-from engine.loader import LoadedModel
+from engine.loader import LoadedModel, longest_entry_chars
 from engine.prompt import render_prompt
 from engine.prompt_tokens import PromptEncoder
 from engine.requests import ChatMessage, GenerationRequest
@@ -61,3 +61,17 @@ def test_reused_tokens_equal_whole_tokenization(model, default_engine, gemma_tok
         total += len(expected)
     # Most tokens came from earlier prompts: the comparison above covered the reusing path.
     assert encoder.reused_tokens > total // 2
+
+
+@pytest.mark.parametrize("model", ["default", "gemma3-270m"])
+def test_no_text_has_fewer_tokens_than_its_characters_over_the_longest_token(model, default_engine, gemma_tokenizer):
+    # The bound that refuses huge prompts untokenized must never refuse one that fits. Runs of the
+    # characters the longest entries are made of are where a text packs the most characters per token.
+    tokenizer, _ = (default_engine.tokenizer, default_engine.info) if model == "default" else gemma_tokenizer
+    longest = longest_entry_chars(tokenizer)
+    assert 8 < longest < 200
+    texts = [c * 5000 for c in "#= \n\t-*_.0"] + ["\n" + " " * 5000, " ".join(["internationalization"] * 500)]
+    texts += [text for text in AWKWARD if text]
+    for text in texts:
+        tokens = len(tokenizer.encode(text, add_special_tokens=False))
+        assert tokens * longest >= len(text), (text[:20], tokens, longest)
