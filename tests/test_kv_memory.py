@@ -195,6 +195,29 @@ def test_flipped_byte_is_detected_and_recomputed(data_dir, tmp_path, cold_engine
 
 
 @pytest.mark.slow
+def test_a_damaged_block_still_lets_the_blocks_before_it_resume(data_dir, tmp_path, cold_engine, caplog):
+    cache_dir = tmp_path / "kv"
+    messages = stored_turn(data_dir, cache_dir, "half")
+    with sqlite3.connect(cache_dir / "index.sqlite") as db:
+        (second_block,) = db.execute(
+            "SELECT b.file FROM session_blocks c JOIN blocks b ON b.name = c.name WHERE c.position = 1"
+        ).fetchone()
+    flip_a_byte(cache_dir / second_block)
+    follow_up = next_turn(messages)
+    eng = engine_for(data_dir, cache_dir)
+    try:
+        with caplog.at_level(logging.WARNING):
+            result = eng.generate(greedy(follow_up, "half"))
+        assert any("checksum" in record.message for record in caplog.records)
+        assert (result.cache.source, result.cache.reused_tokens) == ("warm", eng.settings.kv_block_tokens)
+        assert result.text == cold_engine.generate(greedy(follow_up)).text
+        eng.flush()
+        eng.check_integrity()
+    finally:
+        eng.close()
+
+
+@pytest.mark.slow
 def test_files_with_matching_checksums_that_are_not_ours_are_dropped(data_dir, tmp_path, cold_engine, caplog):
     """A session snapshot and a block whose checksums match but whose contents no version of ours
     wrote (one is not safetensors at all, one names parts that are not there): the turn recomputes,

@@ -135,7 +135,9 @@ class KVMemory:
         candidates = [self._from_other_hot(key, prompt, limit), self._from_warm(session_id, prompt, limit)]
         decision, estimate_s = "recompute", self.cost.prefill_s(0, len(prompt)) or 0.0
         # Longest match first; one that cannot be built (damaged, wrapped window) yields to the next.
-        for matched, source, build, partial_ok in sorted((c for c in candidates if c), key=lambda c: -c[0]):
+        pending = sorted((c for c in candidates if c), key=lambda c: -c[0])
+        while pending:
+            matched, source, build, partial_ok = found = pending.pop(0)
             plan = self.cost.plan(source, matched, len(prompt), self.block_tokens) if source == "warm" else None
             if plan is not None and plan.decision == "partial" and not partial_ok:
                 plan = min(
@@ -160,6 +162,11 @@ class KVMemory:
             except Exception:  # noqa: BLE001 - a damaged entry means recompute, never a failed request
                 log.exception("restoring %s KV for %r failed; trying the next source", source, key)
                 cache = None
+            if cache is None and source == "warm":
+                # A damaged block was dropped as it was read: the intact blocks before it may still resume.
+                shorter = self._from_warm(session_id, prompt, limit)
+                if shorter is not None and shorter[0] < found[0]:
+                    pending = sorted([*pending, shorter], key=lambda c: -c[0])
             if cache is not None:
                 self.hits[source] += 1
                 restore_s = time.perf_counter() - started
@@ -201,6 +208,8 @@ class KVMemory:
             # SEMANTIC_KV_DISK_DTYPE changed since; the fingerprint names only the model): recomputed.
             log.info("session %r was stored under another KV encoding; recomputing it", session_id)
             snapshot = None
+        if snapshot is not None and not self._chain_stored(snapshot):
+            snapshot = None  # a block of its chain was dropped (damaged): the blocks before it may serve
         if snapshot is not None:
             matched = common_prefix_length(prompt[:limit], snapshot.tokens)
             end = len(snapshot.tokens)
@@ -223,6 +232,9 @@ class KVMemory:
             lambda tokens: self._build_from_blocks(names[: tokens // block], len(prompt)),
             True,
         )
+
+    def _chain_stored(self, snapshot: SessionSnapshot) -> bool:
+        return self.warm.match(self.fingerprint, list(snapshot.chain)).blocks == len(snapshot.chain)
 
     def _build_from_blocks(self, names: list[str], prompt_tokens: int):
         tokens = len(names) * self.block_tokens
