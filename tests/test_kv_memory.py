@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -392,6 +394,40 @@ def test_second_process_on_the_same_cache_dir_is_read_only(tmp_path):
         assert not first.read_only and second.read_only
     finally:
         first.close()
+        second.close()
+
+
+OWN_CACHE_DIR = """
+import sys
+from pathlib import Path
+from engine.kv.warm import WarmTier
+tier = WarmTier(Path(sys.argv[1]), 100)
+print("read-only" if tier.read_only else "owner", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_read_only_process_takes_over_once_the_owner_is_gone(tmp_path):
+    cache_dir = tmp_path / "kv"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWN_CACHE_DIR, str(cache_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout.readline().strip() == "owner"
+    second = WarmTier(cache_dir, 100)
+    try:
+        assert second.read_only
+        leftover = cache_dir / "f" / "blocks" / "ab" / "ab-half-written.safetensors"  # never indexed
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"x")
+        owner.kill()  # kill -9: its lock goes with it
+        owner.wait(timeout=30)
+        assert second.writable and not second.read_only
+        assert not leftover.exists()  # what the owner left half-done is cleaned up first
+        third = WarmTier(cache_dir, 100)
+        assert third.read_only  # the new owner holds the lock
+        third.close()
+    finally:
+        owner.kill()
         second.close()
 
 

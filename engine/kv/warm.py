@@ -17,6 +17,8 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,9 @@ from engine.kv.index import WarmIndex, session_key
 from engine.kv.tier import KVTier, Layers, MatchResult, MissingBlock, SessionSnapshot, SizeInfo, WriteJob
 
 log = logging.getLogger(__name__)
+
+# How often a process that found the cache dir owned tries again to own it (its owner may have exited)
+LOCK_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class WarmTier(KVTier):
         self.read_only = False
         self.disabled_reason: str | None = None
         self._lock_file = None
+        self._lock_guard = threading.Lock()
+        self._next_lock_try = 0.0
         self._index: WarmIndex | None = None
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -69,6 +76,8 @@ class WarmTier(KVTier):
 
     @property
     def writable(self) -> bool:
+        if self.enabled and self.read_only:
+            self._take_over()
         return self.enabled and not self.read_only
 
     @property
@@ -79,15 +88,36 @@ class WarmTier(KVTier):
 
     def _take_lock(self) -> None:
         """One writing process per cache dir; a second one reads without writing."""
+        if not self._lock_taken():
+            self.read_only = True
+            log.warning("another process owns the KV cache dir %s; this one uses it read-only", self.root)
+
+    def _lock_taken(self) -> bool:
         handle = open(self.root / "lock", "a+")  # noqa: SIM115 - held for the process lifetime
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            self.read_only = True
-            log.warning("another process owns the KV cache dir %s; this one uses it read-only", self.root)
-            return
+            return False
         self._lock_file = handle
+        return True
+
+    def _take_over(self) -> None:
+        """A read-only process becomes the writer once the owner has gone (tried every LOCK_RETRY_S), and
+        first removes what the owner may have left half-written."""
+        with self._lock_guard:
+            now = time.monotonic()
+            if not self.read_only or now < self._next_lock_try:
+                return
+            self._next_lock_try = now + LOCK_RETRY_S
+            try:
+                if not self._lock_taken():
+                    return
+            except OSError:
+                return
+            log.warning("the process that owned the KV cache dir %s is gone; this one writes it now", self.root)
+            self.read_only = False
+            self.check(repair=True, verify=False)
 
     def close(self) -> None:
         """Close the calling thread's index connection and give up the cache dir's lock."""
