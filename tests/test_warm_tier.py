@@ -405,3 +405,38 @@ def test_forget_and_stats_wait_behind_the_writer_not_on_the_engine_thread(tmp_pa
         memory.check_integrity().result(timeout=60)
     finally:
         memory.close()
+
+
+@pytest.mark.parametrize("compute", ["float16", "bfloat16", "float32"])
+def test_restored_layers_hold_the_stored_tokens_cut_anywhere(tmp_path, compute):
+    """Both restores (joined on the device by block, and the CPU's float32 one written in place) give
+    each full layer exactly the blocks' and the tail's tokens, in the compute dtype, cut mid-block,
+    at a block's end or inside the tail."""
+    import mlx.core as mx
+
+    from engine.cpu.restore import restore_float32
+    from engine.kv.restore import restore_by_block
+
+    tier = WarmTier(tmp_path / "kv", 1000)
+    fingerprint = FINGERPRINTS[0]
+    snap = snapshot(fingerprint, "agent", list(range(3 * BLOCK_TOKENS + 5)))
+    tier.write(write_job(fingerprint, snap))
+    pieces = [block_layers(name) for name in snap.chain] + [snap.tail]
+    dtype = getattr(mx, compute)
+    for tokens in (BLOCK_TOKENS + 3, 2 * BLOCK_TOKENS, len(snap.tokens)):
+        tail = snap.tail if tokens > len(snap.chain) * BLOCK_TOKENS else None
+        names = snap.chain[: -(-tokens // BLOCK_TOKENS)]
+        reading = tier.read_blocks(fingerprint, names)
+        if compute == "float32":
+            capacity = tokens + 7
+            layers = restore_float32(reading, tail, list(FULL_LAYERS), BLOCK_TOKENS, tokens, capacity)
+        else:
+            layers = restore_by_block(reading, tail, list(FULL_LAYERS), tokens, dtype, quantized=False)
+        for layer in FULL_LAYERS:
+            for part, restored in zip("kv", layers[layer], strict=True):
+                stored = np.concatenate([piece[layer][part] for piece in pieces], axis=1)[:, :tokens]
+                expected = np.array(mx.array(stored).astype(dtype).astype(mx.float32))
+                assert restored.dtype == dtype
+                # The float32 restore leaves room past `tokens` for the new turn
+                assert restored.shape[1] == (max(capacity, tokens) if compute == "float32" else tokens)
+                assert np.array_equal(np.array(restored.astype(mx.float32))[:, :tokens], expected)

@@ -3,14 +3,15 @@
 #
 #   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
 #
-# Steps: info build gen_bf16 gen_q4 resume resume32 agents torch. Each step's stdout goes to
-# $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per start/end to $OUT/log.txt.
-# A step that succeeded is marked under $WORK/done and skipped when a later call on the same warm machine
-# names it again; a step that needs more seconds than the deadline leaves is skipped.
+# Steps: info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes torch. Each step's
+# stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per start/end to
+# $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
+# warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
 # Settings (environment): WORK (models, data dir, done marks; default /root/bench), TOK (tokenizer folder,
 # default .gpu-tok), SITE (installed wheels, default /root/site), PY (python3), BUILD_ARGS (extra mkmodel.py
 # arguments, e.g. a tiny model), GL (prefill lengths of bench/generate.py), RL and RL32 (history lengths of
-# bench/resume.py), GEN_ARGS, RESUME_ARGS, AGENT_ARGS, TORCH_ARGS (extra arguments of each bench).
+# bench/resume.py), RPL (history lengths of bench/gpu/restore_paths.py), GEN_ARGS, RESUME_ARGS, AGENT_ARGS,
+# TORCH_ARGS (extra arguments of each bench).
 set -u
 deadline=$1
 shift
@@ -25,6 +26,7 @@ BUILD_ARGS=${BUILD_ARGS:-}
 GL=${GL:-512,4096,16384}
 RL=${RL:-4000,16000}
 RL32=${RL32:-32000}
+RPL=${RPL:-4400,17700}
 GEN_ARGS=${GEN_ARGS:-}
 RESUME_ARGS=${RESUME_ARGS:-}
 AGENT_ARGS=${AGENT_ARGS:-}
@@ -100,12 +102,20 @@ for step in "$@"; do
     # shellcheck disable=SC2086
     run_step agents 240 env SEMANTIC_MLX_MODEL_ID="$M8B" "$PY" bench/agents.py --json $AGENT_ARGS
     ;;
+  restore_paths)
+    run_step restore_paths 150 "$PY" bench/gpu/restore_paths.py --dir "$WORK/restore" --tokens "$RPL" --json
+    ;;
+  shapes)
+    # The cost of a new prompt length with MLX's defaults, without cuDNN's attention, without CUDA graphs
+    run_step shapes 120 bash -c "$PY bench/gpu/shapes.py --model $M8B && MLX_CUDA_USE_CUDNN_SDPA=0 $PY \
+      bench/gpu/shapes.py --model $M8B && MLX_USE_CUDA_GRAPHS=0 $PY bench/gpu/shapes.py --model $M8B"
+    ;;
   torch)
     # shellcheck disable=SC2086
     run_step torch 150 "$PY" bench/gpu/torch_anchor.py $TORCH_ARGS
     ;;
   *)
-    echo "== unknown step $step (steps: info build gen_bf16 gen_q4 resume resume32 agents torch)" | tee -a "$log"
+    echo "== unknown step $step (steps: info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes torch)" | tee -a "$log"
     ;;
   esac
 done

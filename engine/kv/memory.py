@@ -18,8 +18,6 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-import numpy as np
-
 from engine.backend import hot_budget_bytes, installed_backend
 from engine.cpu.restore import restore_float32
 from engine.kv.blocks import block_names, common_prefix_length, root_name
@@ -35,6 +33,7 @@ from engine.kv.layout import (
     kv_dtype,
     sliding_window_snapshot,
 )
+from engine.kv.restore import restore_by_block
 from engine.kv.tier import MissingBlock, SessionSnapshot, WriteJob
 from engine.kv.warm import WarmTier
 from engine.kv.writer import WarmWriter
@@ -249,30 +248,23 @@ class KVMemory:
         rest of a `prompt_tokens` prompt and the start of the answer."""
         import mlx.core as mx
 
+        layers = self.layout.full_layers
         try:
+            reading = self.warm.read_blocks(self.fingerprint, names)
             if self.compute_dtype == mx.float32 and not self.kv_bits:
                 capacity = _capacity(prompt_tokens)
-                layers, blocks = self.layout.full_layers, self.block_tokens
-                reading = self.warm.read_blocks(self.fingerprint, names)
-                return restore_float32(reading, tail, layers, blocks, tokens, capacity)
-            pieces = list(self.warm.read_blocks(self.fingerprint, names))
+                return restore_float32(reading, tail, layers, self.block_tokens, tokens, capacity)
+            return restore_by_block(reading, tail, layers, tokens, self.compute_dtype, bool(self.kv_bits))
         except MissingBlock:
             return None
-        if tail is not None:
-            pieces.append(tail)
-        return {layer: self._kv([piece[layer] for piece in pieces], tokens) for layer in self.layout.full_layers}
 
-    def _kv(self, sources: list[dict], tokens: int | None = None):
-        """One layer's (keys, values) in MLX from its disk parts in consecutive pieces (blocks, then the
-        tail), cut at `tokens`. Joined in numpy first, so MLX copies and converts each part once."""
+    def _window(self, parts: dict):
+        """A sliding-window layer's (keys, values) in MLX from its disk parts."""
         import mlx.core as mx
 
-        parts = {}
-        for name in sources[0]:
-            pieces = [source[name] for source in sources]
-            joined = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
-            parts[name] = mx.array(joined if tokens is None else joined[:, :tokens])
-        return decode_from_disk(parts, self.compute_dtype, quantized=bool(self.kv_bits))
+        return decode_from_disk(
+            {name: mx.array(array) for name, array in parts.items()}, self.compute_dtype, quantized=bool(self.kv_bits)
+        )
 
     def _build_from_snapshot(self, snapshot: SessionSnapshot, matched: int, prompt_tokens: int):
         block_count = min(len(snapshot.chain), -(-matched // self.block_tokens))
@@ -284,7 +276,7 @@ class KVMemory:
         sliding = {}
         end = len(snapshot.tokens)
         for layer in self.layout.sliding_layers:
-            keys, values = self._kv([snapshot.windows[layer]])
+            keys, values = self._window(snapshot.windows[layer])
             # Windows hold the last min(end, window) tokens; below the window they start at token 0.
             drop = end - matched
             sliding[layer] = (keys[:, : keys.shape[1] - drop], values[:, : values.shape[1] - drop])
