@@ -39,6 +39,7 @@ RESPONSE_TIMEOUT_S = 24 * 3600
 # streams send it and close before Sanic drops whatever connection is still open.
 SHUTDOWN_FLUSH_S = 10.0
 SHUTDOWN_MESSAGE = "the server is shutting down; retry shortly"
+ROUTED_METHODS = ("GET", "POST", "DELETE")
 
 
 def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
@@ -191,12 +192,28 @@ def _as_api_error(request, exception: Exception) -> ApiError:
             413: f"the request body is larger than the {request.app.config.REQUEST_MAX_SIZE // (1024 * 1024)} MB "
             "limit (SEMANTIC_MAX_REQUEST_MB)",
         }.get(status, str(exception))
-        return ApiError(status, message, headers=dict(exception.headers or {}))  # a 405's Allow among them
+        headers = dict(exception.headers or {})  # a 405's Allow among them, for routes without parameters
+        if status == 405 and not any(name.lower() == "allow" for name in headers):
+            headers["Allow"] = _allowed_methods(request)
+        return ApiError(status, message, headers=headers)
     if isinstance(exception, EngineError):
         log.error("request %s failed: %s", request.id, exception)
         return ApiError(500, str(exception), headers={"x-should-retry": "false"})
     log.exception("request %s: unexpected server error", request.id)
     return ApiError(500, f"internal server error (request id {request.id})")
+
+
+def _allowed_methods(request) -> str:
+    """The methods routed for the request's path: Sanic names them in a 405 only for paths without
+    parameters."""
+    allowed = []
+    for method in ROUTED_METHODS:
+        try:
+            request.app.router.get(request.path, method, None)
+        except SanicException:
+            continue
+        allowed.append(method)
+    return ", ".join(allowed)
 
 
 def _received(request) -> bytes:

@@ -117,6 +117,16 @@ def _responses(method: str, path: str, model, streams: bool) -> dict:
     return responses
 
 
+# One event of a stream, as a client's SSE parser sees it (the field names of the SSE format; `data` is
+# the called API's JSON chunk as text).
+SERVER_SENT_EVENT = {
+    "type": "object",
+    "description": "Each server-sent event of the stream",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def _error(description: str) -> dict:
     return {"description": f"{description}. JSON in the called API's shape.", "content": {"application/json": {}}}
 
@@ -129,5 +139,5 @@ def _ok(path: str, streams: bool) -> dict:
         }
     content = {"application/json": {"schema": {"type": "object"}}}
     if streams:
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+        content["text/event-stream"] = {"schema": SERVER_SENT_EVENT}
     return {"description": "OK", "content": content}

@@ -300,6 +300,9 @@ def test_405_names_the_allowed_methods(http):
     assert anthropic.json()["type"] == "error"
     health = http.delete("/health")
     assert health.status_code == 405 and "GET" in health.headers["allow"]
+    # Routes with a parameter in the path, too (Sanic leaves their Allow out)
+    agent = http.request("PUT", "/v1/agents/someone", headers=KEY)
+    assert agent.status_code == 405 and agent.headers["allow"] == "GET, DELETE", agent.headers
 
 
 def test_openapi_documents_metrics_and_the_auth_statuses(http):

@@ -1,0 +1,73 @@
+"""Schemathesis over the server's own /openapi.json: generated requests for every operation, sent with
+either auth header, must never get a 5xx or an answer its schema does not describe. Bounded (a few
+examples per operation, derandomized so a run is repeatable; generation lengths capped) to stay cheap."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (make setup installs it)")
+from hypothesis import HealthCheck, settings  # noqa: E402 - after the skip above
+
+from tests.conftest import API_KEY  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# The Anthropic SDK's header and the OpenAI SDK's, one request each in turn
+TAKE_TURNS = itertools.cycle([{"X-API-Key": API_KEY}, {"Authorization": f"Bearer {API_KEY}"}])
+# Generated lengths are any integer the schema allows, and an absent one means the server's default
+# (hundreds of tokens, and the coverage phase sends every case the schema defines): every generation is
+# capped, the API's behaviour is the same.
+LENGTH_FIELDS = ("max_tokens", "max_output_tokens", "max_completion_tokens")
+LENGTH_FIELD_BY_PATH = {
+    "/v1/chat/completions": "max_tokens",
+    "/v1/responses": "max_output_tokens",
+    "/v1/agents/{agent_id}/messages": "max_tokens",
+}
+MAX_GENERATED = 4
+# Rules the schema cannot state, so data it calls valid is refused (the last user message needs text;
+# a response needs `input`) and numbers and booleans in strings are taken as the JSON types they name.
+NOT_STATED_IN_THE_SCHEMA = [schemathesis.checks.positive_data_acceptance, schemathesis.checks.negative_data_rejection]
+
+
+@pytest.fixture(scope="module")
+def api_schema(server):
+    schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
+    # Admin routes swap the shared server's model: tested by hand in test_server_ops
+    return schema.exclude(path_regex="^/admin")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schemathesis.auth()
+class TheKey:
+    """Our key, as schemathesis' auth: its auth check then probes each operation without it too."""
+
+    def get(self, case, context) -> str:
+        return API_KEY
+
+    def set(self, case, key: str, context) -> None:
+        case.headers = {**(case.headers or {}), **next(TAKE_TURNS)}
+
+
+def capped(case) -> None:
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    for field in LENGTH_FIELDS:
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_GENERATED:
+            body[field] = MAX_GENERATED
+    field = LENGTH_FIELD_BY_PATH.get(case.operation.path)
+    if field and all(body.get(name) is None for name in LENGTH_FIELDS):
+        body[field] = MAX_GENERATED
+
+
+@schema.parametrize()
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_no_operation_answers_a_5xx_or_off_its_schema(case):
+    capped(case)
+    case.call_and_validate(timeout=120, excluded_checks=NOT_STATED_IN_THE_SCHEMA)
