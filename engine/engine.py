@@ -408,6 +408,10 @@ class Engine:
             self.memory = KVMemory(self.settings, loaded.info.fingerprint, loaded.model)
         current_backend().after_install(loaded, self.settings)
         self._install_scheduler(loaded)
+        if current_backend().warm_up_at_load and self._scheduler is not None:
+            from engine.warm_up import warm_up
+
+            warm_up(loaded, prefill_step_size(self.settings), self._stream)
         self._publish()
 
     def _install_scheduler(self, loaded: LoadedModel) -> None:

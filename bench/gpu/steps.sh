@@ -3,9 +3,9 @@
 #
 #   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
 #
-# Steps: info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes torch. Each step's
-# stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per start/end to
-# $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
+# Steps: info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes first_turn torch. Each
+# step's stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per
+# start/end to $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
 # warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
 # Settings (environment): WORK (models, data dir, done marks; default /root/bench), TOK (tokenizer folder,
 # default .gpu-tok), SITE (installed wheels, default /root/site), PY (python3), BUILD_ARGS (extra mkmodel.py
@@ -105,6 +105,9 @@ for step in "$@"; do
   restore_paths)
     run_step restore_paths 150 "$PY" bench/gpu/restore_paths.py --dir "$WORK/restore" --tokens "$RPL" --json
     ;;
+  first_turn)
+    run_step first_turn 120 "$PY" bench/gpu/first_turn.py --model "$M8B"
+    ;;
   shapes)
     # The cost of a new prompt length with MLX's defaults, without cuDNN's attention, without CUDA graphs
     run_step shapes 120 bash -c "$PY bench/gpu/shapes.py --model $M8B && MLX_CUDA_USE_CUDNN_SDPA=0 $PY \
@@ -115,7 +118,8 @@ for step in "$@"; do
     run_step torch 150 "$PY" bench/gpu/torch_anchor.py $TORCH_ARGS
     ;;
   *)
-    echo "== unknown step $step (steps: info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes torch)" | tee -a "$log"
+    steps="info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes first_turn torch"
+    echo "== unknown step $step (steps: $steps)" | tee -a "$log"
     ;;
   esac
 done
