@@ -104,6 +104,7 @@ async def _on_request(request):
     request.ctx.started = time.perf_counter()
     request.ctx.streamed = False
     request.ctx.route_label = f"/{request.route.path}" if request.route else "unmatched"
+    request.ctx.tenant = ""  # the one tenant there is without named keys (SEMANTIC_API_KEYS)
     settings = request.app.ctx.server.settings
     if request.method == "OPTIONS" and settings.cors_origin_list:
         return empty(status=204)  # CORS preflight: headers are added on the way out
@@ -114,12 +115,14 @@ async def _on_request(request):
         return None
     if path.startswith("/admin"):
         _check_admin(request, settings)
-    elif settings.api_key:
-        _check_api_key(request, settings.api_key)
+    elif settings.api_keys:
+        request.ctx.tenant = _tenant_of(_offered_key(request), settings.tenant_keys)
+    elif settings.api_key and not hmac.compare_digest(_header_bytes(_offered_key(request)), settings.api_key.encode()):
+        raise ApiError(401, "invalid API key")
     return None
 
 
-def _check_api_key(request, api_key: str) -> None:
+def _offered_key(request) -> str:
     """The OpenAI SDK sends `Authorization: Bearer`, the Anthropic SDK `x-api-key`: either is accepted."""
     offered = request.headers.get("x-api-key")
     if offered is None:
@@ -127,8 +130,19 @@ def _check_api_key(request, api_key: str) -> None:
         offered = token.strip() if scheme.lower() == "bearer" else None
     if offered is None:
         raise ApiError(401, "missing API key: send it as `x-api-key: KEY` or `Authorization: Bearer KEY`")
-    if not hmac.compare_digest(_header_bytes(offered), api_key.encode()):
+    return offered
+
+
+def _tenant_of(offered: str, tenant_keys: dict[str, str]) -> str:
+    """The tenant whose key was offered; 401 for none. Every key is compared, each in constant time."""
+    offered_bytes = _header_bytes(offered)
+    found = None
+    for key, tenant in tenant_keys.items():
+        if hmac.compare_digest(offered_bytes, key.encode()):
+            found = tenant
+    if found is None:
         raise ApiError(401, "invalid API key")
+    return found
 
 
 def _check_admin(request, settings: Settings) -> None:

@@ -26,11 +26,13 @@ def generation_request(
     tool_name: str | None = None,
     parallel_tool_calls: bool = True,
     response_schema: dict | None = None,
+    tenant: str = "",
 ) -> GenerationRequest:
     try:
         return GenerationRequest(
             messages=messages,
             max_tokens=max_tokens,
+            tenant=tenant,
             # Values left unset (None) are the serving model's defaults, filled in when the turn starts.
             sampling=SamplingParams(
                 temperature=temperature,

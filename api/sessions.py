@@ -15,6 +15,26 @@ from engine.session_lock import POLL_S, TurnLock
 MAX_SESSION_ID_CHARS = 256
 
 
+# Between a tenant's name and a client's session id in the ids the engine and the stores know
+TENANT_SEPARATOR = ":"
+
+
+def scoped(request, session_id: str | None) -> str | None:
+    """A client's session id as the engine and the stores know it: in its tenant's own namespace
+    ("alice:agent-1"), so a tenant never reaches another's agents; unchanged without named tenants."""
+    tenant = request.ctx.tenant
+    return f"{tenant}{TENANT_SEPARATOR}{session_id}" if tenant and session_id is not None else session_id
+
+
+def unscoped(request, session_id: str) -> str | None:
+    """The client's own id for a stored session id, or None when it is not the caller's tenant's."""
+    tenant = request.ctx.tenant
+    if not tenant:
+        return session_id
+    prefix = f"{tenant}{TENANT_SEPARATOR}"
+    return session_id[len(prefix) :] if session_id.startswith(prefix) else None
+
+
 def session_id_from(headers, body: dict) -> str | None:
     """First found wins: X-Session-ID, x-claude-code-session-id, Anthropic metadata.user_id (its
     session_id when it is Claude Code's JSON), OpenAI user / safety_identifier. Without one the engine

@@ -38,7 +38,7 @@ def serve_alone(handle: TurnHandle, loaded: LoadedModel, memory, stream, setting
         log.exception("generation failed for %s", handle.request_id)
         repair_random_state()
         if memory is not None:
-            memory.abandon(turn.session_id)
+            memory.abandon(turn.session_id, turn.request.tenant)
         handle.fail(f"generation failed: {exc}", "internal")
         return
     turn.finish(reason)

@@ -99,6 +99,9 @@ class GenerationRequest(BaseModel):
     sampling: SamplingParams = SamplingParams()
     stop: list[str] = Field(default_factory=list)
     session_id: str | None = None
+    # Whose caches it may use and leave (the API's key holder; "" for the one tenant there is without
+    # named keys): prefix blocks are shared only among requests of one tenant.
+    tenant: str = ""
     request_id: str = Field(default_factory=lambda: f"req_{uuid.uuid4().hex[:16]}")
     tools: list[ToolSpec] = Field(default_factory=list)
     # "auto": the model may call a tool; "required": it must (`tool_name`: that one); "none": tools hidden.

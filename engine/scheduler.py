@@ -143,13 +143,14 @@ class BatchScheduler:
         except RequestError:
             return False  # _start reports it
         block = self.memory.block_tokens
+        tenant = handle.request.tenant
         leader, common = None, 0
         for sequence in self.active.values():
-            if sequence.turn.prefilling:
+            if sequence.turn.prefilling and sequence.turn.request.tenant == tenant:
                 length = common_prefix_length(prompt[:-1], sequence.turn.prompt[:-1])
                 if length > common:
                     leader, common = sequence, length
-        if leader is None or common < block or common < self.memory.cached_prefix_length(prompt) + block:
+        if leader is None or common < block or common < self.memory.cached_prefix_length(prompt, tenant) + block:
             return False
         leader.shared_prefix = max(leader.shared_prefix, common)
         return True
@@ -158,7 +159,8 @@ class BatchScheduler:
         """The sequence's prompt is prefilled: offer the part that waiting requests share."""
         extracted = self.generator.extract_cache([sequence.uid]).get(sequence.uid)
         if extracted is not None:
-            self.memory.share(sequence.turn.prompt[: sequence.shared_prefix], extracted[0])
+            shared = sequence.turn.prompt[: sequence.shared_prefix]
+            self.memory.share(shared, extracted[0], sequence.turn.request.tenant)
 
     def _start(self, handle: TurnHandle) -> bool:
         from mlx_lm.generate import StopSequences
@@ -268,7 +270,7 @@ class BatchScheduler:
             del self.active[sequence.uid]
             sequence.turn.handle.fail(message, "internal")
             if self.memory is not None:
-                self.memory.abandon(sequence.turn.session_id)
+                self.memory.abandon(sequence.turn.session_id, sequence.turn.request.tenant)
         self.generator.close()
         self.generator = self._new_generator()
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_ID = "default"
+TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Settings whose values are never repeated in an error message
+SECRETS = ("api_key", "api_keys", "admin_key")
 
 
 class SettingsError(ValueError):
@@ -80,6 +85,11 @@ class Settings(BaseSettings):
         "disk (at most one full-context cache; 0: off).",
     )
     api_key: str | None = Field(default=None, description="Key clients must send to the API.")
+    api_keys: str | None = Field(
+        default=None,
+        description='Named tenants and their keys, "alice:KEY1,bob:KEY2": each tenant sees, resumes and shares '
+        "only its own agents and cached prefixes (instead of SEMANTIC_API_KEY).",
+    )
     admin_key: str | None = Field(default=None, description="Key for /admin routes (unset: admin routes are off).")
     max_request_mb: int = Field(default=32, ge=1, le=4096, description="Largest request body the server reads (MB).")
     strict_model_names: bool = Field(
@@ -103,6 +113,25 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("api_keys")
+    @classmethod
+    def _tenant_keys_parse(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_tenant_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_key(self) -> Settings:
+        if self.api_key and self.api_keys:
+            raise ValueError("set SEMANTIC_API_KEY (one tenant) or SEMANTIC_API_KEYS (named tenants), not both")
+        return self
+
+    @property
+    def tenant_keys(self) -> dict[str, str]:
+        """Tenant name by key (SEMANTIC_API_KEYS); empty without named tenants."""
+        return parse_tenant_keys(self.api_keys) if self.api_keys else {}
 
     @property
     def kv_disk_encoding(self) -> str:
@@ -141,8 +170,35 @@ def load_settings(**overrides) -> Settings:
 
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    field = str(first["loc"][0]) if first["loc"] else "?"
+    if not first["loc"]:  # a rule across settings: its message names them
+        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
+    field = str(first["loc"][0])
     variable = f"SEMANTIC_{field.upper()}"
     info = Settings.model_fields.get(field)
     allowed = f" ({info.description})" if info is not None and info.description else ""
-    return f"invalid {variable}={first.get('input')!r}: {first['msg']}{allowed}"
+    value = "" if field in SECRETS else f"={first.get('input')!r}"
+    return f"invalid {variable}{value}: {first['msg']}{allowed}"
+
+
+@lru_cache(maxsize=4)  # read for every request
+def parse_tenant_keys(text: str) -> dict[str, str]:
+    """`"alice:KEY1,bob:KEY2"` as {key: tenant name}; ValueError (never quoting a key) when malformed."""
+    keys: dict[str, str] = {}
+    for item in text.split(","):
+        name, colon, key = item.strip().partition(":")
+        if not item.strip():
+            continue
+        if not colon or not key.strip() or not TENANT_NAME.fullmatch(name.strip()):
+            raise ValueError(
+                'each entry is NAME:KEY, separated by commas; NAME is 1-64 letters, digits, "_", "-" or ".", '
+                "KEY is not empty"
+            )
+        name, key = name.strip(), key.strip()
+        if name in keys.values():
+            raise ValueError(f"tenant {name!r} is named twice")
+        if key in keys:
+            raise ValueError(f"tenants {keys[key]!r} and {name!r} have the same key")
+        keys[key] = name
+    if not keys:
+        raise ValueError("no NAME:KEY entry")
+    return keys

@@ -141,12 +141,12 @@ class Turn:
         if memory is None:
             return
         if cache is None:
-            memory.abandon(self.session_id)
+            memory.abandon(self.session_id, self.request.tenant)
             return
         if self.first_token_at is not None:
             prefill_s = self.first_token_at - self.started_at - self.report.restore_s
             memory.observe_prefill(len(self.new_tokens), len(self.prompt), prefill_s)
-        memory.release(self.session_id, self.prompt + self.generated_ids, cache)
+        memory.release(self.session_id, self.prompt + self.generated_ids, cache, tenant=self.request.tenant)
 
 
 def guarded(function, turn: Turn, fallback):
@@ -182,7 +182,7 @@ def prepare_turn(
     check_sampling(request.sampling, loaded.info.vocab_size)
     processors = logits_processors(loaded, request)  # before the cache is taken: this may raise
     if memory is not None:
-        restored = memory.acquire(request.session_id, prompt)
+        restored = memory.acquire(request.session_id, prompt, request.tenant)
         cache, report = (
             restored.cache,
             CacheReport(

@@ -129,7 +129,7 @@ def test_a_request_that_fails_to_start_fails_alone(batch_engine):
     with an error event; the engine thread keeps serving the next one."""
     memory = batch_engine.memory
 
-    def broken_restore(session_id, prompt):
+    def broken_restore(session_id, prompt, tenant=""):
         raise RuntimeError("restore went wrong")
 
     memory.acquire = broken_restore

@@ -33,7 +33,10 @@ def run_server(settings: Settings, host: str, port: int, log_level: str = "info"
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = Engine(settings, progress=LogProgress())
     app = create_app(settings, engine)
-    auth = "API key required" if settings.api_key else "no API key (set SEMANTIC_API_KEY to require one)"
+    if settings.api_keys:
+        auth = f"tenants: {', '.join(sorted(settings.tenant_keys.values()))}"
+    else:
+        auth = "API key required" if settings.api_key else "no API key (set SEMANTIC_API_KEY to require one)"
     typer.echo(f"agent-memory serving {settings.mlx_model_id!r} on http://{host}:{port} ({auth})", err=True)
     app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
     return 0

@@ -14,7 +14,7 @@ from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
 from api.generation import generation_request
 from api.schemas.agents import AgentMessageRequest
-from api.sessions import checked_session_id, held_across_processes
+from api.sessions import checked_session_id, held_across_processes, scoped, unscoped
 from api.usage import turn_summary
 from api.validation import parse, read_json
 from engine.agents_view import agent_rows, block_counts
@@ -24,9 +24,22 @@ from engine.sessions import Session, SessionCorrupt, SessionStore
 bp = Blueprint("agents", url_prefix="/v1/agents")
 
 
-def _agent_id(in_path: str) -> str:
-    # Ids may hold any character, percent-encoded in the path; their length is capped like every session id.
-    return checked_session_id(unquote(in_path), "agent_id")
+def _agent_id(request, in_path: str) -> tuple[str, str]:
+    """The agent's id as its client names it, and as the engine and the stores know it (in the caller's
+    tenant). Ids may hold any character, percent-encoded in the path; their length is capped like every
+    session id."""
+    agent_id = checked_session_id(unquote(in_path), "agent_id")
+    return agent_id, scoped(request, agent_id)
+
+
+def _own(request, rows: list[dict]) -> list[dict]:
+    """The rows of the caller's tenant's agents, each with the id its client knows."""
+    own = []
+    for row in rows:
+        agent_id = unscoped(request, row["id"])
+        if agent_id is not None:
+            own.append({**row, "id": agent_id})
+    return own
 
 
 def _store(request) -> SessionStore:
@@ -50,40 +63,41 @@ async def list_agents(request):
     engine = server.ready_engine()
     sessions = await asyncio.to_thread(_store(request).all)
     rows = agent_rows(sessions, await _overview(engine), engine.model_id)
-    return json_response({"object": "list", "data": rows})
+    return json_response({"object": "list", "data": _own(request, rows)})
 
 
 @bp.get("/<agent_id:str>")
 async def get_agent(request, agent_id: str):
-    agent_id = _agent_id(agent_id)
+    agent_id, key = _agent_id(request, agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
-    session = _session(_store(request), agent_id)
+    session = _session(_store(request), key)
     overview = await _overview(engine)
     rows = agent_rows([session] if session else [], overview, engine.model_id)
-    row = next((r for r in rows if r["id"] == agent_id), None)
+    row = next((r for r in rows if r["id"] == key), None)
     if row is None:
         raise ApiError(404, f"no agent {agent_id!r}; create one by sending it a message", param="agent_id")
+    row["id"] = agent_id
     row["system"] = session.system if session else None
     row["messages"] = [m.model_dump() for m in session.messages] if session else []
-    row["blocks"] = block_counts(overview, agent_id)
+    row["blocks"] = block_counts(overview, key)
     row["block_tokens"] = server.settings.kv_block_tokens
-    row["chain"] = await asyncio.to_thread(engine.agent_blocks, agent_id)
+    row["chain"] = await asyncio.to_thread(engine.agent_blocks, key)
     return json_response(row)
 
 
 @bp.delete("/<agent_id:str>")
 async def delete_agent(request, agent_id: str):
-    agent_id = _agent_id(agent_id)
+    agent_id, key = _agent_id(request, agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
     store = _store(request)
     # Under the agent's locks: a turn of this agent still running (its client gone, or in another
     # process) has ended first
-    async with server.locks.hold(agent_id), held_across_processes(store.turn_lock(agent_id)):
-        deleted = await asyncio.to_thread(store.delete, agent_id)
+    async with server.locks.hold(key), held_across_processes(store.turn_lock(key)):
+        deleted = await asyncio.to_thread(store.delete, key)
         # Asked of the engine thread, not the published view, which lags a turn that just ended
-        cached = await asyncio.to_thread(engine.forget_session, agent_id)
+        cached = await asyncio.to_thread(engine.forget_session, key)
         if not deleted and not cached:
             raise ApiError(404, f"no agent {agent_id!r}", param="agent_id")
     return json_response({"id": agent_id, "deleted": True})
@@ -91,20 +105,21 @@ async def delete_agent(request, agent_id: str):
 
 @bp.post("/<agent_id:str>/messages")
 async def send_message(request, agent_id: str):
-    agent_id = _agent_id(agent_id)
+    agent_id, key = _agent_id(request, agent_id)
     server = request.app.ctx.server
     parsed = parse(AgentMessageRequest, read_json(request))
     engine = server.ready_engine()
     store = _store(request)
     # The transcript grows one turn at a time, in this process and in any other sharing the data dir
-    async with server.locks.hold(agent_id), held_across_processes(store.turn_lock(agent_id)):
-        session = _session(store, agent_id) or Session(id=agent_id)
+    async with server.locks.hold(key), held_across_processes(store.turn_lock(key)):
+        session = _session(store, key) or Session(id=key)
         if parsed.system is not None:
             session.system = parsed.system
         generation = generation_request(
             session.conversation(parsed.content),
             parsed.max_tokens,
-            agent_id,
+            key,
+            tenant=request.ctx.tenant,
             temperature=parsed.temperature,
             top_p=parsed.top_p,
             repetition_penalty=parsed.repetition_penalty,

@@ -15,7 +15,7 @@ from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
 from api.generation import check_prompt_fits, check_schema, generation_request, text_only_error
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest, TextBlock
-from api.sessions import session_id_from
+from api.sessions import scoped, session_id_from
 from api.system_turns import fit_system_turns, renders_system_turns
 from api.usage import ANTHROPIC_STOP, anthropic_input_usage, anthropic_usage
 from api.validation import parse, read_json
@@ -113,13 +113,14 @@ def _conversation(parsed: MessagesRequest | CountTokensRequest, engine, settings
     return fit_system_turns(engine_messages(parsed, settings.drop_volatile_lines), renders_system_turns(engine))
 
 
-def _request(parsed: MessagesRequest, session_id: str | None, engine, settings):
+def _request(parsed: MessagesRequest, session_id: str | None, tenant: str, engine, settings):
     """The engine request, checked against the context (400 at once when too long). Renders the prompt:
     run it off the event loop."""
     generation = generation_request(
         _conversation(parsed, engine, settings),
         parsed.max_tokens,
         session_id,
+        tenant=tenant,
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         top_k=parsed.top_k,
@@ -157,8 +158,8 @@ async def create_message(request):
     parsed = parse(MessagesRequest, body)
     engine = server.ready_engine()
     model = server.served_model(parsed.model)
-    session_id = note_for(request).session_id = session_id_from(request.headers, body)
-    generation = await asyncio.to_thread(_request, parsed, session_id, engine, server.settings)
+    session_id = note_for(request).session_id = scoped(request, session_id_from(request.headers, body))
+    generation = await asyncio.to_thread(_request, parsed, session_id, request.ctx.tenant, engine, server.settings)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
     # A session's requests run one at a time, in arrival order (the lock is FIFO).
     async with (

@@ -15,7 +15,7 @@ from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
 from api.generation import check_prompt_fits, check_schema, generation_request, text_only_error
 from api.schemas.openai import ChatCompletionRequest, NamedToolChoice
-from api.sessions import session_id_from
+from api.sessions import scoped, session_id_from
 from api.usage import OPENAI_FINISH, openai_usage
 from api.validation import parse, read_json
 from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted
@@ -86,14 +86,15 @@ def _tools(parsed: ChatCompletionRequest) -> dict:
     }
 
 
-def _request(parsed: ChatCompletionRequest, body: dict, headers):
+def _request(parsed: ChatCompletionRequest, body: dict, request):
     if parsed.n not in (None, 1):
         raise ApiError(400, "n must be 1: this server returns one choice per request", param="n")
     stop = [parsed.stop] if isinstance(parsed.stop, str) else parsed.stop
     return generation_request(
         engine_messages(parsed),
         parsed.max_completion_tokens or parsed.max_tokens or DEFAULT_MAX_TOKENS,
-        session_id_from(headers, body),
+        scoped(request, session_id_from(request.headers, body)),
+        tenant=request.ctx.tenant,
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         frequency_penalty=parsed.frequency_penalty,
@@ -119,7 +120,7 @@ async def create_chat_completion(request):
     parsed = parse(ChatCompletionRequest, body)
     engine = server.ready_engine()
     model = server.served_model(parsed.model)
-    generation = _request(parsed, body, request.headers)
+    generation = _request(parsed, body, request)
     note_for(request).session_id = generation.session_id
     await asyncio.to_thread(check_prompt_fits, engine, generation)  # too long: a 400 now, not after the queue
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}

@@ -40,7 +40,7 @@ from api.schemas.responses import (
     NamespaceTool,
     ResponsesRequest,
 )
-from api.sessions import checked_session_id, session_id_from
+from api.sessions import checked_session_id, scoped, session_id_from
 from api.validation import read_json
 from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted, Usage
 from engine.requests import NO_ARGUMENTS, ChatMessage, ToolCall, ToolSpec
@@ -84,7 +84,9 @@ def _is_union_label(part, previous) -> bool:
 
 
 def _store(request) -> ResponseStore:
-    return ResponseStore(request.app.ctx.server.settings.data_path / "responses")
+    """The caller's tenant's stored responses: a chain never continues another tenant's."""
+    root = request.app.ctx.server.settings.data_path / "responses"
+    return ResponseStore(root / "tenants" / request.ctx.tenant if request.ctx.tenant else root)
 
 
 def _stored(store: ResponseStore, response_id: str) -> StoredResponse | None:
@@ -383,15 +385,19 @@ async def create_response(request):
     conversation = [*(previous.conversation if previous else []), *new_messages]
     fields, turn.namespaces = _tool_fields(parsed)
     session_id = (
-        session_id_from(request.headers, body)
-        or (parsed.prompt_cache_key and checked_session_id(parsed.prompt_cache_key, "prompt_cache_key"))
+        scoped(
+            request,
+            session_id_from(request.headers, body)
+            or (parsed.prompt_cache_key and checked_session_id(parsed.prompt_cache_key, "prompt_cache_key")),
+        )
         or (previous.session_id if previous else None)
-        or (turn.id if turn.keep else None)
+        or scoped(request, turn.id if turn.keep else None)
     )
     generation = generation_request(
         template_messages(parsed.instructions, conversation),
         parsed.max_output_tokens or DEFAULT_MAX_TOKENS,
         session_id,
+        tenant=request.ctx.tenant,
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         frequency_penalty=parsed.frequency_penalty,

@@ -35,6 +35,7 @@ class HotEntry:
     chain: list[str] = field(default_factory=list)  # compacted: shared blocks of full layers
     tail: dict = field(default_factory=dict)  # compacted: layer -> (keys, values) after the blocks
     kept: dict = field(default_factory=dict)  # compacted: layer -> cache object kept as is
+    tenant: str = ""  # whose it is: another tenant's requests never read it
 
     @property
     def compact(self) -> bool:
@@ -55,7 +56,7 @@ class HotPool:
         max_agents: int,
         layout: CacheLayout | None = None,
         block_tokens: int = 256,
-        namer: Callable[[list[int]], list[str]] | None = None,
+        namer: Callable[[HotEntry], list[str]] | None = None,
         live_agents: int = 1,
     ):
         self.budget_bytes = budget_bytes
@@ -136,7 +137,7 @@ class HotPool:
 
         if self.layout is None or self.namer is None:
             return
-        names = self.namer(entry.tokens)
+        names = self.namer(entry)
         full_layers = self.layout.full_layers
         new_arrays = []
         for index, name in enumerate(names):

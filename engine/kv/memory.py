@@ -40,8 +40,14 @@ from engine.kv.writer import WarmWriter
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS = "\x00anonymous"  # hot slot for requests without a session id (not a valid user id)
-SHARED_PREFIX = "\x00shared-prefix"  # hot slot for a prefix offered to waiting requests (share())
+# Hot slots that are no session (ids never hold a NUL): per tenant, the last request without a session
+# id, and a prefix offered to waiting requests (share()).
+ANONYMOUS = "\x00anonymous"
+SHARED_PREFIX = "\x00shared-prefix"
+
+
+def _slot(name: str, tenant: str) -> str:
+    return f"{name}\x00{tenant}" if tenant else name
 
 
 @dataclass
@@ -80,13 +86,14 @@ class KVMemory:
             log.warning(self.disabled_reason)
         # The disk encoding is part of every block name: blocks of another encoding never match.
         layout_text = f"{self.layout.describe() if self.layout else 'unsupported'}|{self.disk_dtype}"
+        self._layout_text = layout_text
         self.root = root_name(fingerprint, layout_text, self.block_tokens)
         self.hot = HotPool(
             hot_budget_bytes(settings, model),
             settings.agent_max_agents_in_memory,
             layout=self.layout,
             block_tokens=self.block_tokens,
-            namer=lambda tokens: block_names(tokens, self.root, self.block_tokens),
+            namer=lambda entry: block_names(entry.tokens, self.root_of(entry.tenant), self.block_tokens),
             live_agents=settings.kv_hot_live_agents,
         )
         self.warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb, clean_up=True)
@@ -112,17 +119,24 @@ class KVMemory:
         )
 
     # -- acquire ---------------------------------------------------------------------------------------
-    def acquire(self, session_id: str | None, prompt: list[int]) -> Restored:
+    def root_of(self, tenant: str) -> str:
+        """The root of a tenant's block names: blocks, and so prefixes, are shared within a tenant only
+        (its name is part of every block's chained name, as vLLM's cache_salt is)."""
+        if not tenant:
+            return self.root
+        return root_name(self.fingerprint, f"{self._layout_text}|tenant:{tenant}", self.block_tokens)
+
+    def acquire(self, session_id: str | None, prompt: list[int], tenant: str = "") -> Restored:
         from mlx_lm.models.cache import make_prompt_cache
 
         started = time.perf_counter()
-        key = session_id or ANONYMOUS
+        key = session_id or _slot(ANONYMOUS, tenant)
         limit = len(prompt) - 1
         if not self.enabled or limit <= 0:
             return Restored(make_prompt_cache(self.model), 0, "cold", 0.0)
 
         # A request without a session id takes the longest match, not its last slot's few shared tokens.
-        anonymous_elsewhere = key == ANONYMOUS and self._another_holds_more(key, prompt, limit)
+        anonymous_elsewhere = session_id is None and self._another_holds_more(key, prompt, limit, tenant)
         own = None if anonymous_elsewhere else self.hot.checkout(key)
         if own is not None:
             matched = common_prefix_length(prompt[:limit], own.tokens)
@@ -131,7 +145,10 @@ class KVMemory:
                 return Restored(own.cache, matched, "hot", time.perf_counter() - started, "restore")
             # Unusable as is; its turns are on disk already.
 
-        candidates = [self._from_other_hot(key, prompt, limit), self._from_warm(session_id, prompt, limit)]
+        candidates = [
+            self._from_other_hot(key, prompt, limit, tenant),
+            self._from_warm(session_id, prompt, limit, tenant),
+        ]
         decision, estimate_s = "recompute", self.cost.prefill_s(0, len(prompt)) or 0.0
         # Longest match first; one that cannot be built (damaged, wrapped window) yields to the next.
         pending = sorted((c for c in candidates if c), key=lambda c: -c[0])
@@ -163,7 +180,7 @@ class KVMemory:
                 cache = None
             if cache is None and source == "warm":
                 # A damaged block was dropped as it was read: the intact blocks before it may still resume.
-                shorter = self._from_warm(session_id, prompt, limit)
+                shorter = self._from_warm(session_id, prompt, limit, tenant)
                 if shorter is not None and shorter[0] < found[0]:
                     pending = sorted([*pending, shorter], key=lambda c: -c[0])
             if cache is not None:
@@ -180,16 +197,16 @@ class KVMemory:
         """A turn prefilled `new_tokens` in `seconds`, ending at `context_tokens`: the cost model learns."""
         self.cost.observe_prefill(new_tokens, context_tokens, seconds)
 
-    def _another_holds_more(self, key: str, prompt: list[int], limit: int) -> bool:
+    def _another_holds_more(self, key: str, prompt: list[int], limit: int, tenant: str) -> bool:
         own = next((entry for entry in self.hot.entries() if entry.session_id == key), None)
         own_matched = common_prefix_length(prompt[:limit], own.tokens) if own is not None else 0
-        other = self._from_other_hot(key, prompt, limit)
+        other = self._from_other_hot(key, prompt, limit, tenant)
         return other is not None and other[0] > own_matched
 
-    def _from_other_hot(self, key: str, prompt: list[int], limit: int):
+    def _from_other_hot(self, key: str, prompt: list[int], limit: int, tenant: str):
         best_entry, best_match = None, 0
         for entry in self.hot.entries():
-            if entry.session_id == key:
+            if entry.session_id == key or entry.tenant != tenant:
                 continue
             matched = common_prefix_length(prompt[:limit], entry.tokens)
             if matched > best_match:
@@ -198,11 +215,12 @@ class KVMemory:
             return None
         return best_match, "hot", lambda tokens: self.hot.prefix_cache(best_entry, tokens), False
 
-    def _from_warm(self, session_id: str | None, prompt: list[int], limit: int):
+    def _from_warm(self, session_id: str | None, prompt: list[int], limit: int, tenant: str):
         if not self.warm.enabled:
             return None
+        root = self.root_of(tenant)
         snapshot = self.warm.read_session(self.fingerprint, session_id) if session_id else None
-        if snapshot is not None and snapshot.root != self.root:
+        if snapshot is not None and snapshot.root != root:
             # Written under another cache layout or disk encoding (SEMANTIC_KV_BITS or
             # SEMANTIC_KV_DISK_DTYPE changed since; the fingerprint names only the model): recomputed.
             log.info("session %r was stored under another KV encoding; recomputing it", session_id)
@@ -220,7 +238,7 @@ class KVMemory:
                 return matched, "warm", build, window is None
         if not self.layout.resumable_everywhere():
             return None
-        names = block_names(prompt[:limit], self.root, self.block_tokens)
+        names = block_names(prompt[:limit], root, self.block_tokens)
         count = self.warm.match(self.fingerprint, names).blocks
         if count == 0:
             return None
@@ -283,9 +301,11 @@ class KVMemory:
         return build_cache(self.layout, full, sliding, matched, self.compute_dtype)
 
     # -- release ---------------------------------------------------------------------------------------
-    def release(self, session_id: str | None, tokens: list[int], cache: list, key: str | None = None) -> None:
+    def release(
+        self, session_id: str | None, tokens: list[int], cache: list, key: str | None = None, tenant: str = ""
+    ) -> None:
         """Keep a finished turn's cache: hot now, warm behind the response."""
-        key = key or session_id or ANONYMOUS
+        key = key or session_id or _slot(ANONYMOUS, tenant)
         if not self.enabled:
             self.hot.release_pin(key)
             return
@@ -296,36 +316,38 @@ class KVMemory:
             self.hot.release_pin(key)
             return
         if session_id is not None and self.warm.writable:
-            self.writer.submit(self._write_job(session_id, tokens, cache))
+            self.writer.submit(self._write_job(session_id, tokens, cache, tenant))
         elif session_id is None and self.warm.writable and self.layout.resumable_everywhere():
-            # Anonymous requests still leave their blocks for others to share.
-            job = self._write_job(ANONYMOUS, tokens, cache)
+            # Anonymous requests still leave their blocks for others of their tenant to share.
+            job = self._write_job(ANONYMOUS, tokens, cache, tenant)
             job.snapshot = None
             self.writer.submit(job)
         nbytes = sum(c.nbytes for c in cache)
-        self.hot.put(HotEntry(key, tokens, cache, nbytes))
+        self.hot.put(HotEntry(key, tokens, cache, nbytes, tenant=tenant))
 
-    def share(self, tokens: list[int], cache: list) -> bool:
+    def share(self, tokens: list[int], cache: list, tenant: str = "") -> bool:
         """Offer the first len(tokens) tokens of a running turn's freshly prefilled cache (extracted from
         the batch; `cache` may hold more and is trimmed) to requests that wait for that prefix. They find
         it as another agent's hot cache; its blocks go to the warm tier like an anonymous turn's."""
         if not self.enabled or not _trim(cache, cache_offset(cache) - len(tokens)):
             return False  # a wrapped sliding window cannot be cut
-        self.release(None, tokens, cache, key=SHARED_PREFIX)
+        self.release(None, tokens, cache, key=_slot(SHARED_PREFIX, tenant), tenant=tenant)
         return True
 
-    def cached_prefix_length(self, prompt: list[int]) -> int:
-        """How much of `prompt` could be restored now from the hot tier or shared warm blocks (cheap: a
-        session's own warm snapshot is not read)."""
+    def cached_prefix_length(self, prompt: list[int], tenant: str = "") -> int:
+        """How much of `prompt` could be restored now for `tenant` from the hot tier or shared warm blocks
+        (cheap: a session's own warm snapshot is not read)."""
         limit = len(prompt) - 1
-        best = max((common_prefix_length(prompt[:limit], e.tokens) for e in self.hot.entries()), default=0)
+        entries = [entry for entry in self.hot.entries() if entry.tenant == tenant]
+        best = max((common_prefix_length(prompt[:limit], e.tokens) for e in entries), default=0)
         if self.warm.enabled and self.layout.resumable_everywhere():
-            names = block_names(prompt[:limit], self.root, self.block_tokens)
+            names = block_names(prompt[:limit], self.root_of(tenant), self.block_tokens)
             best = max(best, self.warm.match(self.fingerprint, names).blocks * self.block_tokens)
         return best
 
-    def _write_job(self, session_id: str, tokens: list[int], cache: list) -> WriteJob:
-        names = block_names(tokens, self.root, self.block_tokens)
+    def _write_job(self, session_id: str, tokens: list[int], cache: list, tenant: str) -> WriteJob:
+        root = self.root_of(tenant)
+        names = block_names(tokens, root, self.block_tokens)
         stored = self.warm.match(self.fingerprint, names).blocks
         new_blocks = {}
         full_layers = self.layout.full_layers
@@ -344,12 +366,12 @@ class KVMemory:
             layer: encode_for_disk(*sliding_window_snapshot(cache[layer]), self.disk_dtype)
             for layer in self.layout.sliding_layers
         }
-        snapshot = SessionSnapshot(session_id, tokens, names, tail, windows, self.root)
+        snapshot = SessionSnapshot(session_id, tokens, names, tail, windows, root)
         return WriteJob(self.fingerprint, snapshot, new_blocks)
 
-    def abandon(self, session_id: str | None) -> None:
+    def abandon(self, session_id: str | None, tenant: str = "") -> None:
         """A request failed mid-way: its cache state is unknown, so it is not kept."""
-        self.hot.release_pin(session_id or ANONYMOUS)
+        self.hot.release_pin(session_id or _slot(ANONYMOUS, tenant))
 
     def forget(self, session_id: str) -> Future[bool]:
         """Drop a session's hot cache now and its warm snapshot behind the writes queued before (so
@@ -397,7 +419,7 @@ class KVMemory:
                     "last_used": entry.last_used,
                 }
                 for entry in self.hot.entries()
-                if entry.session_id not in (ANONYMOUS, SHARED_PREFIX)
+                if not entry.session_id.startswith("\x00")
             },
         }
 
