@@ -29,6 +29,13 @@ def samples(http, name: str) -> dict:
     return {tuple(sorted(s.labels.items())): s.value for f in families for s in f.samples if s.name == name}
 
 
+def wait_for_queue_depth(http, wanted, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not wanted(samples(http, "agent_memory_queue_depth")[()]):
+        assert time.monotonic() < deadline, "the engine's queue never reached the expected depth"
+        time.sleep(0.01)
+
+
 def test_auth_accepts_both_header_styles(http):
     assert http.post(CHAT, json=HELLO).status_code == 401
     assert http.post(CHAT, json=HELLO, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
@@ -178,11 +185,14 @@ def test_non_streaming_clients_that_hang_up_free_the_engine_and_count_as_499(ser
     ).encode()
     route = (("method", "POST"), ("route", CHAT))
     before = samples(http, "agent_memory_requests_total")
-    # One client after another, each hanging up at a later stage: before its turn started, while prefilling, decoding
-    delays = [0.05, 0.3, 0.3, 0.8, 1.5, 2.5]
+    # One client after another, each hanging up at a later stage once the engine holds its request (a client that
+    # leaves before the server has read its request never made one): as its turn starts, while prefilling, decoding
+    delays = [0.0, 0.05, 0.3, 0.8, 1.5, 2.5]
     for delay in delays:
+        wait_for_queue_depth(http, lambda depth: depth == 0)  # the previous client's turn has ended
         with socket.create_connection((address.hostname, address.port)) as sock:
             sock.sendall(head + body)
+            wait_for_queue_depth(http, lambda depth: depth >= 1)
             time.sleep(delay)
     started = time.monotonic()
     assert http.post(CHAT, json=HELLO, headers={"X-API-Key": API_KEY}).status_code == 200
