@@ -74,7 +74,8 @@ def _refuse(location: tuple, message: str):
 
 
 def parse(model: type[M], body: dict) -> M:
+    """The body as `model`, strictly: JSON's types are taken as sent (`"5"` is no number, `false` no 0)."""
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, strict=True)
     except ValidationError as exc:
         raise from_validation_error(exc) from None

@@ -197,6 +197,27 @@ def test_seed_is_an_unsigned_64_bit_integer(http, api):
         assert response.status_code == 200, (seed, response.text)
 
 
+# Each API's length and stream fields, given in another JSON type than the schema's
+LENGTH_FIELD = {
+    "anthropic": "max_tokens",
+    "chat": "max_tokens",
+    "responses": "max_output_tokens",
+    "agents": "max_tokens",
+}
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_values_are_taken_as_the_json_types_sent(http, api):
+    spec = APIS[api]
+    length = LENGTH_FIELD[api]
+    for field, value in ((length, "1"), (length, 1.0), (length, True), ("stream", "false"), ("stream", 0)):
+        response = http.post(spec["path"], json={**spec["body"], field: value}, headers=KEY)
+        assert_400_in_shape(response, api, (field, value))
+        assert response.json()["error"]["message"].startswith(f"{field}: "), response.text
+    response = http.post(spec["path"], json={**spec["body"], "temperature": 0}, headers=KEY)
+    assert response.status_code == 200, response.text  # an integer is a number
+
+
 # -- session ids: at most 256 characters, wherever they come from ----------------------------------------
 
 

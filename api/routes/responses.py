@@ -57,7 +57,7 @@ _UNION_TAGS = {*ITEM_TYPES, "function", "namespace", "hosted"}
 def _parse(body: dict) -> ResponsesRequest:
     """The request, or a 400 naming the deepest bad field (`input.1.call_id: field required`)."""
     try:
-        return ResponsesRequest.model_validate(body)
+        return ResponsesRequest.model_validate(body, strict=True)  # JSON's types as sent, as parse() takes them
     except ValidationError as exc:
         error = max(exc.errors(), key=lambda e: len(e["loc"]))
         parts, previous = [], None
