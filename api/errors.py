@@ -67,8 +67,10 @@ def error_body(anthropic: bool, error: ApiError) -> dict:
 
 
 def from_validation_error(exc: ValidationError) -> ApiError:
-    """400 naming the first bad field, e.g. `messages.0.role: Input should be 'user' or 'assistant'`."""
-    first = exc.errors()[0]
+    """400 naming the first bad field, e.g. `messages.0.role: Input should be 'user' or 'assistant'`; of a
+    union's members, the one the value went deepest into (`stop.0`, not `stop` is no string)."""
+    errors = exc.errors()
+    first = max(errors, key=lambda error: len([part for part in error["loc"] if not _is_union_tag(part)]))
     location = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
@@ -79,4 +81,6 @@ def from_validation_error(exc: ValidationError) -> ApiError:
 
 def _is_union_tag(part) -> bool:
     # pydantic names union members in error locations (`str`, `list[...]`, `function-after[...]`): not fields.
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "list", "dict"})
+    return isinstance(part, str) and (
+        "[" in part or part.startswith("constrained-") or part in {"str", "int", "float", "bool", "list", "dict"}
+    )

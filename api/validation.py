@@ -22,6 +22,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # A sampling seed: MLX keys take an unsigned 64-bit integer; `true` is not 1.
 Seed = Annotated[StrictInt, Field(ge=0, lt=2**64, description="Sampling seed, 0 to 2^64-1.")]
+# A stop sequence: an empty one would end every turn before its first token.
+StopSequence = Annotated[str, Field(min_length=1)]
 
 
 def read_json(request) -> dict:

@@ -28,8 +28,9 @@ LENGTH_FIELD_BY_PATH = {
     "/v1/agents/{agent_id}/messages": "max_tokens",
 }
 MAX_GENERATED = 4
-# Rules the schema cannot state, so data it calls valid may be refused (the last user message needs text;
-# a response needs `input`). Data it calls invalid must be refused: bodies are read strictly.
+# Rules the schema does not state, so data it calls valid may be refused: the last user message needs text,
+# a response needs `input`, a `json_schema` response format needs its schema (one model holds all types).
+# Data it calls invalid must be refused: bodies are read strictly.
 NOT_STATED_IN_THE_SCHEMA = [schemathesis.checks.positive_data_acceptance]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.validation import Seed
+from api.validation import Seed, StopSequence
 
 
 class AgentMessageRequest(BaseModel):
@@ -24,7 +24,7 @@ class AgentMessageRequest(BaseModel):
         allow_inf_nan=False,
         description="Above 1.0 makes tokens the answer already holds less likely; 1.0 is off.",
     )
-    stop: list[str] | None = None
+    stop: list[StopSequence] | None = None
     seed: Seed | None = None
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.validation import Seed
+from api.validation import Seed, StopSequence
 from engine.requests import TOOL_NAME_PATTERN
 
 
@@ -90,7 +90,7 @@ class ChatCompletionRequest(_Open):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     # An extension (as in vLLM and mlx-lm's server): above 1.0 makes tokens the answer holds less likely.
     repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
-    stop: str | list[str] | None = None
+    stop: StopSequence | list[StopSequence] | None = None
     seed: Seed | None = None
     n: int | None = Field(default=None, ge=1)
     stream: bool = False
