@@ -218,6 +218,14 @@ def test_values_are_taken_as_the_json_types_sent(http, api):
     assert response.status_code == 200, response.text  # an integer is a number
 
 
+@pytest.mark.parametrize(("api", "field"), [("anthropic", "stop_sequences"), ("chat", "stop"), ("agents", "stop")])
+def test_an_empty_stop_sequence_is_a_400_naming_it(http, api, field):
+    spec = APIS[api]
+    response = http.post(spec["path"], json={**spec["body"], field: ["END", ""]}, headers=KEY)
+    assert_400_in_shape(response, api, field)
+    assert response.json()["error"]["message"].startswith(f"{field}.1: "), response.text
+
+
 # -- session ids: at most 256 characters, wherever they come from ----------------------------------------
 
 
