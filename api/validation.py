@@ -11,7 +11,7 @@ import json
 import re
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, Field, StrictInt, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, StrictInt, ValidationError
 
 from api.errors import ApiError, from_validation_error
 
@@ -20,8 +20,16 @@ M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 100
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-# A sampling seed: MLX keys take an unsigned 64-bit integer; `true` is not 1.
-Seed = Annotated[StrictInt, Field(ge=0, lt=2**64, description="Sampling seed, 0 to 2^64-1.")]
+
+def _integral(value):
+    # JSON Schema counts 5.0 as an integer; 5.5 stays a float, and is refused.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A whole number, read strictly: `true` and "5" are none; 5.0 is one.
+Whole = Annotated[StrictInt, BeforeValidator(_integral)]
+# A sampling seed: MLX keys take an unsigned 64-bit integer.
+Seed = Annotated[Whole, Field(ge=0, lt=2**64, description="Sampling seed, 0 to 2^64-1.")]
 # A stop sequence: an empty one would end every turn before its first token.
 StopSequence = Annotated[str, Field(min_length=1)]
 

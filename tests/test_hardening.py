@@ -210,12 +210,14 @@ LENGTH_FIELD = {
 def test_values_are_taken_as_the_json_types_sent(http, api):
     spec = APIS[api]
     length = LENGTH_FIELD[api]
-    for field, value in ((length, "1"), (length, 1.0), (length, True), ("stream", "false"), ("stream", 0)):
+    for field, value in ((length, "1"), (length, 1.5), (length, True), ("stream", "false"), ("stream", 0)):
         response = http.post(spec["path"], json={**spec["body"], field: value}, headers=KEY)
         assert_400_in_shape(response, api, (field, value))
         assert response.json()["error"]["message"].startswith(f"{field}: "), response.text
     response = http.post(spec["path"], json={**spec["body"], "temperature": 0}, headers=KEY)
     assert response.status_code == 200, response.text  # an integer is a number
+    response = http.post(spec["path"], json={**spec["body"], length: 1.0}, headers=KEY)
+    assert response.status_code == 200, response.text  # and 1.0 an integer, as JSON Schema has it
 
 
 @pytest.mark.parametrize(("api", "field"), [("anthropic", "stop_sequences"), ("chat", "stop"), ("agents", "stop")])
@@ -345,6 +347,20 @@ def test_openapi_documents_metrics_and_the_auth_statuses(http):
     for methods in paths.values():
         for operation in methods.values():
             assert "200" in operation["responses"]
+
+
+def test_openapi_lists_only_what_is_served(http):
+    schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    parts = {name: schema["properties"]["type"]["enum"] for name, schema in schemas.items() if "ContentPart" in name}
+    assert sorted(map(sorted, parts.values())) == [["input_text", "output_text", "refusal"], ["refusal", "text"]]
+    responses = schemas["ResponsesRequest"]
+    assert "input" in responses["required"] and responses["properties"]["conversation"]["type"] == "null"
+    # What the schema leaves out is refused by name, never as a bare validation error
+    for part in ({"type": "file", "file": {"file_id": "f"}}, {"type": "image_url", "image_url": {"url": "data:,"}}):
+        body = {**APIS["chat"]["body"], "messages": [{"role": "user", "content": [part]}]}
+        response = http.post(APIS["chat"]["path"], json=body, headers=KEY)
+        assert_400_in_shape(response, "chat", part)
+        assert f"{part['type']} input is not supported" in response.json()["error"]["message"], response.text
 
 
 def test_ids_in_paths_that_are_not_utf8_are_not_a_500(http):

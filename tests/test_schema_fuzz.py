@@ -28,8 +28,9 @@ LENGTH_FIELD_BY_PATH = {
     "/v1/agents/{agent_id}/messages": "max_tokens",
 }
 MAX_GENERATED = 4
-# Rules the schema does not state, so data it calls valid may be refused: the last user message needs text,
-# a response needs `input`, a `json_schema` response format needs its schema (one model holds all types).
+# The document states each field's own rules, and every part, format and option it lists is served (the
+# others are parsed only to be refused by name). Rules across fields it does not state, so data it calls
+# valid may still be refused: the last user message needs text; `tool_choice: required` needs tools.
 # Data it calls invalid must be refused: bodies are read strictly.
 NOT_STATED_IN_THE_SCHEMA = [schemathesis.checks.positive_data_acceptance]
 
@@ -57,15 +58,13 @@ class TheKey:
 
 def capped(case) -> None:
     body = case.body
-    if not isinstance(body, dict):
-        return
+    if not isinstance(body, dict) or (case.meta is not None and case.meta.is_negative_at(ParameterLocation.BODY)):
+        return  # a body the schema refuses is refused before it generates; what is wrong may be its length
     for field in LENGTH_FIELDS:
         value = body.get(field)
-        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_GENERATED:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_GENERATED:
             body[field] = MAX_GENERATED
     field = LENGTH_FIELD_BY_PATH.get(case.operation.path)
-    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.BODY):
-        return  # a body the schema refuses: its `null` may be what is wrong with it
     if field and all(body.get(name) is None for name in LENGTH_FIELDS):
         body[field] = MAX_GENERATED
 

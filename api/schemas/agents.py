@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.validation import Seed, StopSequence
+from api.validation import Seed, StopSequence, Whole
 
 
 class AgentMessageRequest(BaseModel):
@@ -13,7 +13,7 @@ class AgentMessageRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     content: str = Field(min_length=1)
-    max_tokens: int = Field(default=512, ge=1)
+    max_tokens: Whole = Field(default=512, ge=1)
     stream: bool = False
     system: str | None = Field(default=None, description="Sets the agent's system prompt (kept with the agent).")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.validation import StopSequence
+from api.validation import StopSequence, Whole
 from engine.requests import TOOL_NAME_PATTERN
 
 
@@ -99,11 +99,11 @@ class _Conversation(_Open):
 class MessagesRequest(_Conversation):
     """POST /v1/messages"""
 
-    max_tokens: int = Field(ge=1)
+    max_tokens: Whole = Field(ge=1)
     stop_sequences: list[StopSequence] | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: Whole | None = Field(default=None, ge=0)
     # An extension (as in vLLM and mlx-lm's server): above 1.0 makes tokens the answer holds less likely.
     repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     stream: bool = False

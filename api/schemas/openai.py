@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from api.validation import Seed, StopSequence
+from api.validation import Seed, StopSequence, Whole
 from engine.requests import TOOL_NAME_PATTERN
 
 
@@ -15,7 +15,11 @@ class _Open(BaseModel):
 
 
 class ContentPart(_Open):
-    type: Literal["text", "image_url", "input_audio", "file", "refusal"]
+    # The document names only the parts read; the others are parsed to be refused by name.
+    type: Annotated[
+        Literal["text", "image_url", "input_audio", "file", "refusal"],
+        WithJsonSchema({"type": "string", "enum": ["text", "refusal"]}),
+    ]
     text: str | None = None
     refusal: str | None = None
 
@@ -68,7 +72,20 @@ class JsonSchemaFormat(_Open):
     strict: bool | None = None
 
 
+def _schema_comes_with_json_schema(schema: dict) -> None:
+    # Parsed as one model so that a missing schema is refused with a hint; documented as it is taken.
+    schema["if"] = {"properties": {"type": {"const": "json_schema"}}, "required": ["type"]}
+    schema["then"] = {
+        "properties": {
+            "json_schema": {"type": "object", "required": ["schema"], "properties": {"schema": {"type": "object"}}}
+        },
+        "required": ["json_schema"],
+    }
+
+
 class ResponseFormat(_Open):
+    model_config = ConfigDict(extra="allow", json_schema_extra=_schema_comes_with_json_schema)
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -82,8 +99,8 @@ class ChatCompletionRequest(_Open):
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Whole | None = Field(default=None, ge=1)
+    max_completion_tokens: Whole | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -92,7 +109,7 @@ class ChatCompletionRequest(_Open):
     repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     stop: StopSequence | list[StopSequence] | None = None
     seed: Seed | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: Whole | None = Field(default=None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

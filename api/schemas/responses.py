@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
 
+from api.validation import Whole
 from engine.requests import TOOL_NAME_PATTERN
 
 
@@ -16,7 +17,11 @@ class _Open(BaseModel):
 class ContentPart(_Open):
     """A piece of a message or of a tool's output; only text parts can be read by the models served here."""
 
-    type: Literal["input_text", "output_text", "refusal", "input_image", "input_file", "input_audio"]
+    # The document names only the parts read; the others are parsed to be refused by name.
+    type: Annotated[
+        Literal["input_text", "output_text", "refusal", "input_image", "input_file", "input_audio"],
+        WithJsonSchema({"type": "string", "enum": ["input_text", "output_text", "refusal"]}),
+    ]
     text: str | None = None
     refusal: str | None = None
 
@@ -136,15 +141,24 @@ class TextConfig(_Open):
     verbosity: str | None = None
 
 
+def _input_is_required(schema: dict) -> None:
+    # Parsed as optional so that a missing or empty `input` is refused with a hint; documented as it is taken.
+    items = next(member for member in schema["properties"]["input"]["anyOf"] if member.get("type") == "array")
+    schema["properties"]["input"] = {"anyOf": [{"type": "string", "minLength": 1}, {**items, "minItems": 1}]}
+    schema["required"] = [*schema.get("required", []), "input"]
+
+
 class ResponsesRequest(_Open):
     """POST /v1/responses"""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_input_is_required)
 
     model: str = Field(min_length=1)
     input: str | list[InputItem] | None = None
     instructions: str | None = None
     previous_response_id: str | None = None
     store: bool | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: Whole | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -160,8 +174,10 @@ class ResponsesRequest(_Open):
     prompt_cache_key: str | None = None
     user: str | None = None
     safety_identifier: str | None = None
-    background: bool | None = None
-    conversation: str | dict[str, Any] | None = None
+    # Parsed to be refused when true (answers come in the request): documented as false or absent.
+    background: Annotated[bool | None, WithJsonSchema({"enum": [False, None]})] = None
+    # Parsed to be refused by name (responses chain by `previous_response_id`): documented as absent.
+    conversation: Annotated[str | dict[str, Any] | None, WithJsonSchema({"type": "null"})] = None
     # Accepted and ignored: the models served here do not reason, and the context is never truncated.
     reasoning: dict[str, Any] | None = None
     include: list[str] | None = None
