@@ -1,11 +1,13 @@
 """One log line per request, written when its response has ended (a stream's when its last event is sent):
 
-    req=0b6c5d0e-… POST /v1/messages 200 session=4f1e… prompt=19361 cached=19104 generated=12 ttft=0.41s duration=2.03s
+    req=0b6c5d0e-… POST /v1/messages 200 tenant=alice session=alice:4f1e… prompt=19361 cached=19104
+        generated=12 ttft=0.41s duration=2.03s   (one line)
 
-Fields a request does not have (a /health probe generates nothing) are `-`. TTFT is measured as the client
-sees it: from the request's arrival to the first generated text or tool call, queueing included. The turn's
-figures are noted on the request by api/bridge.py's TurnStream, so every route that generates is covered.
-Logger "agent_memory.access", level INFO (`agent-memory serve --log-level warning` hides it).
+Fields a request does not have (a /health probe generates nothing; no tenant without named keys) are
+`-`. TTFT is measured as the client sees it: from the request's arrival to the first generated text or
+tool call, queueing included. The turn's figures are noted on the request by api/bridge.py's TurnStream,
+so every route that generates is covered. Logger "agent_memory.access", level INFO (`agent-memory serve
+--log-level warning` hides it).
 """
 
 from __future__ import annotations
@@ -49,11 +51,12 @@ def write(request, status: int) -> None:
     duration = f"{time.perf_counter() - started:.2f}s" if started is not None else "-"
     ttft = f"{note.ttft_s:.2f}s" if note.ttft_s is not None else "-"
     log.info(
-        "req=%s %s %s %d session=%s prompt=%s cached=%s generated=%s ttft=%s duration=%s",
+        "req=%s %s %s %d tenant=%s session=%s prompt=%s cached=%s generated=%s ttft=%s duration=%s",
         request.id,
         _quoted(request.method),
         _quoted(request.path),
         status,
+        getattr(request.ctx, "tenant", "") or "-",
         _quoted(note.session_id) if note.session_id is not None else "-",
         _number(note.prompt_tokens),
         _number(note.cached_tokens),

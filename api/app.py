@@ -171,7 +171,9 @@ async def _on_response(request, response):
     if not getattr(request.ctx, "streamed", False):  # streams are counted and logged when they end
         started = getattr(request.ctx, "started", time.perf_counter())
         route = getattr(request.ctx, "route_label", "unmatched")
-        server.metrics.observe_request(route, request.method, response.status, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        tenant = getattr(request.ctx, "tenant", "")
+        server.metrics.observe_request(route, request.method, response.status, seconds, tenant)
         access_log.write(request, response.status)
 
 

@@ -26,6 +26,12 @@ class Metrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        self.tenant_requests = Counter(
+            "agent_memory_tenant_requests",
+            "HTTP requests by tenant (named keys, SEMANTIC_API_KEYS) and status.",
+            ["tenant", "status"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "agent_memory_request_duration_seconds",
             "Time from request to the end of its response.",
@@ -79,9 +85,12 @@ class Metrics:
         if finished.finish_reason != "cancelled":
             self.ttft.labels(finished.cache.source).observe(finished.timing.ttft_s)
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """`route` is a route template or "unmatched"; `method` is any string the client sent."""
+    def observe_request(self, route: str, method: str, status: int, seconds: float, tenant: str = "") -> None:
+        """`route` is a route template or "unmatched"; `method` is any string the client sent; `tenant` is a
+        configured tenant's name (a closed set) or "" for none."""
         self.requests.labels(route, method if method in METHODS else "other", str(status)).inc()
+        if tenant:
+            self.tenant_requests.labels(tenant, str(status)).inc()
         self.duration.labels(route).observe(seconds)
 
     def render(self) -> bytes:

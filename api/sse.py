@@ -70,7 +70,6 @@ class EventStream:
         server = self.request.app.ctx.server
         status = 200 if self.completed else 499
         route = getattr(self.request.ctx, "route_label", "unmatched")
-        server.metrics.observe_request(
-            route, self.request.method, status, time.perf_counter() - self.request.ctx.started
-        )
+        seconds = time.perf_counter() - self.request.ctx.started
+        server.metrics.observe_request(route, self.request.method, status, seconds, self.request.ctx.tenant)
         access_log.write(self.request, status)

@@ -12,8 +12,8 @@ from tests.conftest import API_KEY
 
 LINE = re.compile(
     r"agent_memory\.access: req=(?P<id>\S+) (?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d+) "
-    r"session=(?P<session>\S+) prompt=(?P<prompt>\S+) cached=(?P<cached>\S+) generated=(?P<generated>\S+) "
-    r"ttft=(?P<ttft>\S+) duration=(?P<duration>\S+)$"
+    r"tenant=(?P<tenant>\S+) session=(?P<session>\S+) prompt=(?P<prompt>\S+) cached=(?P<cached>\S+) "
+    r"generated=(?P<generated>\S+) ttft=(?P<ttft>\S+) duration=(?P<duration>\S+)$"
 )
 
 

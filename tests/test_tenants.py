@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerProcess
 
@@ -58,6 +59,15 @@ def test_unknown_and_missing_keys_are_refused(tenants_server):
         assert alice.get("/v1/agents").status_code == 200
     answer = httpx.get(f"{tenants_server.base_url}/v1/agents", headers={"x-api-key": KEYS["bob"]})
     assert answer.status_code == 200
+    # Counted by tenant name (never by key); unknown keys are no tenant
+    with client(tenants_server, "bob") as bob:
+        counted = {
+            tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(bob.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "agent_memory_tenant_requests_total"
+        }
+    assert counted == {(("status", "200"), ("tenant", "alice")): 1, (("status", "200"), ("tenant", "bob")): 1}
 
 
 def test_a_tenant_never_reads_another_tenants_cached_prefix(tenants_server):
