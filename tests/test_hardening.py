@@ -228,6 +228,17 @@ def test_an_empty_stop_sequence_is_a_400_naming_it(http, api, field):
     assert response.json()["error"]["message"].startswith(f"{field}.1: "), response.text
 
 
+def test_top_k_beyond_the_vocabulary_is_a_400_and_sampling_goes_on(http):
+    spec = APIS["anthropic"]
+    sampled = {**spec["body"], "max_tokens": 3, "temperature": 1.0}
+    response = http.post(spec["path"], json={**sampled, "top_k": 10**7}, headers=KEY)
+    assert_400_in_shape(response, "anthropic", "top_k")
+    assert response.json()["error"]["message"].startswith("top_k"), response.text
+    for _ in range(2):  # unseeded sampled requests after it: the random state is intact
+        response = http.post(spec["path"], json={**sampled, "top_k": 40}, headers=KEY)
+        assert response.status_code == 200, response.text
+
+
 # -- session ids: at most 256 characters, wherever they come from ----------------------------------------
 
 
