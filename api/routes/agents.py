@@ -46,9 +46,10 @@ def _store(request) -> SessionStore:
     return SessionStore(request.app.ctx.server.settings.sessions_path)
 
 
-def _session(store: SessionStore, agent_id: str) -> Session | None:
+async def _session(store: SessionStore, agent_id: str) -> Session | None:
+    """The agent's transcript, read off the event loop (a file read that other requests need not wait on)."""
     try:
-        return store.get(agent_id)
+        return await asyncio.to_thread(store.get, agent_id)
     except SessionCorrupt as exc:
         raise ApiError(409, str(exc)) from None
 
@@ -71,7 +72,7 @@ async def get_agent(request, agent_id: str):
     agent_id, key = _agent_id(request, agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
-    session = _session(_store(request), key)
+    session = await _session(_store(request), key)
     overview = await _overview(engine)
     rows = agent_rows([session] if session else [], overview, engine.model_id)
     row = next((r for r in rows if r["id"] == key), None)
@@ -112,7 +113,7 @@ async def send_message(request, agent_id: str):
     store = _store(request)
     # The transcript grows one turn at a time, in this process and in any other sharing the data dir
     async with server.locks.hold(key), held_across_processes(store.turn_lock(key)):
-        session = _session(store, key) or Session(id=key)
+        session = await _session(store, key) or Session(id=key)
         if parsed.system is not None:
             session.system = parsed.system
         generation = generation_request(
@@ -127,8 +128,11 @@ async def send_message(request, agent_id: str):
             stop=parsed.stop,
         )
 
-        def keep(finished: TurnFinished) -> dict:
-            store.keep_turn(session, parsed.content, finished, engine.model_id, engine.info.fingerprint)
+        async def keep(finished: TurnFinished) -> dict:
+            # Written and synced off the event loop; the turn lock is held until it is on disk
+            await asyncio.to_thread(
+                store.keep_turn, session, parsed.content, finished, engine.model_id, engine.info.fingerprint
+            )
             server.metrics.observe_turn(finished)
             return {
                 "agent_id": agent_id,
@@ -141,7 +145,7 @@ async def send_message(request, agent_id: str):
         async with TurnStream(engine, generation, server.settings.sse_keepalive_s) as turn:
             if parsed.stream:
                 return await _stream(request, turn, keep)
-            return json_response(keep(await turn.finished()))
+            return json_response(await keep(await turn.finished()))
 
 
 async def _stream(request, turn: TurnStream, keep):
@@ -156,7 +160,7 @@ async def _stream(request, turn: TurnStream, keep):
             elif isinstance(event, TurnChunk):
                 await stream.send(sse.event("delta", {"text": event.text}))
             elif isinstance(event, TurnFinished):
-                await stream.send(sse.event("finished", keep(event)))
+                await stream.send(sse.event("finished", await keep(event)))
             elif isinstance(event, TurnFailed):
                 if not stream.opened:
                     raise failure(event)
