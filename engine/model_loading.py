@@ -37,7 +37,7 @@ def load_checked(model_id: str, settings: Settings, progress: Progress | None = 
         )
     if settings.kv_bits:
         _check_quantized_kv(loaded, settings)
-    # The chat template is compiled at its first use (~10 ms): at load, not in the first turn's time
+    # The chat template is compiled at its first use: at load, not in the first turn's time
     # to first token. A template that rejects this conversation will say why on a real one.
     with contextlib.suppress(RequestError):
         render_prompt(loaded, GenerationRequest(messages=[ChatMessage(role="user", content="Hello.")]))

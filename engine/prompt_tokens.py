@@ -1,12 +1,12 @@
 """Tokenizing an agent's prompt turn after turn, from where its last prompt left off.
 
-An agent's prompt is its whole conversation, rendered again for every turn, and tokenizing it all
-again costs ~6 ms for a 4.4k-token history here (~40 ms at 30k tokens) before the KV memory can even
-look it up. The next turn's text almost always starts with the last turn's, so its tokens are reused
-up to the last special token inside the common part (a chat template's turn marker) and only the rest
-is tokenized. That is exact: a fast tokenizer cuts its input at special tokens before anything else
-(matched in the raw text, not normalized, not taking their neighbours' spaces), then tokenizes each
-piece between them on its own, so no token on one side of such a token depends on the other side.
+An agent's prompt is its whole conversation, rendered again for every turn, and tokenizing it all again
+costs time that grows with the history, paid before the KV memory can even look it up. The next turn's
+text almost always starts with the last turn's, so its tokens are reused up to the last special token
+inside the common part (a chat template's turn marker) and only the rest is tokenized. That is exact: a
+fast tokenizer cuts its input at special tokens before anything else (matched in the raw text, not
+normalized, not taking their neighbours' spaces), then tokenizes each piece between them on its own, so
+no token on one side of such a token depends on the other side.
 Tokenizers without that pipeline (no `backend_tokenizer`) tokenize the whole text as before.
 """
 

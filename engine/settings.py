@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     )
     mlx_cpu_attention: Literal["numpy", "mlx"] = Field(
         default="numpy",
-        description="CPU backend: attention softmax in numpy (vectorised exp, ~4x faster) or in MLX's own kernel.",
+        description="CPU backend: attention softmax in numpy (vectorised exp, faster) or in MLX's own kernel.",
     )
     agent_cache_dir: Path | None = Field(default=None, description="Warm KV tier on disk; default <data_dir>/caches.")
     agent_max_agents_in_memory: int = Field(

@@ -1,8 +1,8 @@
 """Use a fast BLAS under MLX's CPU backend.
 
-The `mlx-cpu` wheel links netlib's reference BLAS (~5 GFLOP/s). Loading Debian's OpenBLAS
+The `mlx-cpu` wheel links netlib's reference BLAS, which is slow. Loading Debian's OpenBLAS
 with RTLD_GLOBAL *before* `mlx.core` is imported makes MLX's `cblas_sgemm` resolve to it
-(~30x faster), because the dynamic linker searches the global scope before a library's own
+(docs/architecture.md has the figures), because the dynamic linker searches the global scope before a library's own
 dependencies. So this module must run before anything imports MLX; `engine/__init__.py` does it.
 """
 
@@ -112,7 +112,7 @@ def computing_thread():
 
 def park_workers() -> None:
     """Stop the worker threads of the OpenBLAS that preload loaded, if any; its next call starts them
-    again (~0.1 ms each way). Call it from a computing thread whose MLX work is done; it does nothing
+    again (cheap either way). Call it from a computing thread whose MLX work is done; it does nothing
     while another computing thread runs (it could be inside a BLAS call).
 
     After each call OpenBLAS's workers spin (sched_yield) for a while, waiting for the next one, so

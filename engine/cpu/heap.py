@@ -39,8 +39,8 @@ def keep_freed_memory() -> None:
     in one heap for all threads. Call it before other threads start.
 
     MLX frees its buffer cache between prefill chunks (mlx-lm calls `mx.clear_cache()`), so every
-    chunk and every batch of KV caches would otherwise touch fresh pages; in a VM a page fault can cost
-    ~10 µs, which made fresh memory ~20x slower to write than reused memory. One heap (glibc's main
+    chunk and every batch of KV caches would otherwise touch fresh pages, and in a VM page faults make
+    fresh memory many times slower to write than reused memory. One heap (glibc's main
     arena) because glibc gives each thread its own otherwise, and unmaps a thread's heaps once they are
     empty: memory one thread freed (or page_in_heap paged in) would not serve an allocation on another,
     such as the stream threads MLX evaluates on. Only glibc (Linux) has mallopt; elsewhere this does
@@ -58,10 +58,9 @@ def page_in_heap(num_bytes: int) -> None:
     """Touch `num_bytes` of heap memory and free it again, so that allocations after this reuse pages
     the process already has.
 
-    A restored 4k-token KV cache of the default model is ~220 MB of new float32 arrays; in a fresh
-    process their first touch cost ~55,000 page faults (~100 ms of CPU here), more than reading them
-    from disk. With keep_freed_memory's settings the freed pieces stay mapped for the next ones. Only
-    glibc; elsewhere this does nothing.
+    A restored KV cache is hundreds of MB of new float32 arrays; in a fresh process their first touch
+    costs a page fault per page, more CPU time than reading them from disk. With keep_freed_memory's
+    settings the freed pieces stay mapped for the next ones. Only glibc; elsewhere this does nothing.
     """
     libc = _glibc()
     if libc is None or num_bytes <= 0:

@@ -44,7 +44,7 @@ def restore_float32(
     from engine.cpu import blas
 
     # OpenBLAS's workers still spin after the last forward pass (the one at load, or the last turn):
-    # on two cores they took 20-230 ms of CPU time from a 4k restore; parked, its median went 95 -> 77 ms.
+    # on few cores they take CPU time from the restore's reader threads.
     mx.synchronize()
     blas.park_workers()
     arrays: dict[int, tuple] = {}

@@ -213,7 +213,7 @@ def read_file(path: Path) -> memoryview:
 
     The first 8 bytes (the safetensors header's size) are read on their own: after a small first read
     the kernel streams the rest of the file with read-ahead, where one read of a whole few-MB file, or
-    faulting in a mapping of it, ran at half the disk's speed here (1.1-1.4 against 2.3-2.5 GB/s). The
+    faulting in a mapping of it, ran at about half the disk's speed. The
     buffer is numpy's uninitialized memory, not a bytearray, which would be zero-filled first."""
     with path.open("rb", buffering=0) as handle:
         size = os.fstat(handle.fileno()).st_size
