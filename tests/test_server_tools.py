@@ -423,3 +423,44 @@ def test_tool_call_metric_counts_valid_calls(server, oai):
         max_tokens=60,
     )
     assert valid_calls() == before + 1
+
+
+def test_a_tool_schema_the_grammar_cannot_take_fails_only_its_own_request(oai, claude):
+    # A recursive $ref under a forced call: whatever becomes of it, the requests batched beside it answer
+    # in full and never carry its error.
+    node = {
+        "type": "object",
+        "properties": {"name": STRING, "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+        "required": ["name", "children"],
+    }
+    tree = {"type": "object", "$defs": {"node": node}, "properties": {"root": {"$ref": "#/$defs/node"}}}
+    tool = {"name": "save_tree", "description": "Save a tree of names.", "input_schema": tree}
+
+    def bad():
+        try:
+            return claude.messages.create(
+                model="default",
+                max_tokens=60,
+                tools=[tool],
+                tool_choice={"type": "any"},
+                messages=[{"role": "user", "content": "Save a family tree of three generations."}],
+            )
+        except anthropic.BadRequestError as exc:
+            return exc
+
+    def good(index: int) -> str:
+        answer = oai.chat.completions.create(
+            model="default",
+            max_tokens=12,
+            temperature=0,
+            messages=[{"role": "user", "content": f"Count from {index} to {index + 5}."}],
+        )
+        assert answer.choices[0].finish_reason in ("stop", "length"), answer
+        return answer.choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(bad), *(pool.submit(good, index) for index in range(3))]
+        results = [future.result() for future in futures]
+    # Refused before its turn (a 400 saying why), or answered: never a 500 shared with the others
+    assert isinstance(results[0], anthropic.BadRequestError) or results[0].content, results[0]
+    assert all(text and "grammar" not in text.lower() for text in results[1:]), results
