@@ -122,3 +122,23 @@ def test_a_response_chain_continues_only_within_its_tenant(tenants_server):
         follow["previous_response_id"] = first.json()["id"]
         assert bob.post("/v1/responses", json=follow).status_code == 400
         assert alice.post("/v1/responses", json=follow).status_code == 200
+
+
+def test_after_a_restart_the_disk_tier_alone_keeps_tenants_apart(default_engine, data_dir):
+    # No hot copies left: whatever is cached now comes from the warm tier's block files
+    cache_dir = data_dir / "tenant-restart-caches"
+    cache_dir.mkdir(exist_ok=True)
+    env = {"SEMANTIC_API_KEYS": ",".join(f"{n}:{k}" for n, k in KEYS.items()), "SEMANTIC_KV_BLOCK_TOKENS": "16"}
+    secret = f"Restart. {SECRET_PROMPT}"
+    for run in ("write", "probe"):
+        running = ServerProcess(data_dir, cache_dir, env)
+        try:
+            running.wait_ready()
+            with client(running, "alice") as alice, client(running, "bob") as bob:
+                if run == "write":
+                    assert cached_tokens(alice, "writer", secret) < 12
+                else:
+                    assert cached_tokens(bob, "guess", secret) < 12
+                    assert cached_tokens(alice, "reader", secret) >= 32
+        finally:
+            running.stop()
