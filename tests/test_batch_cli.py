@@ -54,3 +54,11 @@ def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
 
     missing = run_cli("batch", str(tmp_path / "nope.jsonl"), "-o", str(output), data_dir=data_dir)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_batch_job_samples_with_the_models_defaults_unless_it_sets_temperature():
+    from workbench.batch_cmd import BatchJob
+
+    unset = BatchJob(id="a", prompt="Hi").request().sampling
+    assert all(value is None for value in unset.values().values())  # the engine fills in the model's
+    assert BatchJob(id="b", prompt="Hi", temperature=0).request().sampling.temperature == 0

@@ -167,7 +167,7 @@ def test_cache_stats_check_and_repair(cli_data_dir, tmp_path):
 
 def test_turn_footer_reports_cache_and_speed():
     from engine.events import CacheReport, Timing, TurnFinished, Usage
-    from workbench.chat import turn_footer
+    from workbench.format import turn_footer
 
     finished = TurnFinished(
         request_id="r",

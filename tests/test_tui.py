@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from engine.settings import Settings
-from workbench.tui.app import Confirm, WorkbenchApp
+from workbench.tui.app import WorkbenchApp
+from workbench.tui.dialogs import Confirm
 from workbench.tui.inspector import InspectorScreen
 from workbench.tui.source import LocalSource
 

@@ -9,7 +9,7 @@ import typer
 
 from engine.sessions import SessionCorrupt, SessionStore
 from engine.settings import Settings
-from workbench.cli import report_error
+from workbench.output import report_error
 
 
 def _ago(timestamp: float) -> str:

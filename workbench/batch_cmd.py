@@ -19,8 +19,8 @@ from engine.errors import EngineBusy, EngineError
 from engine.events import TurnFailed, TurnFinished
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolSpec
 from engine.settings import Settings
-from workbench.chat import json_result
-from workbench.cli import report_error
+from workbench.format import json_result
+from workbench.output import report_error
 from workbench.progress import ModelProgress
 
 
@@ -32,7 +32,8 @@ class BatchJob(BaseModel):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     max_tokens: int = Field(default=256, ge=1)
-    temperature: float = Field(default=0.2, ge=0.0, le=5.0)
+    # None: the model's default (engine.sampling.model_sampling_defaults), as for chat and the APIs
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     # ToolSpec objects ({"name", "description", "parameters"}) or OpenAI's {"type": "function", "function": ...}
     tools: list[ToolSpec] = Field(default_factory=list)
     # "auto", "required", "none", or the name of the tool to call
@@ -58,7 +59,7 @@ class BatchJob(BaseModel):
         return GenerationRequest(
             messages=messages,
             max_tokens=self.max_tokens,
-            sampling=SamplingParams(temperature=self.temperature, top_p=0.9 if self.temperature else 1.0),
+            sampling=SamplingParams(temperature=self.temperature),  # the rest: the model's defaults
             session_id=self.session,
             tools=self.tools,
             tool_choice=self.tool_choice if self.tool_choice in ("auto", "required", "none") else "required",

@@ -7,7 +7,7 @@ import json
 import typer
 
 from engine.settings import Settings
-from workbench.cli import report_error
+from workbench.output import report_error
 
 
 def _warm(settings: Settings):

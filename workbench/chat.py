@@ -13,7 +13,8 @@ from engine.errors import EngineError
 from engine.events import TurnChunk, TurnFailed, TurnFinished
 from engine.sessions import Session, SessionCorrupt, SessionStore
 from engine.settings import Settings
-from workbench.cli import report_error
+from workbench.format import json_result, turn_footer
+from workbench.output import report_error
 from workbench.platform_info import blas_warning
 from workbench.progress import ModelProgress
 
@@ -163,46 +164,6 @@ def one_turn(engine, store: SessionStore, session: Session, text: str, options: 
     if options.json_output:
         typer.echo(json.dumps(json_result(session.id, finished), ensure_ascii=False))
     return 0
-
-
-def json_result(session_id: str, finished: TurnFinished) -> dict:
-    return {
-        "session": session_id,
-        "text": finished.text,
-        "finish_reason": finished.finish_reason,
-        "usage": {
-            "prompt_tokens": finished.usage.prompt_tokens,
-            "completion_tokens": finished.usage.completion_tokens,
-            "cached_tokens": finished.usage.cached_tokens,
-        },
-        "cache": {
-            "source": finished.cache.source,
-            "reused_tokens": finished.cache.reused_tokens,
-            "decision": finished.cache.decision,
-            "estimate_s": round(finished.cache.estimate_s, 4),
-        },
-        **(
-            {"tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in finished.tool_calls]}
-            if finished.tool_calls
-            else {}
-        ),
-        "timing": {
-            "ttft_s": round(finished.timing.ttft_s, 4),
-            "prefill_tokens_per_s": round(finished.timing.prefill_tokens_per_s, 2),
-            "decode_tokens_per_s": round(finished.timing.decode_tokens_per_s, 2),
-        },
-        "sampling": finished.sampling.values() if finished.sampling is not None else None,
-    }
-
-
-def turn_footer(finished: TurnFinished) -> str:
-    """One line under a reply: where its cache came from, what was prefilled, how fast."""
-    usage, timing = finished.usage, finished.timing
-    cached = f"{finished.cache.source} cache {usage.cached_tokens} tokens" if usage.cached_tokens else "cold"
-    prefilled = usage.prompt_tokens - usage.cached_tokens
-    return (
-        f"[{cached}, prefilled {prefilled}, first token {timing.ttft_s:.2f}s, {timing.decode_tokens_per_s:.1f} tok/s]"
-    )
 
 
 def interactive(engine, store: SessionStore, session: Session, options: ChatOptions) -> int:

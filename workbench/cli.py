@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from workbench import __version__
+from workbench.output import EXIT_BAD_INPUT, report_error
 
 app = typer.Typer(
     name="agent-memory",
@@ -25,18 +26,10 @@ app.add_typer(agents_app, name="agents")
 cache_app = typer.Typer(help="Inspect, verify and clear the KV cache on disk.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-EXIT_BAD_INPUT = 2
-
 ModelOption = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model id: 'default', a .gguf path, an mlx-lm dir or a HF repo id."),
 ]
-
-
-def report_error(message: str) -> int:
-    """Print one `error:` line on stderr; returns the bad-input exit status."""
-    typer.echo(f"error: {message}", err=True)
-    return EXIT_BAD_INPUT
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:

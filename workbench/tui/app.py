@@ -12,50 +12,18 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Markdown, Static
 
 from engine.events import PrefillProgress, TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.sessions import Session
-from workbench.chat import turn_footer
+from workbench.format import turn_footer
+from workbench.tui.dialogs import AskName, Confirm
 from workbench.tui.help_screen import HelpScreen
 from workbench.tui.inspector import InspectorScreen
 from workbench.tui.messages import AgentsLoaded, EngineEvent, ModelFailed, ModelReady, SwapProgress, TranscriptLoaded
 from workbench.tui.model_screen import ModelScreen
 
 TIER_BADGE = {"hot": "[green]hot [/]", "warm": "[cyan]warm[/]", "cold": "[dim]cold[/]"}
-
-
-class AskName(ModalScreen[str | None]):
-    """A one-line prompt: a new agent's name, or a new name for the selected one."""
-
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
-
-    def __init__(self, title: str, value: str = ""):
-        super().__init__()
-        self.title_text, self.value = title, value
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label(self.title_text)
-            yield Input(value=self.value, id="name")
-
-    @on(Input.Submitted)
-    def submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
-
-
-class Confirm(ModalScreen[bool]):
-    BINDINGS = [Binding("y", "dismiss(True)", "Yes"), Binding("n,escape", "dismiss(False)", "No")]
-
-    def __init__(self, question: str):
-        super().__init__()
-        self.question = question
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label(self.question)
-            yield Label("[b]y[/b] yes   [b]n[/b] no")
 
 
 class WorkbenchApp(App):

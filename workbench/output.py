@@ -1,0 +1,14 @@
+"""How every workbench command reports a user's mistake: one `error:` line on stderr and exit status 2.
+Its own module so that the command modules need not import the CLI that imports them."""
+
+from __future__ import annotations
+
+import typer
+
+EXIT_BAD_INPUT = 2
+
+
+def report_error(message: str) -> int:
+    """Print one `error:` line on stderr; returns the bad-input exit status."""
+    typer.echo(f"error: {message}", err=True)
+    return EXIT_BAD_INPUT
