@@ -82,7 +82,10 @@ class TurnStream:
         last = loop.time()
         while not self.done:
             try:
-                event = await asyncio.wait_for(self._queue.get(), max(0.0, self.keepalive_s - (loop.time() - last)))
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that meets an
+                # arriving event, so a client's hang-up went unseen and its turn ran to max_tokens
+                async with asyncio.timeout(max(0.0, self.keepalive_s - (loop.time() - last))):
+                    event = await self._queue.get()
             except TimeoutError:
                 last = loop.time()
                 yield None
