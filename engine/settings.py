@@ -185,9 +185,9 @@ def parse_tenant_keys(text: str) -> dict[str, str]:
     """`"alice:KEY1,bob:KEY2"` as {key: tenant name}; ValueError (never quoting a key) when malformed."""
     keys: dict[str, str] = {}
     for item in text.split(","):
-        name, colon, key = item.strip().partition(":")
         if not item.strip():
             continue
+        name, colon, key = item.strip().partition(":")
         if not colon or not key.strip() or not TENANT_NAME.fullmatch(name.strip()):
             raise ValueError(
                 'each entry is NAME:KEY, separated by commas; NAME is 1-64 letters, digits, "_", "-" or ".", '

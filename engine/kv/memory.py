@@ -50,6 +50,11 @@ def _slot(name: str, tenant: str) -> str:
     return f"{name}\x00{tenant}" if tenant else name
 
 
+def _hot_key(session_id: str | None, tenant: str) -> str:
+    """A request's hot slot: its session's, or its tenant's slot for requests without one."""
+    return session_id or _slot(ANONYMOUS, tenant)
+
+
 @dataclass
 class Restored:
     cache: list
@@ -130,7 +135,7 @@ class KVMemory:
         from mlx_lm.models.cache import make_prompt_cache
 
         started = time.perf_counter()
-        key = session_id or _slot(ANONYMOUS, tenant)
+        key = _hot_key(session_id, tenant)
         limit = len(prompt) - 1
         if not self.enabled or limit <= 0:
             return Restored(make_prompt_cache(self.model), 0, "cold", 0.0)
@@ -305,7 +310,7 @@ class KVMemory:
         self, session_id: str | None, tokens: list[int], cache: list, key: str | None = None, tenant: str = ""
     ) -> None:
         """Keep a finished turn's cache: hot now, warm behind the response."""
-        key = key or session_id or _slot(ANONYMOUS, tenant)
+        key = key or _hot_key(session_id, tenant)
         if not self.enabled:
             self.hot.release_pin(key)
             return
@@ -371,7 +376,7 @@ class KVMemory:
 
     def abandon(self, session_id: str | None, tenant: str = "") -> None:
         """A request failed mid-way: its cache state is unknown, so it is not kept."""
-        self.hot.release_pin(session_id or _slot(ANONYMOUS, tenant))
+        self.hot.release_pin(_hot_key(session_id, tenant))
 
     def forget(self, session_id: str) -> Future[bool]:
         """Drop a session's hot cache now and its warm snapshot behind the writes queued before (so
