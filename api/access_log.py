@@ -1,13 +1,14 @@
 """One log line per request, written when its response has ended (a stream's when its last event is sent):
 
     req=0b6c5d0e-… POST /v1/messages 200 tenant=alice session=alice:4f1e… prompt=19361 cached=19104
-        generated=12 ttft=0.41s duration=2.03s   (one line)
+        generated=12 ttft=0.41s duration=2.03s miss="history edited at turn 3 (token 19104)"   (one line)
 
 Fields a request does not have (a /health probe generates nothing; no tenant without named keys) are
-`-`. TTFT is measured as the client sees it: from the request's arrival to the first generated text or
-tool call, queueing included. The turn's figures are noted on the request by api/bridge.py's TurnStream,
-so every route that generates is covered. Logger "agent_memory.access", level INFO (`agent-memory serve
---log-level warning` hides it).
+`-`. `miss` says why the cache gave less than the prompt (x-cache-miss-reason, engine/turn.py's words:
+ASCII without quotes). TTFT is measured as the client sees it: from the request's arrival to the first
+generated text or tool call, queueing included. The turn's figures are noted on the request by
+api/bridge.py's TurnStream, so every route that generates is covered. Logger "agent_memory.access",
+level INFO (`agent-memory serve --log-level warning` hides it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TurnNote:
     cached_tokens: int | None = None
     generated_tokens: int | None = None
     ttft_s: float | None = None
+    miss_reason: str | None = None  # why the cache gave less than the prompt (x-cache-miss-reason)
 
 
 def note_for(request) -> TurnNote:
@@ -51,7 +53,7 @@ def write(request, status: int) -> None:
     duration = f"{time.perf_counter() - started:.2f}s" if started is not None else "-"
     ttft = f"{note.ttft_s:.2f}s" if note.ttft_s is not None else "-"
     log.info(
-        "req=%s %s %s %d tenant=%s session=%s prompt=%s cached=%s generated=%s ttft=%s duration=%s",
+        "req=%s %s %s %d tenant=%s session=%s prompt=%s cached=%s generated=%s ttft=%s duration=%s miss=%s",
         request.id,
         _quoted(request.method),
         _quoted(request.path),
@@ -63,6 +65,7 @@ def write(request, status: int) -> None:
         _number(note.generated_tokens),
         ttft,
         duration,
+        f'"{note.miss_reason}"' if note.miss_reason else "-",
     )
 
 

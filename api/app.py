@@ -21,7 +21,9 @@ from sanic.response import json as json_response
 from api import access_log
 from api.errors import ApiError, error_body, is_anthropic
 from api.metrics import Metrics
-from api.routes import admin, agents, anthropic, openai, responses, system
+from api.ollama_format import error_body as ollama_error_body
+from api.ollama_format import is_ollama
+from api.routes import admin, agent_files, agents, anthropic, ollama, openai, responses, system
 from api.state import ServerState
 from engine.errors import EngineClosed, EngineError, ModelLoadError, RequestError
 from engine.settings import Settings
@@ -39,7 +41,7 @@ RESPONSE_TIMEOUT_S = 24 * 3600
 # streams send it and close before Sanic drops whatever connection is still open.
 SHUTDOWN_FLUSH_S = 10.0
 SHUTDOWN_MESSAGE = "the server is shutting down; retry shortly"
-ROUTED_METHODS = ("GET", "POST", "DELETE")
+ROUTED_METHODS = ("GET", "POST", "PATCH", "DELETE")
 
 
 def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
@@ -55,7 +57,7 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     # (end_turns_past_grace); Sanic closes the connections left after that and the flush time.
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_grace_s + SHUTDOWN_FLUSH_S
     app.ctx.server = ServerState(settings, engine, Metrics(lambda: engine))
-    for blueprint in (system.bp, anthropic.bp, openai.bp, responses.bp, agents.bp, admin.bp):
+    for blueprint in (system.bp, anthropic.bp, openai.bp, responses.bp, ollama.bp, agents.bp, agent_files.bp, admin.bp):
         app.blueprint(blueprint)
 
     @app.before_server_start
@@ -165,9 +167,12 @@ async def _on_response(request, response):
     if origins and origin and ("*" in origins or origin in origins):
         response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
         response.headers["Access-Control-Allow-Headers"] = "*"
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
         response.headers["Vary"] = "Origin"
     response.headers["x-request-id"] = str(request.id)
+    note = getattr(request.ctx, "turn_note", None)
+    if note is not None and note.miss_reason:
+        response.headers["x-cache-miss-reason"] = note.miss_reason  # ASCII: engine/turn.py's words and numbers
     if not getattr(request.ctx, "streamed", False):  # streams are counted and logged when they end
         started = getattr(request.ctx, "started", time.perf_counter())
         route = getattr(request.ctx, "route_label", "unmatched")
@@ -180,10 +185,8 @@ async def _on_response(request, response):
 def _on_error(request, exception: Exception):
     error = _as_api_error(request, exception)
     path = request.path if request.head else _unread_path(request)
-    response = json_response(
-        error_body(is_anthropic(path, request.headers), error), status=error.status, headers=error.headers
-    )
-    return response
+    body = ollama_error_body(error) if is_ollama(path) else error_body(is_anthropic(path, request.headers), error)
+    return json_response(body, status=error.status, headers=error.headers)
 
 
 def _on_client_gone(request, exception: RequestCancelled):

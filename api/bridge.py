@@ -114,6 +114,7 @@ class TurnStream:
         note = self.note
         if isinstance(event, TurnStarted):
             note.prompt_tokens, note.cached_tokens = event.prompt_tokens, event.cache.reused_tokens
+            note.miss_reason = event.cache.miss_reason  # a stream opens after this: its headers have it
         elif isinstance(event, TurnFinished):
             note.prompt_tokens, note.cached_tokens = event.usage.prompt_tokens, event.usage.cached_tokens
             note.generated_tokens = event.usage.completion_tokens

@@ -27,6 +27,8 @@ def generation_request(
     parallel_tool_calls: bool = True,
     response_schema: dict | None = None,
     tenant: str = "",
+    keep_s: int | None = None,
+    retention_s: int | None = None,
 ) -> GenerationRequest:
     try:
         return GenerationRequest(
@@ -50,6 +52,8 @@ def generation_request(
             tool_name=tool_name,
             parallel_tool_calls=parallel_tool_calls,
             response_schema=response_schema,
+            keep_s=keep_s,
+            retention_s=retention_s,
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from engine.events import TurnFinished
+from engine.kv.miss import KINDS as MISS_KINDS
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -64,6 +65,14 @@ class Metrics:
         )
         for decision in ("restore", "recompute", "partial"):
             self.cache_decisions.labels(decision)
+        self.cache_misses = Counter(
+            "agent_memory_cache_misses",
+            "Turns whose cache gave less than their prompt, by why (engine/kv/miss.py).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for kind in MISS_KINDS:
+            self.cache_misses.labels(kind)
         self.tool_calls = Counter(
             "agent_memory_tool_calls",
             "Tool calls the model wrote: valid ones, and invalid ones returned as text.",
@@ -80,6 +89,8 @@ class Metrics:
         self.generated_tokens.inc(finished.usage.completion_tokens)
         self.cache_hits.labels(finished.cache.source).inc()
         self.cache_decisions.labels(finished.cache.decision).inc()
+        if finished.cache.miss_kind is not None:
+            self.cache_misses.labels(finished.cache.miss_kind).inc()
         self.tool_calls.labels("valid").inc(len(finished.tool_calls))
         self.tool_calls.labels("invalid").inc(finished.invalid_tool_calls)
         if finished.finish_reason != "cancelled":
@@ -150,3 +161,16 @@ class _EngineCollector:
             "agent_memory_warm_bytes", "KV bytes in the warm tier on disk.", value=warm.get("bytes", 0)
         )
         yield GaugeMetricFamily("agent_memory_warm_blocks", "KV blocks in the warm tier.", value=warm.get("blocks", 0))
+        shared = overview.get("shared")
+        if shared is not None:  # SEMANTIC_SHARED_TIER_URL is set
+            yield GaugeMetricFamily(
+                "agent_memory_shared_tier_up", "1 while the shared KV tier (Redis) answers.", value=int(shared["up"])
+            )
+            yield CounterMetricFamily(
+                "agent_memory_shared_tier_failures", "Shared tier calls that failed.", value=shared["failures"]
+            )
+            yield GaugeMetricFamily(
+                "agent_memory_shared_tier_behind",
+                "Sessions written while the shared tier was down, to push when it is back.",
+                value=shared["behind"],
+            )

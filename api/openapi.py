@@ -7,8 +7,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pydantic.json_schema import models_json_schema
 
-from api.schemas.agents import AgentMessageRequest, SwapRequest
+from api.schemas.agents import AgentMessageRequest, AgentPolicyRequest, ForkRequest, SwapRequest
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest
+from api.schemas.ollama import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
 from api.schemas.openai import ChatCompletionRequest
 from api.schemas.responses import ResponsesRequest
 
@@ -17,7 +18,12 @@ REQUEST_MODELS = [
     CountTokensRequest,
     ChatCompletionRequest,
     ResponsesRequest,
+    OllamaChatRequest,
+    OllamaGenerateRequest,
+    OllamaShowRequest,
     AgentMessageRequest,
+    AgentPolicyRequest,
+    ForkRequest,
     SwapRequest,
 ]
 
@@ -31,16 +37,29 @@ ROUTES = [
     ("delete", "/v1/responses/{response_id}", "OpenAI", "Delete a stored response", None, False),
     ("get", "/v1/models", "Models", "List models (Anthropic shape with an anthropic-version header)", None, False),
     ("get", "/v1/models/{model_id}", "Models", "One model", None, False),
+    ("post", "/api/chat", "Ollama", "Chat (Ollama; NDJSON unless stream is false)", OllamaChatRequest, True),
+    ("post", "/api/generate", "Ollama", "Answer a prompt (Ollama)", OllamaGenerateRequest, True),
+    ("post", "/api/show", "Ollama", "The model's details and capabilities (Ollama)", OllamaShowRequest, False),
+    ("get", "/api/tags", "Ollama", "List models (Ollama)", None, False),
+    ("get", "/api/ps", "Ollama", "Loaded models (Ollama): none while the model loads", None, False),
+    ("get", "/api/version", "Ollama", "The Ollama API version this server follows", None, False),
     ("get", "/v1/agents", "Agents", "List agents: turns, tokens, cache tier, bytes, last use", None, False),
     ("get", "/v1/agents/{agent_id}", "Agents", "One agent: transcript and KV blocks", None, False),
+    ("patch", "/v1/agents/{agent_id}", "Agents", "Pin an agent or set its retention", AgentPolicyRequest, False),
     ("delete", "/v1/agents/{agent_id}", "Agents", "Delete an agent's transcript and caches", None, False),
     ("post", "/v1/agents/{agent_id}/messages", "Agents", "Send an agent its next turn", AgentMessageRequest, True),
+    ("post", "/v1/agents/{agent_id}/fork", "Agents", "Fork an agent: its transcript and KV cache", ForkRequest, False),
+    ("get", "/v1/agents/{agent_id}/export", "Agents", "An agent as one file: transcript and KV cache", None, False),
+    ("post", "/v1/agents/import", "Agents", "Import an agent file (the body; ?as=ID names it)", None, False),
     ("get", "/health", "Server", "Readiness: 200 when serving, 503 while loading or swapping", None, False),
     ("get", "/metrics", "Server", "Prometheus metrics", None, False),
     ("post", "/admin/swap", "Admin", "Swap the served model (X-Admin-Key)", SwapRequest, False),
 ]
 OPEN_PATHS = {"/health"}  # with SEMANTIC_API_KEY set every other route needs the key (api/app.py)
-ENGINELESS_PATHS = {"/metrics", "/v1/responses/{response_id}"}  # answered while the model loads
+# Answered while the model loads
+ENGINELESS_PATHS = {"/metrics", "/v1/responses/{response_id}", "/api/ps", "/api/version"}
+CREATED_PATHS = {"/v1/agents/{agent_id}/fork", "/v1/agents/import"}  # answer 201 with what they made
+AGENT_FILE = {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}  # engine/kv/agent_file.py
 
 
 def package_version() -> str:
@@ -70,6 +89,9 @@ def openapi_document(app_version: str) -> dict:
         ]
         if parameters:
             operation["parameters"] = parameters
+        if path == "/v1/agents/import":
+            operation["requestBody"] = {"required": True, "content": AGENT_FILE}
+            operation["parameters"] = [{"name": "as", "in": "query", "required": False, "schema": {"type": "string"}}]
         if model is not None:
             operation["requestBody"] = {
                 "required": True,
@@ -98,8 +120,8 @@ def openapi_document(app_version: str) -> dict:
 
 def _responses(method: str, path: str, model, streams: bool) -> dict:
     """The statuses a route answers; 414 and 431 (an over-long head) may come from any route."""
-    responses = {"200": _ok(path, streams)}
-    if model is not None or "{agent_id}" in path:
+    responses = {"201" if path in CREATED_PATHS else "200": _ok(path, streams)}
+    if model is not None or "{agent_id}" in path or path in CREATED_PATHS:
         responses["400"] = _error("Invalid request: a bad body, or a session id that is too long or not UTF-8")
     if path.startswith("/admin"):
         responses["401"] = _error("X-Admin-Key missing")
@@ -108,8 +130,13 @@ def _responses(method: str, path: str, model, streams: bool) -> dict:
         responses["401"] = _error("API key missing or wrong (when SEMANTIC_API_KEY is set)")
     if "{" in path or (model is not None and "model" in model.model_fields):
         responses["404"] = _error("No such item, or a model name not served (SEMANTIC_STRICT_MODEL_NAMES)")
-    if model is not None:
-        responses["413"] = _error("Body larger than SEMANTIC_MAX_REQUEST_MB")
+    if "{agent_id}" in path or path in CREATED_PATHS:
+        responses["409"] = _error(
+            "The new id is taken (a fork, an import), an agent file made for another model, or an agent's "
+            "stored transcript or cache that cannot be read or exported"
+        )
+    if model is not None or path in CREATED_PATHS:
+        responses["413"] = _error("Body larger than SEMANTIC_MAX_REQUEST_MB (an agent file: SEMANTIC_MAX_IMPORT_MB)")
     if streams:
         responses["429"] = _error("Queue full (SEMANTIC_MAX_QUEUE); retry after Retry-After seconds")
     if path not in ENGINELESS_PATHS:
@@ -126,6 +153,10 @@ SERVER_SENT_EVENT = {
     "required": ["data"],
 }
 
+# Ollama's streams: one JSON object a line (api/ndjson.py)
+NDJSON = "application/x-ndjson"
+JSON_LINES = {"type": "string", "description": 'JSON objects, one a line; the last has "done": true'}
+
 
 def _error(description: str) -> dict:
     return {"description": f"{description}. JSON in the called API's shape.", "content": {"application/json": {}}}
@@ -137,7 +168,11 @@ def _ok(path: str, streams: bool) -> dict:
             "description": "Prometheus text format 0.0.4",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }
+    if path.endswith("/export"):
+        return {"description": "The agent file", "content": AGENT_FILE}
     content = {"application/json": {"schema": {"type": "object"}}}
-    if streams:
+    if streams and path.startswith("/api/"):
+        content[NDJSON] = {"schema": JSON_LINES}
+    elif streams:
         content["text/event-stream"] = {"schema": SERVER_SENT_EVENT}
-    return {"description": "OK", "content": content}
+    return {"description": "Created" if path in CREATED_PATHS else "OK", "content": content}

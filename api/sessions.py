@@ -51,6 +51,13 @@ def session_id_from(headers, body: dict) -> str | None:
     return None
 
 
+def from_claude_code(headers, body: dict) -> bool:
+    """The request is Claude Code's: its session header, or its JSON user_id naming a session."""
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return "x-claude-code-session-id" in headers or (isinstance(user_id, str) and bool(_claude_code_session(user_id)))
+
+
 def checked_session_id(session_id: str, source: str) -> str:
     """`session_id` if it is at most MAX_SESSION_ID_CHARS of valid Unicode, else a 400 naming `source`.
     A header's non-UTF-8 byte arrives as a lone surrogate (Sanic decodes heads with surrogateescape)."""

@@ -64,6 +64,7 @@ def turn_summary(finished: TurnFinished) -> dict:
             "restore_s": round(finished.cache.restore_s, 4),
             "decision": finished.cache.decision,
             "estimate_s": round(finished.cache.estimate_s, 4),
+            "miss_reason": finished.cache.miss_reason,
         },
         "timing": {
             "ttft_s": round(finished.timing.ttft_s, 4),

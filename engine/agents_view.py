@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from engine.sessions import Session
 
 
@@ -11,6 +13,7 @@ def agent_rows(sessions: list[Session], overview: dict, model_id: str) -> list[d
     fingerprint = overview.get("fingerprint")
     warm = {sid: info for sid, info in overview.get("warm_sessions", {}).items() if info["fingerprint"] == fingerprint}
     by_id = {session.id: session for session in sessions}
+    policies = overview.get("policies", {})
     rows = []
     for agent_id in {*by_id, *hot, *warm}:
         session = by_id.get(agent_id)
@@ -30,9 +33,18 @@ def agent_rows(sessions: list[Session], overview: dict, model_id: str) -> list[d
                 "tier": tier,
                 "bytes": kv.get("bytes", 0),
                 "last_used": last_used,
+                "forked_from": session.forked_from if session else None,
+                "title": session.title if session else None,
+                **policy_fields(policies.get(agent_id)),
             }
         )
     return sorted(rows, key=lambda row: row["last_used"], reverse=True)
+
+
+def has_cache(overview: dict, agent_id: str) -> bool:
+    """The agent has a KV cache in memory or on disk (under any model)."""
+    hot = (overview.get("hot") or {}).get("sessions", {})
+    return agent_id in hot or agent_id in overview.get("warm_sessions", {})
 
 
 def block_counts(overview: dict, agent_id: str) -> dict:
@@ -46,4 +58,15 @@ def block_counts(overview: dict, agent_id: str) -> dict:
         "hot_live": bool(hot and hot["live"]),
         "warm": warm["blocks"] if warm else 0,
         "shared": warm["shared_blocks"] if warm else 0,
+    }
+
+
+def policy_fields(policy: dict | None) -> dict:
+    """What is kept of an agent's caches (engine/kv/policy.py), as its row shows it."""
+    policy = policy or {}
+    keep_until = policy.get("keep_until", 0.0)
+    return {
+        "pinned": policy.get("pinned", False),
+        "retention_s": policy.get("retention_s"),
+        "kept_until": keep_until if keep_until > time.time() else None,
     }

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.backend import current_backend, prefill_step_size
@@ -32,6 +33,8 @@ from engine.settings import Settings
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# How often the engine thread drops caches idle past their retention (engine/kv/policy.py)
+SWEEP_S = 5.0
 
 
 @dataclass
@@ -49,6 +52,8 @@ class _Call:
     error: BaseException | None = None
     # Runs only when no request is running (a model swap), instead of between two decode steps.
     exclusive: bool = False
+    # Publishes the hot tier after it (a housekeeping call that changed nothing does not)
+    publish: bool = True
 
 
 class Engine:
@@ -86,6 +91,9 @@ class Engine:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, wait: bool = True) -> Engine:
         self._thread.start()
+        # Its own thread, not a timed wait of the engine thread's: a thread that holds MLX state must never
+        # wake while the interpreter exits (engine/engine.py, _run's end)
+        threading.Thread(target=self._sweep_now_and_then, name="agent-memory-sweeper", daemon=True).start()
         if wait:
             self.wait_ready()
         return self
@@ -209,10 +217,12 @@ class Engine:
             return {"enabled": False, "hot": None, "warm": None, "warm_sessions": {}}
         return {
             "enabled": True,
+            "policies": {session_id: policy.as_dict() for session_id, policy in memory.policies.items()},
             "hot": self._hot_view,
             "warm": {**memory.warm.stats(), "dtype": memory.disk_dtype},
             "warm_sessions": memory.warm.session_summaries() if sessions else {},
             "fingerprint": memory.fingerprint,
+            "shared": memory.shared.describe() if memory.shared is not None else None,
         }
 
     def agent_blocks(self, session_id: str) -> list[dict]:
@@ -252,6 +262,46 @@ class Engine:
         """Drop a session's KV caches (hot and warm); shared blocks stay while others use them. Whether
         it had any: a turn that just ended counts, since this runs after it on the engine thread."""
         return bool(self._after_writes(lambda memory: memory.forget(session_id), False))
+
+    def fork_session(self, session_id: str, new_session_id: str) -> int:
+        """Give `new_session_id` the KV caches of `session_id` (see KVMemory.fork); how many warm
+        snapshots it shares (0: none stored, or the cache dir is another process's)."""
+        return int(self._after_writes(lambda memory: memory.fork(session_id, new_session_id), 0))
+
+    def export_agent(self, session_id: str, agent_id: str, transcript: dict | None, path: Path):
+        """Write the agent file of `session_id` (named `agent_id` in it) to `path`: its transcript and its
+        cache under the current model (engine/kv/agent_file.py); returns its manifest."""
+        memory = self.memory
+        if memory is None or not memory.enabled:  # no cache: the transcript alone
+            from engine.kv.agent_transfer import export_agent
+
+            with path.open("wb") as target:
+                return export_agent(
+                    None, self.info.fingerprint, session_id, agent_id, self.model_id, transcript, target
+                )
+        return self._after_writes(
+            lambda memory: memory.export_agent(session_id, agent_id, self.model_id, transcript, path)
+        )
+
+    def import_target(self, tenant: str = ""):
+        """What an imported agent's cache must fit (engine/kv/agent_transfer.py, Target); None when no cache
+        can be stored here (KV memory off, or another process owns the cache dir)."""
+        memory = self.memory
+        if memory is None or not memory.enabled or not memory.warm.writable:
+            return None
+        return memory.import_target(tenant)
+
+    def import_agent(self, plan) -> int:
+        """Store a checked import's cache (engine/kv/agent_transfer.py, ImportPlan); how many blocks were new."""
+        return int(self._after_writes(lambda memory: memory.import_agent(plan), 0))
+
+    def set_agent_policy(self, session_id: str, **changes) -> dict:
+        """Change what is kept of an agent's caches: `pinned`, `retention_s` (engine/kv/policy.py); returns
+        the policy. Without KV memory there is nothing to keep: EngineError."""
+        memory = self.memory
+        if memory is None or not memory.enabled:
+            raise EngineError("KV memory is off: there are no caches to pin or expire")
+        return self.call(lambda engine: engine.memory.set_policy(session_id, **changes)).as_dict()
 
     def check_integrity(self) -> None:
         """Raise AssertionError if a KV memory invariant is broken (tests call it after each step)."""
@@ -367,7 +417,8 @@ class Engine:
             repair_random_state()
         finally:
             try:
-                self._publish()
+                if job.publish:
+                    self._publish()
             finally:
                 job.done.set()  # the caller never waits forever, whatever failed
 
@@ -428,6 +479,26 @@ class Engine:
         else:
             for handle in waiting:  # requests accepted for the old model run one at a time now
                 self._inbox.put(_Job(handle))
+
+    def _sweep_now_and_then(self) -> None:
+        """Every SWEEP_S, while any agent has a retention or a keep hint, ask the engine thread to sweep
+        (between steps)."""
+        while not self._closed:
+            time.sleep(SWEEP_S)
+            memory = self.memory
+            if memory is None or not any(p.retention_s is not None or p.keep_until for p in memory.policies.values()):
+                continue
+            sweep = _Call(lambda engine: engine._sweep(), threading.Event(), publish=False)
+            try:
+                self._enqueue(sweep)
+            except EngineClosed:
+                return
+            sweep.done.wait(SWEEP_S * 12)  # one at a time, however long the engine thread is busy
+
+    def _sweep(self) -> None:
+        """Housekeeping between steps: drop caches idle past their retention."""
+        if self.memory is not None and self.memory.enabled and self.memory.expire_idle(time.time()):
+            self._publish()
 
     def _publish(self) -> None:
         self._hot_view = self.memory.hot_view() if self.memory is not None and self.memory.enabled else None

@@ -19,12 +19,16 @@ class Usage:
 
 @dataclass(frozen=True)
 class CacheReport:
-    source: str = "cold"  # "cold" | "hot" | "warm"
+    source: str = "cold"  # "cold" | "hot" | "warm" | "shared"
     reused_tokens: int = 0
     restore_s: float = 0.0
     # "restore", "recompute" or "partial" (engine/kv/cost.py) and that choice's estimated seconds
     decision: str = "recompute"
     estimate_s: float = 0.0
+    # Why the cache gave less than the prompt, in words ("system prompt changed at token 12"), and its
+    # kind (engine/kv/miss.py); None when the turn reused all its own stored cache could give
+    miss_reason: str | None = None
+    miss_kind: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,31 +10,49 @@ from engine.requests import GenerationRequest
 def render_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
     """Token ids of the chat-templated conversation, ending with the assistant's turn opener (or, when the
     last message is the assistant's, with its text, to be continued)."""
+    messages, tools = template_messages(loaded, request)
+    # A conversation that ends with the assistant's words is continued from them (answer prefill).
+    continues = messages[-1]["role"] == "assistant"
+    text = render_text(loaded, messages, tools, add_generation_prompt=not continues, continue_final_message=continues)
+    refuse_text_beyond_context(text, loaded)
+    return encode_text(loaded, text)
+
+
+def template_messages(loaded: LoadedModel, request: GenerationRequest) -> tuple[list[dict], list[dict] | None]:
+    """(messages, tools) as the model's chat template takes them (engine/tools/render.py)."""
     from engine.tools.formats import tool_format
     from engine.tools.render import template_inputs
 
+    return template_inputs(request, tool_format(loaded.tokenizer, constrained=request.constrained))
+
+
+def render_text(
+    loaded: LoadedModel,
+    messages: list[dict],
+    tools: list[dict] | None,
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+) -> str:
+    """The conversation as the chat template writes it (a model without one: the texts, blank lines apart)."""
     tokenizer = loaded.tokenizer
-    fmt = tool_format(tokenizer, constrained=request.constrained)
-    messages, tools = template_inputs(request, fmt)
-    # A conversation that ends with the assistant's words is continued from them (answer prefill).
-    continues = messages[-1]["role"] == "assistant"
-    if tokenizer.chat_template:
-        try:
-            text = tokenizer.apply_chat_template(
-                messages,
-                **({"tools": tools} if tools else {}),
-                add_generation_prompt=not continues,
-                continue_final_message=continues,
-                tokenize=False,
-            )
-        except Exception as exc:  # jinja raises TemplateError / its own exceptions from raise_exception
-            raise RequestError(f"the model's chat template rejected the conversation: {exc}") from None
-    else:
-        text = "\n\n".join(m["content"] for m in messages) + "\n\n"
-    refuse_text_beyond_context(text, loaded)
+    if not tokenizer.chat_template:
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+    try:
+        return tokenizer.apply_chat_template(
+            messages,
+            **({"tools": tools} if tools else {}),
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=False,
+        )
+    except Exception as exc:  # jinja raises TemplateError / its own exceptions from raise_exception
+        raise RequestError(f"the model's chat template rejected the conversation: {exc}") from None
+
+
+def encode_text(loaded: LoadedModel, text: str) -> list[int]:
     if loaded.prompt_encoder is not None:
         return loaded.prompt_encoder.encode(text)
-    return tokenizer.encode(text, add_special_tokens=False)
+    return loaded.tokenizer.encode(text, add_special_tokens=False)
 
 
 def refuse_text_beyond_context(text: str, loaded: LoadedModel) -> None:

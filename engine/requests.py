@@ -110,6 +110,11 @@ class GenerationRequest(BaseModel):
     parallel_tool_calls: bool = True
     # A JSON schema the answer text must match (structured output); {"type": "object"} for any object.
     response_schema: dict[str, Any] | None = None
+    # A client's cache hints for its session (engine/kv/policy.py): keep its caches at least this long from
+    # now (Anthropic cache_control's ttl); expire them after this much idle time (OpenAI
+    # prompt_cache_retention)
+    keep_s: int | None = Field(default=None, ge=1)
+    retention_s: int | None = Field(default=None, ge=1)
 
     @property
     def offers_tools(self) -> bool:

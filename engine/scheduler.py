@@ -44,6 +44,7 @@ class _Sequence:
     uid: int
     # Tokens of this prompt that waiting requests share: offered to them once it is prefilled
     shared_prefix: int = 0
+    checkpointed: bool = False  # its window checkpoint is taken (engine/kv/checkpoints.py)
 
 
 MIN_PREFILL_CHUNK = 64  # tokens per prompt per step, however many prompts share a step
@@ -216,6 +217,8 @@ class BatchScheduler:
             sequence = self.active.get(response.uid)
             if sequence is not None:
                 sequence.turn.progress(*response.progress)
+                if response.end_of_segment and not response.end_of_prompt:
+                    self._checkpoint(sequence)  # all but the last prompt token, which mlx-lm reads alone
         for response in generation_responses:
             sequence = self.active.get(response.uid)
             if sequence is not None:
@@ -233,6 +236,8 @@ class BatchScheduler:
     def _on_token(self, sequence: _Sequence, response) -> None:
         if sequence.turn.prefilling and sequence.shared_prefix:
             self._share_prefix(sequence)
+        if sequence.turn.prefilling and not sequence.checkpointed:
+            self._checkpoint(sequence, response.token)
         ended = sequence.turn.add_token(response.token, response.finish_reason)
         if ended is None:
             return
@@ -240,6 +245,19 @@ class BatchScheduler:
             self._finish_early(sequence, ended)
         else:
             self._finish(sequence, ended, response.prompt_cache)
+
+    def _checkpoint(self, sequence: _Sequence, first_token: int | None = None) -> None:
+        """The sequence's prompt is read (with its first token, where given, on a path that has fed it
+        already): the KV memory keeps its sliding windows there, for later prompts that differ after it."""
+        sequence.checkpointed = True
+        turn = sequence.turn
+        extract = getattr(self.generator, "extract_layers", None)  # mlx-lm's own generator has none
+        layers = self.memory.checkpoint_layers(len(turn.prompt), turn.max_tokens) if self.memory else []
+        windows = extract(sequence.uid, layers) if extract is not None and layers else None
+        if windows:
+            tokens = turn.prompt if first_token is None else [*turn.prompt, first_token]
+            by_layer = dict(zip(layers, windows, strict=True))
+            self.memory.checkpoint(turn.session_id, tokens, by_layer, turn.request.tenant)
 
     def _finish_early(self, sequence: _Sequence, reason: str) -> None:
         """Take a sequence out of the running batch (cancelled, or a stop string matched)."""

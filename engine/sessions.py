@@ -38,6 +38,8 @@ class Session(BaseModel):
     model_fingerprint: str | None = None
     # Tokens of the whole conversation as last prefilled plus generated (the KV length it implies).
     context_tokens: int = 0
+    forked_from: str | None = None  # the session this one was forked from, as it was then
+    title: str | None = None  # a readable name, for an agent its client names by an opaque id
 
     @property
     def turns(self) -> int:
@@ -49,16 +51,46 @@ class Session(BaseModel):
         return [*head, *self.messages, ChatMessage(role="user", content=user_text)]
 
 
-class SessionStore:
-    """One JSON file per session under `root`; every write is temp file + fsync + rename."""
+def imported_session(data: dict, session_id: str) -> Session:
+    """A transcript from an agent file (engine/kv/agent_file.py) under its new id; ValueError if it is not
+    a transcript."""
+    try:
+        session = Session.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"its transcript is not a transcript ({where}: {error['msg']})") from None
+    return session.model_copy(update={"id": session_id, "forked_from": None})
 
-    def __init__(self, root: Path):
+
+class SessionStore:
+    """One JSON file per session under `root`; every write is temp file + fsync + rename. With a shared
+    tier (engine/kv/shared.py) every save is also written there, and a read takes whichever copy was
+    saved last, so another instance continues an agent with its whole transcript."""
+
+    def __init__(self, root: Path, shared=None):
         self.root = root
+        self.shared = shared
+
+    @classmethod
+    def of(cls, settings) -> SessionStore:
+        """The store `settings` name: its sessions dir, and the shared tier if one is set."""
+        from engine.kv.shared import shared_tier
+
+        url = settings.shared_tier_url
+        return cls(settings.sessions_path, shared_tier(url) if url else None)
 
     def path_for(self, session_id: str) -> Path:
         return self.root / session_file_name(session_id)
 
     def get(self, session_id: str) -> Session | None:
+        local = self._get_local(session_id)
+        shared = self._get_shared(session_id)
+        if shared is None or (local is not None and local.updated_at >= shared.updated_at):
+            return local
+        return shared
+
+    def _get_local(self, session_id: str) -> Session | None:
         path = self.path_for(session_id)
         try:
             return Session.model_validate_json(path.read_text(encoding="utf-8"))
@@ -70,12 +102,25 @@ class SessionStore:
                 f"move it away or delete it with `agent-memory agents rm`"
             ) from None
 
+    def _get_shared(self, session_id: str) -> Session | None:
+        text = self.shared.read_transcript(session_id) if self.shared is not None else None
+        if text is None:
+            return None
+        try:
+            session = Session.model_validate_json(text)
+        except (ValidationError, ValueError):
+            return None  # not ours to repair: the local copy (or none) serves
+        return session if session.id == session_id else None
+
     def get_or_new(self, session_id: str) -> Session:
         return self.get(session_id) or Session(id=session_id)
 
     def save(self, session: Session) -> None:
         session.updated_at = time.time()
-        atomic_write_text(self.path_for(session.id), session.model_dump_json(indent=1))
+        text = session.model_dump_json(indent=1)
+        atomic_write_text(self.path_for(session.id), text)
+        if self.shared is not None:
+            self.shared.write_transcript(session.id, text)  # a down shared tier is logged there; the file is kept
 
     def turn_lock(self, session_id: str) -> TurnLock:
         return TurnLock(self.root / "locks" / session_file_name(session_id).replace(".json", ".lock"))
@@ -110,24 +155,51 @@ class SessionStore:
         context = finished.usage.prompt_tokens + finished.usage.completion_tokens
         self.record_turn(session, user_text, finished.text, context)
 
+    def fork(self, session: Session, new_session_id: str) -> Session:
+        """A copy of `session`'s transcript under `new_session_id`, recording where it came from; from
+        here on the two grow apart."""
+        now = time.time()
+        fork = session.model_copy(
+            update={"id": new_session_id, "created_at": now, "forked_from": session.id}, deep=True
+        )
+        self.save(fork)
+        return fork
+
+    def name(self, session_id: str, title: str) -> None:
+        """Give a session without a stored transcript a title (a session that has one keeps its own)."""
+        with self.turn_lock(session_id).held():
+            if self.get(session_id) is None:
+                self.save(Session(id=session_id, title=title))
+
     def delete(self, session_id: str) -> bool:
+        shared = self.shared is not None and self.shared.delete_transcript(session_id)
         try:
             os.unlink(self.path_for(session_id))
             return True
         except FileNotFoundError:
-            return False
+            return shared
 
     def all(self) -> list[Session]:
         """Every readable session, most recently used first; unreadable files are skipped."""
-        sessions = []
-        if not self.root.is_dir():
-            return sessions
-        for path in self.root.glob("*.json"):
+        texts = self._local_texts() + (self.shared.transcripts() if self.shared is not None else [])
+        newest: dict[str, Session] = {}
+        for text in texts:
             try:
-                sessions.append(Session.model_validate(json.loads(path.read_text(encoding="utf-8"))))
-            except (OSError, ValueError, ValidationError):
+                session = Session.model_validate(json.loads(text))
+            except (ValueError, ValidationError):
                 continue
-        return sorted(sessions, key=lambda s: s.updated_at, reverse=True)
+            if session.id not in newest or session.updated_at > newest[session.id].updated_at:
+                newest[session.id] = session
+        return sorted(newest.values(), key=lambda s: s.updated_at, reverse=True)
+
+    def _local_texts(self) -> list[str]:
+        texts = []
+        for path in self.root.glob("*.json") if self.root.is_dir() else []:
+            try:
+                texts.append(path.read_text(encoding="utf-8"))
+            except OSError:
+                continue
+        return texts
 
     def last(self) -> Session | None:
         sessions = self.all()

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         default=32, ge=1, description="Agents resident in the hot tier (the byte budget usually binds first)."
     )
     agent_disk_budget_mb: int = Field(default=20480, ge=1, description="Warm KV tier budget on disk (MB).")
+    agent_max_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most KV one agent keeps in the hot tier (MB); past it, it resumes from disk instead of "
+        "evicting others. Unset: no limit.",
+    )
     kv_block_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens per KV block.")
     kv_disk_dtype: Literal["float16", "float32", "int8"] = Field(
         default="float16",
@@ -84,6 +90,11 @@ class Settings(BaseSettings):
         description="CPU backend on Linux: memory paged in at model load for the first KV caches restored from "
         "disk (at most one full-context cache; 0: off).",
     )
+    shared_tier_url: str | None = Field(
+        default=None,
+        description="redis://HOST:PORT/DB: KV caches and transcripts shared by every instance that names the "
+        "same Redis (or Valkey), behind each one's own tiers (unset: local tiers only; docs/deployment.md).",
+    )
     api_key: str | None = Field(default=None, description="Key clients must send to the API.")
     api_keys: str | None = Field(
         default=None,
@@ -92,6 +103,9 @@ class Settings(BaseSettings):
     )
     admin_key: str | None = Field(default=None, description="Key for /admin routes (unset: admin routes are off).")
     max_request_mb: int = Field(default=32, ge=1, le=4096, description="Largest request body the server reads (MB).")
+    max_import_mb: int = Field(
+        default=4096, ge=1, le=1_048_576, description="Largest agent file POST /v1/agents/import reads (MB)."
+    )
     strict_model_names: bool = Field(
         default=False, description="Answer 404 for a `model` the server does not serve (default: serve any name)."
     )

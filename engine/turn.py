@@ -2,7 +2,7 @@
 
     prepare_turn   render the prompt (the turn's clock starts here) → check the context → the
                    sampling settings (unset ones from the model's defaults) → logits processors →
-                   the KV memory's longest cached prefix (cache + CacheReport)
+                   the KV memory's longest cached prefix (cache + CacheReport, with why it missed)
     announce       TurnStarted
     progress       PrefillProgress, counting the reused tokens as done
     add_token ×N   detokenize, hold back text that may start a stop string, emit TurnChunk; says
@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 
 from engine.events import CacheReport, PrefillProgress, Timing, TurnChunk, TurnFinished, TurnStarted, Usage
 from engine.handle import TurnHandle
+from engine.kv.miss import REASONS
 from engine.loader import LoadedModel
 from engine.prompt import check_context, render_prompt
+from engine.prompt_position import message_at
 from engine.requests import GenerationRequest
 from engine.sampling import check_sampling, logits_processors
 
@@ -140,6 +142,7 @@ class Turn:
         or give the session's place up when the cache is lost (None)."""
         if memory is None:
             return
+        memory.take_hints(self.session_id, self.request.keep_s, self.request.retention_s)
         if cache is None:
             memory.abandon(self.session_id, self.request.tenant)
             return
@@ -186,7 +189,13 @@ def prepare_turn(
         cache, report = (
             restored.cache,
             CacheReport(
-                restored.source, restored.reused_tokens, restored.restore_s, restored.decision, restored.estimate_s
+                restored.source,
+                restored.reused_tokens,
+                restored.restore_s,
+                restored.decision,
+                restored.estimate_s,
+                miss_reason(loaded, request, restored),
+                restored.miss.kind if restored.miss is not None else None,
             ),
         )
     else:
@@ -205,6 +214,26 @@ def prepare_turn(
         stops=stops,
         stop_state=stops.make_state(),
     )
+
+
+def miss_reason(loaded: LoadedModel, request: GenerationRequest, restored) -> str | None:
+    """The words for a restored cache's miss (engine/kv/miss.py); a divergence is placed in the message
+    that holds its first differing token."""
+    miss = restored.miss
+    if miss is None:
+        return None
+    if miss.kind == "new":
+        if request.session_id is None:
+            return "no cached prefix"
+        return "new agent: only a shared prefix was cached" if restored.reused_tokens else REASONS["new"]
+    if miss.kind != "diverged":
+        return REASONS[miss.kind]
+    where = message_at(loaded, request, miss.token)
+    if where is not None and where.role == "system":
+        return f"system prompt changed at token {miss.token}"
+    if where is not None and where.user_turns:
+        return f"history edited at turn {where.user_turns} (token {miss.token})"
+    return f"prompt changed at token {miss.token}"
 
 
 def without_cut_character(segment: str, finish_reason: str | None) -> str:

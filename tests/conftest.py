@@ -124,7 +124,7 @@ def free_port() -> int:
 class ServerProcess:
     """`agent-memory serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, data_dir: Path, cache_dir: Path, env: dict | None = None):
+    def __init__(self, data_dir: Path, cache_dir: Path, env: dict | None = None, args: tuple[str, ...] = ()):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMANTIC_")}
@@ -135,7 +135,7 @@ class ServerProcess:
         self.log_path = cache_dir.parent / f"server-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workbench.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "workbench.cli", "serve", "--port", str(self.port), *args],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -191,3 +191,12 @@ def server(default_engine, data_dir) -> ServerProcess:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    """An HTTP client of the shared server, with its API key (a module that needs another defines its own)."""
+    import httpx
+
+    with httpx.Client(base_url=server.base_url, headers={"X-API-Key": API_KEY}, timeout=300) as client:
+        yield client

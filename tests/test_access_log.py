@@ -13,7 +13,8 @@ from tests.conftest import API_KEY
 LINE = re.compile(
     r"agent_memory\.access: req=(?P<id>\S+) (?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d+) "
     r"tenant=(?P<tenant>\S+) session=(?P<session>\S+) prompt=(?P<prompt>\S+) cached=(?P<cached>\S+) "
-    r"generated=(?P<generated>\S+) ttft=(?P<ttft>\S+) duration=(?P<duration>\S+)$"
+    r"generated=(?P<generated>\S+) ttft=(?P<ttft>\S+) duration=(?P<duration>\S+) "
+    r'miss=(?:-|"(?P<miss>[^"]*)")$'
 )
 
 
@@ -40,6 +41,7 @@ def test_one_line_per_request_with_its_turn(server):
     assert int(line["cached"]) == usage["cache_read_input_tokens"]
     assert int(line["generated"]) == usage["output_tokens"]
     assert float(line["ttft"].removesuffix("s")) <= float(line["duration"].removesuffix("s"))
+    assert line["miss"] == response.headers["x-cache-miss-reason"] and line["miss"].startswith("new agent")
 
 
 def test_streams_and_failures_are_logged_once(server):

@@ -108,3 +108,14 @@ def test_claude_code_session_id_comes_from_its_json_user_id():
 def test_access_log_fields_stay_single_words():
     assert _quoted("00000000-0000-4000-8000-000000000001") == "00000000-0000-4000-8000-000000000001"
     assert _quoted("two words\nand 100%") == "two%20words%0Aand%20100%25"
+
+
+def test_a_claude_code_session_is_titled_by_its_project_and_first_request():
+    from api.agent_titles import claude_code_title
+
+    body = claude_code_request()["body"]
+    assert claude_code_title(body) == "Claude Code · project: Say hello"  # <system-reminder> context left out
+    body["messages"][0]["content"][-1]["text"] = "Refactor " + "the parser " * 20
+    title = claude_code_title(body)
+    assert title.startswith("Claude Code · project: Refactor the parser") and title.endswith("…")
+    assert claude_code_title({"messages": [{"role": "user", "content": "Hi"}]}) == "Claude Code: Hi"

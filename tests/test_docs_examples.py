@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import API_KEY, REPO_ROOT
 
-DOCS = ["docs/api-reference.md", "docs/user-guide.md", "docs/tool-calling.md"]
+DOCS = ["docs/api-reference.md", "docs/user-guide.md", "docs/tool-calling.md", "docs/agent-memory.md"]
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 

@@ -123,9 +123,38 @@ def test_gemma3_resume_matches_cold(data_dir, tmp_path, gemma_cold_engine, targe
     )
     assert hot.text == cold_hot.text
     assert warm.text == cold_warm.text
-    # Gemma's sliding layers resume at the exact end of the cached turn.
+    # Gemma's sliding layers resume at the exact end of the cached turn (wrapped windows cannot be cut).
     assert hot.cache.source == "hot" and hot.usage.cached_tokens > first.usage.prompt_tokens
     assert warm.cache.source == "warm" and warm.usage.cached_tokens > hot.usage.prompt_tokens
+
+
+@pytest.mark.slow
+def test_gemma3_resumes_at_the_prompt_end_when_the_answer_is_rewritten(data_dir, tmp_path, gemma_cold_engine):
+    """Past Gemma's 512-token window a turn's sliding caches cannot be cut back, so a next prompt that
+    re-renders the stored answer (as clients do with a truncated one) resumes from the window checkpoint
+    taken at the stored prompt's end, and says what a cold run says."""
+    eng = engine_for(data_dir, tmp_path / "kv", "gemma3-270m")
+    try:
+        messages = history(1000, eng.tokenizer)
+        first = eng.generate(greedy(messages, "rewritten"))
+        assert first.usage.prompt_tokens > 600 and first.usage.completion_tokens == 24
+        second_turn = [
+            *messages,
+            ChatMessage(role="assistant", content="(an answer the client wrote itself)"),
+            ChatMessage(role="user", content="Who kept the log?"),
+        ]
+        resumed = eng.generate(greedy(second_turn, "rewritten"))
+        eng.check_integrity()
+        # Both prompts' ends are kept, in the agent's hot bytes; the first one lies on the new tokens too.
+        held = eng.call(lambda e: [(x.nbytes, [c.nbytes for c in x.checkpoints]) for x in e.memory.hot.entries()])
+        ((own_bytes, checkpoint_bytes),) = held
+        assert len(checkpoint_bytes) == 2 and all(size > 0 for size in checkpoint_bytes)
+        assert eng.memory_stats()["hot"]["used_bytes"] == own_bytes + sum(checkpoint_bytes)
+    finally:
+        eng.close()
+    assert resumed.cache.source == "hot" and resumed.usage.cached_tokens == first.usage.prompt_tokens
+    assert resumed.cache.miss_kind == "diverged"
+    assert resumed.text == gemma_cold_engine.generate(greedy(second_turn)).text
 
 
 @pytest.mark.slow

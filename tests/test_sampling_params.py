@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import anthropic
-import httpx
 import openai
 import pytest
 
@@ -197,11 +196,6 @@ def test_chat_samples_with_the_models_defaults_and_a_mild_repetition_penalty(def
 
 
 # -- the server ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.base_url, headers={"X-API-Key": API_KEY}, timeout=300) as client:
-        yield client
-
 
 OUT_OF_RANGE = [
     ("/v1/chat/completions", "frequency_penalty", 2.5),

@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (make setup installs it)")
-from hypothesis import HealthCheck, settings  # noqa: E402 - after the skip above
+from hypothesis import HealthCheck, settings, strategies  # noqa: E402 - after the skip above
 from schemathesis.core.parameters import ParameterLocation  # noqa: E402
 
 from tests.conftest import API_KEY  # noqa: E402
@@ -27,12 +27,16 @@ LENGTH_FIELD_BY_PATH = {
     "/v1/responses": "max_output_tokens",
     "/v1/agents/{agent_id}/messages": "max_tokens",
 }
+# Ollama's routes take theirs inside `options`
+OPTIONS_LENGTH_PATHS = {"/api/chat", "/api/generate"}
 MAX_GENERATED = 4
 # The document states each field's own rules, and every part, format and option it lists is served (the
 # others are parsed only to be refused by name). Rules across fields it does not state, so data it calls
 # valid may still be refused: the last user message needs text; `tool_choice: required` needs tools.
 # Data it calls invalid must be refused: bodies are read strictly.
 NOT_STATED_IN_THE_SCHEMA = [schemathesis.checks.positive_data_acceptance]
+# An agent file (POST /v1/agents/import) is a tar of our own making: any bytes a fuzzer sends are refused
+schemathesis.openapi.media_type("application/x-tar", strategies.binary(max_size=4096))
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,11 @@ def capped(case) -> None:
     field = LENGTH_FIELD_BY_PATH.get(case.operation.path)
     if field and all(body.get(name) is None for name in LENGTH_FIELDS):
         body[field] = MAX_GENERATED
+    if case.operation.path in OPTIONS_LENGTH_PATHS:
+        if body.get("options") is None:
+            body["options"] = {}
+        if isinstance(body["options"], dict):
+            body["options"]["num_predict"] = MAX_GENERATED
 
 
 @schema.parametrize()

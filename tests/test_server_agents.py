@@ -5,17 +5,6 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-import httpx
-import pytest
-
-from tests.conftest import API_KEY
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.base_url, headers={"X-API-Key": API_KEY}, timeout=120) as client:
-        yield client
-
 
 def test_agent_keeps_transcript_and_resumes(http):
     agent = "srv-agent/ünïcode id?"  # ids are user input: any character is fine

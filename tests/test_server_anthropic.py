@@ -217,6 +217,8 @@ def test_claude_code_request_is_served_as_one_agent(server):
             break
         time.sleep(0.1)
     assert agent.status_code == 200 and agent.json()["id"] == session_id
+    # Its id is a UUID; its agent reads as what the session is about
+    assert agent.json()["title"] == "Claude Code: Say hello"
 
 
 def test_billing_line_does_not_bust_the_cache(server):

@@ -122,13 +122,12 @@ def test_openapi_document_covers_the_routes(http):
         assert path in document["paths"]
     schemas = document["components"]["schemas"]
     assert "max_tokens" in schemas["MessagesRequest"]["required"]
-    refs = [
-        op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-        for methods in document["paths"].values()
-        for op in methods.values()
-        if "requestBody" in op
-    ]
-    assert all(ref.rsplit("/", 1)[1] in schemas for ref in refs)
+    operations = [op for methods in document["paths"].values() for op in methods.values()]
+    bodies = [op["requestBody"]["content"] for op in operations if "requestBody" in op]
+    refs = [body["application/json"]["schema"]["$ref"] for body in bodies if "application/json" in body]
+    assert refs and all(ref.rsplit("/", 1)[1] in schemas for ref in refs)
+    agent_file = document["paths"]["/v1/agents/import"]["post"]["requestBody"]["content"]
+    assert agent_file == {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}
 
 
 def test_disconnect_cancels_generation(http):
@@ -459,3 +458,22 @@ def test_a_second_sigterm_exits_at_once_and_leaves_a_clean_cache(default_engine,
     check = run_cli("cache", "check", data_dir=data_dir, env={"SEMANTIC_AGENT_CACHE_DIR": str(cache_dir)})
     clean = "0 damaged (checksum or contents), 0 missing"
     assert check.returncode == 0 and clean in check.stdout, check.stdout + check.stderr
+
+
+def test_serve_flags_set_the_key_the_batch_and_the_memory_budget(default_engine, data_dir):
+    """`serve --api-key --max-batch-size --cache-budget-mb` win over the environment's settings."""
+    cache_dir = data_dir / "flag-caches"
+    cache_dir.mkdir(exist_ok=True)
+    flags = ("--api-key", "flag-key", "--max-batch-size", "2", "--cache-budget-mb", "64", "--log-level", "warning")
+    running = ServerProcess(data_dir, cache_dir, {"SEMANTIC_API_KEY": "env-key"}, args=flags)
+    try:
+        running.wait_ready()
+        assert httpx.get(f"{running.base_url}/v1/models", headers={"x-api-key": "env-key"}).status_code == 401
+        metrics = httpx.get(f"{running.base_url}/metrics", headers={"x-api-key": "flag-key"})
+        assert metrics.status_code == 200
+        budget = next(line for line in metrics.text.splitlines() if line.startswith("agent_memory_hot_budget_bytes"))
+        assert float(budget.split()[-1]) == 64 * 1024 * 1024
+        assert httpx.get(f"{running.base_url}/health").json()["max_batch_size"] == 2
+        assert "req=" not in running.log()  # --log-level warning: no access lines
+    finally:
+        running.stop()

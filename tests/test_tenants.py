@@ -114,6 +114,36 @@ def test_agents_are_seen_and_deleted_only_by_their_tenant(tenants_server):
         assert bob.get("/v1/agents/helper").status_code == 200
 
 
+def test_forks_and_agent_files_stay_within_a_tenant(tenants_server):
+    with client(tenants_server, "alice") as alice, client(tenants_server, "bob") as bob:
+        sea = {"content": "Tell me about the sea. " * 12, "max_tokens": 3}
+        first = alice.post("/v1/agents/root/messages", json=sea)
+        assert first.status_code == 200, first.text
+        forked = alice.post("/v1/agents/root/fork", json={"new_id": "branch"})
+        assert forked.status_code == 201 and forked.json()["forked_from"] == "root", forked.text
+        chain = alice.get("/v1/agents/branch").json()["chain"]
+        assert chain and all(sorted(block["agents"]) == ["branch", "root"] for block in chain), chain
+        assert bob.post("/v1/agents/root/fork", json={"new_id": "mine"}).status_code == 404
+        assert bob.get("/v1/agents/root/export").status_code == 404
+
+        # Alice's file imported by bob: blocks named under his tenant (deduplicated against his own), none
+        # of hers
+        exported = alice.get("/v1/agents/root/export")
+        assert exported.status_code == 200
+        assert b"alice" not in exported.content  # the file names the agent as its client knows it
+        imported = bob.post("/v1/agents/import?as=copy", content=exported.content)
+        assert imported.status_code == 201, imported.text
+        assert imported.json()["blocks"] == len(chain) and imported.json()["new_blocks"] >= len(chain) - 1
+        turn = bob.post("/v1/agents/copy/messages", json={"content": "More.", "max_tokens": 3}).json()
+        assert turn["usage"]["cached_tokens"] >= first.json()["usage"]["prompt_tokens"], turn
+        bobs = bob.get("/v1/agents/copy").json()["chain"]
+        assert not {block["name"] for block in bobs} & {block["name"] for block in chain}
+        assert all("root" not in block["agents"] and "copy" in block["agents"] for block in bobs)
+        for agent in ("root", "branch"):
+            assert alice.delete(f"/v1/agents/{agent}").status_code == 200
+        assert bob.delete("/v1/agents/copy").status_code == 200
+
+
 def test_a_response_chain_continues_only_within_its_tenant(tenants_server):
     with client(tenants_server, "alice") as alice, client(tenants_server, "bob") as bob:
         first = alice.post("/v1/responses", json={"model": "default", "input": "Hello there.", "max_output_tokens": 3})

@@ -26,6 +26,7 @@ from engine.atomic import atomic_write_chunks
 from engine.kv import codec
 from engine.kv.blocks import block_names, root_name
 from engine.kv.index import session_key
+from engine.kv.policy import AgentPolicy
 from engine.kv.tier import SessionSnapshot, WriteJob
 from engine.kv.warm import WarmTier
 from tests.conftest import REPO_ROOT
@@ -137,6 +138,10 @@ def test_random_writes_forgets_and_evictions_keep_the_tier_intact(tmp_path, seed
     forgotten: set[tuple[str, str]] = set()
     prefixes = [[rng.randrange(1000) for _ in range(3 * BLOCK_TOKENS)] for _ in range(2)]
     session_ids = [f"agent-{index}" for index in range(6)]
+    # Pinned, the budget never drops their caches: only the blocks no chain names go, however tight it is
+    pinned = AgentPolicy(pinned=True)
+    for session_id in session_ids:
+        tier.set_policy(session_id, pinned)
     try:
         for _ in range(60):
             operation = rng.choices(["write", "anonymous", "forget", "evict", "reopen"], [50, 10, 20, 15, 5])[0]
@@ -157,6 +162,7 @@ def test_random_writes_forgets_and_evictions_keep_the_tier_intact(tmp_path, seed
                 session_id = rng.choice(session_ids)
                 fingerprint = rng.choice([None, *FINGERPRINTS])
                 tier.forget_session(fingerprint, session_id)
+                tier.set_policy(session_id, pinned)  # a forgotten agent's policy goes with it
                 for key in [k for k in expected if k[1] == session_id and fingerprint in (None, k[0])]:
                     del expected[key]
                     forgotten.add(key)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from urllib.parse import unquote
 
 from sanic import Blueprint
@@ -13,18 +14,20 @@ from api import sse
 from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
 from api.generation import generation_request
-from api.schemas.agents import AgentMessageRequest
+from api.schemas.agents import AgentMessageRequest, AgentPolicyRequest, ForkRequest
 from api.sessions import checked_session_id, held_across_processes, scoped, unscoped
 from api.usage import turn_summary
 from api.validation import parse, read_json
-from engine.agents_view import agent_rows, block_counts
+from engine import agent_ops
+from engine.agents_view import agent_rows, block_counts, has_cache, policy_fields
+from engine.errors import EngineError
 from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.sessions import Session, SessionCorrupt, SessionStore
 
 bp = Blueprint("agents", url_prefix="/v1/agents")
 
 
-def _agent_id(request, in_path: str) -> tuple[str, str]:
+def agent_ids(request, in_path: str) -> tuple[str, str]:
     """The agent's id as its client names it, and as the engine and the stores know it (in the caller's
     tenant). Ids may hold any character, percent-encoded in the path; their length is capped like every
     session id."""
@@ -33,20 +36,30 @@ def _agent_id(request, in_path: str) -> tuple[str, str]:
 
 
 def _own(request, rows: list[dict]) -> list[dict]:
-    """The rows of the caller's tenant's agents, each with the id its client knows."""
+    """The rows of the caller's tenant's agents, each with the ids its client knows."""
     own = []
     for row in rows:
         agent_id = unscoped(request, row["id"])
         if agent_id is not None:
-            own.append({**row, "id": agent_id})
+            own.append(as_client_sees(request, row, agent_id))
     return own
 
 
-def _store(request) -> SessionStore:
-    return SessionStore(request.app.ctx.server.settings.sessions_path)
+def as_client_sees(request, row: dict, agent_id: str) -> dict:
+    """An agent's row or transcript with the ids its client knows (its own tenant's names)."""
+    parent = row.get("forked_from")
+    return {**row, "id": agent_id, "forked_from": unscoped(request, parent) if parent else None}
 
 
-async def _session(store: SessionStore, agent_id: str) -> Session | None:
+def _own_ids(request, session_ids: list[str]) -> list[str]:
+    return [agent for agent in (unscoped(request, session_id) for session_id in session_ids) if agent is not None]
+
+
+def transcripts(request) -> SessionStore:
+    return SessionStore.of(request.app.ctx.server.settings)
+
+
+async def read_transcript(store: SessionStore, agent_id: str) -> Session | None:
     """The agent's transcript, read off the event loop (a file read that other requests need not wait on)."""
     try:
         return await asyncio.to_thread(store.get, agent_id)
@@ -54,7 +67,7 @@ async def _session(store: SessionStore, agent_id: str) -> Session | None:
         raise ApiError(409, str(exc)) from None
 
 
-async def _overview(engine) -> dict:
+async def kv_overview(engine) -> dict:
     return await asyncio.to_thread(engine.kv_overview)
 
 
@@ -62,37 +75,63 @@ async def _overview(engine) -> dict:
 async def list_agents(request):
     server = request.app.ctx.server
     engine = server.ready_engine()
-    sessions = await asyncio.to_thread(_store(request).all)
-    rows = agent_rows(sessions, await _overview(engine), engine.model_id)
+    sessions = await asyncio.to_thread(transcripts(request).all)
+    rows = agent_rows(sessions, await kv_overview(engine), engine.model_id)
     return json_response({"object": "list", "data": _own(request, rows)})
 
 
 @bp.get("/<agent_id:str>")
 async def get_agent(request, agent_id: str):
-    agent_id, key = _agent_id(request, agent_id)
+    agent_id, key = agent_ids(request, agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
-    session = await _session(_store(request), key)
-    overview = await _overview(engine)
+    session = await read_transcript(transcripts(request), key)
+    overview = await kv_overview(engine)
     rows = agent_rows([session] if session else [], overview, engine.model_id)
     row = next((r for r in rows if r["id"] == key), None)
     if row is None:
         raise ApiError(404, f"no agent {agent_id!r}; create one by sending it a message", param="agent_id")
-    row["id"] = agent_id
+    row = as_client_sees(request, row, agent_id)
     row["system"] = session.system if session else None
     row["messages"] = [m.model_dump() for m in session.messages] if session else []
     row["blocks"] = block_counts(overview, key)
     row["block_tokens"] = server.settings.kv_block_tokens
-    row["chain"] = await asyncio.to_thread(engine.agent_blocks, key)
+    chain = await asyncio.to_thread(engine.agent_blocks, key)
+    # Blocks are shared within a tenant only: every agent named is the caller's, named as its client knows it
+    row["chain"] = [{**block, "agents": _own_ids(request, block["agents"])} for block in chain]
     return json_response(row)
+
+
+@bp.patch("/<agent_id:str>")
+async def update_agent(request, agent_id: str):
+    """Pin an agent's caches, or let them expire: the fields sent change, the others stay."""
+    agent_id, key = agent_ids(request, agent_id)
+    parsed = parse(AgentPolicyRequest, read_json(request))
+    changes = {name: getattr(parsed, name) for name in parsed.model_fields_set}
+    if not changes:
+        raise ApiError(400, "nothing to change: send pinned, retention_s or both")
+    server = request.app.ctx.server
+    engine = server.ready_engine()
+    session = await read_transcript(transcripts(request), key)
+    if not is_known(session, await kv_overview(engine), key):
+        raise ApiError(404, f"no agent {agent_id!r}", param="agent_id")
+    try:
+        policy = await asyncio.to_thread(engine.set_agent_policy, key, **changes)
+    except EngineError as exc:
+        raise ApiError(409, str(exc)) from None
+    rows = agent_rows([session] if session else [], await kv_overview(engine), engine.model_id)
+    row = next((r for r in rows if r["id"] == key), None)
+    if row is None:  # its only cache was evicted meanwhile; the policy holds for the next one
+        row = {"id": key, **policy_fields(policy)}
+    return json_response(as_client_sees(request, row, agent_id))
 
 
 @bp.delete("/<agent_id:str>")
 async def delete_agent(request, agent_id: str):
-    agent_id, key = _agent_id(request, agent_id)
+    agent_id, key = agent_ids(request, agent_id)
     server = request.app.ctx.server
     engine = server.ready_engine()
-    store = _store(request)
+    store = transcripts(request)
     # Under the agent's locks: a turn of this agent still running (its client gone, or in another
     # process) has ended first
     async with server.locks.hold(key), held_across_processes(store.turn_lock(key)):
@@ -104,16 +143,56 @@ async def delete_agent(request, agent_id: str):
     return json_response({"id": agent_id, "deleted": True})
 
 
+@bp.post("/<agent_id:str>/fork")
+async def fork_agent(request, agent_id: str):
+    """A new agent that starts where this one is: its transcript copied, every KV block shared."""
+    agent_id, key = agent_ids(request, agent_id)
+    parsed = parse(ForkRequest, read_json(request))
+    new_id = checked_session_id(parsed.new_id, "new_id")
+    new_key = scoped(request, new_id)
+    if new_key == key:
+        raise ApiError(400, "new_id: a fork needs an id of its own", param="new_id")
+    server = request.app.ctx.server
+    engine = server.ready_engine()
+    store = transcripts(request)
+    async with contextlib.AsyncExitStack() as held:
+        for lock_key in sorted((key, new_key)):  # one order for every request (engine/agent_ops.py)
+            await held.enter_async_context(server.locks.hold(lock_key))
+        overview = await kv_overview(engine)
+        try:
+            snapshots = await asyncio.to_thread(
+                agent_ops.fork_agent,
+                store,
+                key,
+                new_key,
+                lambda sid: has_cache(overview, sid),
+                engine.fork_session,
+            )
+        except agent_ops.NoSuchAgent:
+            raise ApiError(404, f"no agent {agent_id!r}", param="agent_id") from None
+        except agent_ops.AgentExists:
+            raise ApiError(409, f"agent {new_id!r} exists already; fork under a new id", param="new_id") from None
+        fork = await read_transcript(store, new_key)
+    rows = agent_rows([fork], await kv_overview(engine), engine.model_id)
+    row = as_client_sees(request, next(r for r in rows if r["id"] == new_key), new_id)
+    return json_response({**row, "kv_snapshots": snapshots}, status=201)
+
+
+def is_known(session: Session | None, overview: dict, key: str) -> bool:
+    """The agent has a transcript or a KV cache in either tier."""
+    return session is not None or has_cache(overview, key)
+
+
 @bp.post("/<agent_id:str>/messages")
 async def send_message(request, agent_id: str):
-    agent_id, key = _agent_id(request, agent_id)
+    agent_id, key = agent_ids(request, agent_id)
     server = request.app.ctx.server
     parsed = parse(AgentMessageRequest, read_json(request))
     engine = server.ready_engine()
-    store = _store(request)
+    store = transcripts(request)
     # The transcript grows one turn at a time, in this process and in any other sharing the data dir
     async with server.locks.hold(key), held_across_processes(store.turn_lock(key)):
-        session = await _session(store, key) or Session(id=key)
+        session = await read_transcript(store, key) or Session(id=key)
         if parsed.system is not None:
             session.system = parsed.system
         generation = generation_request(
@@ -155,7 +234,11 @@ async def _stream(request, turn: TurnStream, keep):
             if event is None:
                 await stream.send(sse.KEEPALIVE_COMMENT)
             elif isinstance(event, TurnStarted):
-                cache = {"source": event.cache.source, "reused_tokens": event.cache.reused_tokens}
+                cache = {
+                    "source": event.cache.source,
+                    "reused_tokens": event.cache.reused_tokens,
+                    "miss_reason": event.cache.miss_reason,
+                }
                 await stream.send(sse.event("started", {"prompt_tokens": event.prompt_tokens, "cache": cache}))
             elif isinstance(event, TurnChunk):
                 await stream.send(sse.event("delta", {"text": event.text}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 from sanic import Blueprint
@@ -11,19 +12,23 @@ from sanic.response import json as json_response
 
 from api import sse
 from api.access_log import note_for
+from api.agent_titles import claude_code_title
 from api.bridge import TurnStream, failure
+from api.cache_hints import anthropic_keep_s
 from api.errors import ApiError, error_body
 from api.generation import check_prompt_fits, check_schema, generation_request, text_only_error
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest, TextBlock
-from api.sessions import scoped, session_id_from
+from api.sessions import from_claude_code, scoped, session_id_from
 from api.system_turns import fit_system_turns, renders_system_turns
 from api.usage import ANTHROPIC_STOP, anthropic_input_usage, anthropic_usage
 from api.validation import parse, read_json
 from api.volatile import drop_volatile_lines
 from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.requests import ChatMessage, ToolCall, ToolSpec
+from engine.sessions import SessionCorrupt, SessionStore
 
 bp = Blueprint("anthropic", url_prefix="/v1/messages")
+log = logging.getLogger("agent_memory.api")
 
 
 def engine_messages(parsed: MessagesRequest | CountTokensRequest, drop_volatile: bool = True) -> list[ChatMessage]:
@@ -113,7 +118,7 @@ def _conversation(parsed: MessagesRequest | CountTokensRequest, engine, settings
     return fit_system_turns(engine_messages(parsed, settings.drop_volatile_lines), renders_system_turns(engine))
 
 
-def _request(parsed: MessagesRequest, session_id: str | None, tenant: str, engine, settings):
+def _request(parsed: MessagesRequest, body: dict, session_id: str | None, tenant: str, engine, settings):
     """The engine request, checked against the context (400 at once when too long). Renders the prompt:
     run it off the event loop."""
     generation = generation_request(
@@ -121,6 +126,7 @@ def _request(parsed: MessagesRequest, session_id: str | None, tenant: str, engin
         parsed.max_tokens,
         session_id,
         tenant=tenant,
+        keep_s=anthropic_keep_s(body),
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         top_k=parsed.top_k,
@@ -159,7 +165,15 @@ async def create_message(request):
     engine = server.ready_engine()
     model = server.served_model(parsed.model)
     session_id = note_for(request).session_id = scoped(request, session_id_from(request.headers, body))
-    generation = await asyncio.to_thread(_request, parsed, session_id, request.ctx.tenant, engine, server.settings)
+    generation = await asyncio.to_thread(
+        _request, parsed, body, session_id, request.ctx.tenant, engine, server.settings
+    )
+    if session_id is not None and from_claude_code(request.headers, body):  # its id is a UUID: name it
+        store = SessionStore.of(server.settings)
+        try:
+            await asyncio.to_thread(store.name, session_id, claude_code_title(body))
+        except (SessionCorrupt, OSError) as exc:  # a title is a nicety: the turn goes on without it
+            log.warning("could not title session %r: %s", session_id, exc)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
     # A session's requests run one at a time, in arrival order (the lock is FIFO).
     async with (

@@ -12,10 +12,11 @@ from sanic.response import json as json_response
 from api import sse
 from api.access_log import note_for
 from api.bridge import TurnStream, failure
+from api.cache_hints import openai_retention_s
 from api.errors import ApiError, error_body
 from api.generation import check_prompt_fits, check_schema, generation_request, text_only_error
 from api.schemas.openai import ChatCompletionRequest, NamedToolChoice
-from api.sessions import scoped, session_id_from
+from api.sessions import checked_session_id, scoped, session_id_from
 from api.usage import OPENAI_FINISH, openai_usage
 from api.validation import parse, read_json
 from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted
@@ -90,11 +91,15 @@ def _request(parsed: ChatCompletionRequest, body: dict, request):
     if parsed.n not in (None, 1):
         raise ApiError(400, "n must be 1: this server returns one choice per request", param="n")
     stop = [parsed.stop] if isinstance(parsed.stop, str) else parsed.stop
+    session_id = session_id_from(request.headers, body) or (
+        parsed.prompt_cache_key and checked_session_id(parsed.prompt_cache_key, "prompt_cache_key")
+    )
     return generation_request(
         engine_messages(parsed),
         parsed.max_completion_tokens or parsed.max_tokens or DEFAULT_MAX_TOKENS,
-        scoped(request, session_id_from(request.headers, body)),
+        scoped(request, session_id),
         tenant=request.ctx.tenant,
+        retention_s=openai_retention_s(parsed.prompt_cache_retention),
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         frequency_penalty=parsed.frequency_penalty,

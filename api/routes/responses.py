@@ -25,6 +25,7 @@ from sanic.response import json as json_response
 
 from api import sse
 from api.bridge import TurnStream, failure
+from api.cache_hints import openai_retention_s
 from api.errors import ApiError
 from api.generation import check_schema, generation_request, text_only_error
 from api.response_store import ResponseStore, StoredResponse, StoredResponseCorrupt
@@ -343,7 +344,7 @@ class _Turn:
             await asyncio.to_thread(self._record_session, session_id, whole, context_tokens)
 
     def _record_session(self, session_id: str, conversation: list[ChatMessage], context_tokens: int) -> None:
-        sessions = SessionStore(self.server.settings.sessions_path)
+        sessions = SessionStore.of(self.server.settings)
         try:
             session = sessions.get_or_new(session_id)
         except SessionCorrupt as exc:
@@ -398,6 +399,7 @@ async def create_response(request):
         parsed.max_output_tokens or DEFAULT_MAX_TOKENS,
         session_id,
         tenant=request.ctx.tenant,
+        retention_s=openai_retention_s(parsed.prompt_cache_retention),
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         frequency_penalty=parsed.frequency_penalty,

@@ -10,6 +10,7 @@ from sanic.response import raw
 
 from api.errors import ApiError
 from api.openapi import openapi_document, package_version
+from engine.kv.shared import shared_tier
 
 bp = Blueprint("system")
 
@@ -35,6 +36,8 @@ async def health(request):
             "fingerprint": info.fingerprint,
             "backend": info.backend,
             "queue_depth": engine.queue_depth,
+            # Requests decoded together (1: this model's cache kind runs one at a time)
+            "max_batch_size": server.settings.mlx_max_batch_size if engine.batching else 1,
             "kv_memory": engine.kv_enabled,
             "dtype": info.compute_dtype,
             "parameters": info.num_parameters,
@@ -46,6 +49,9 @@ async def health(request):
             "sampling_defaults_source": info.sampling_source,
         }
     )
+    if server.settings.shared_tier_url:
+        # Down is degraded, not failed: this instance serves from its own tiers meanwhile.
+        body["shared_tier"] = shared_tier(server.settings.shared_tier_url).describe()
     # A swap keeps serving on the old model, but load balancers should prefer a settled replica.
     return json_response(body, status=200 if engine.state == "ready" else 503)
 

@@ -28,6 +28,29 @@ class AgentMessageRequest(BaseModel):
     seed: Seed | None = None
 
 
+class ForkRequest(BaseModel):
+    """POST /v1/agents/{id}/fork"""
+
+    model_config = ConfigDict(extra="ignore")
+
+    new_id: str = Field(min_length=1, description="The fork's agent id: a new one, in the caller's tenant.")
+
+
+class AgentPolicyRequest(BaseModel):
+    """PATCH /v1/agents/{id}: what is kept of the agent's caches (its transcript is always kept)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pinned: bool = Field(
+        default=False, description="Evicted last from memory and never by the disk budget; false: as any agent."
+    )
+    retention_s: Whole | None = Field(
+        default=None,
+        ge=1,
+        description="Expire the agent's caches after this many idle seconds; null: keep them while the budgets allow.",
+    )
+
+
 class SwapRequest(BaseModel):
     """POST /admin/swap"""
 

@@ -114,6 +114,9 @@ class ChatCompletionRequest(_Open):
     stream_options: StreamOptions | None = None
     user: str | None = None
     safety_identifier: str | None = None
+    # Names the session when no session id is sent; its retention expires the session's caches (api/cache_hints.py)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None

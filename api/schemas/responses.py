@@ -172,6 +172,7 @@ class ResponsesRequest(_Open):
     text: TextConfig | None = None
     metadata: dict[str, Any] | None = None
     prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None  # api/cache_hints.py
     user: str | None = None
     safety_identifier: str | None = None
     # Parsed to be refused when true (answers come in the request): documented as false or absent.

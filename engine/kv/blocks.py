@@ -17,6 +17,12 @@ def root_name(fingerprint: str, layout: str, block_tokens: int) -> str:
     return hashlib.sha256(f"agent-memory/v1|{fingerprint}|{layout}|{block_tokens}".encode()).hexdigest()[:32]
 
 
+def tenant_root(fingerprint: str, layout: str, block_tokens: int, tenant: str = "") -> str:
+    """The root of a tenant's block names: blocks, and so prefixes, are shared within a tenant only (its
+    name is part of every block's chained name, as vLLM's cache_salt is)."""
+    return root_name(fingerprint, f"{layout}|tenant:{tenant}" if tenant else layout, block_tokens)
+
+
 def block_names(tokens: list[int], root: str, block_tokens: int) -> list[str]:
     """Names of every complete block of `tokens`."""
     names = []

@@ -174,6 +174,8 @@ def pack_snapshot(snapshot: SessionSnapshot) -> Payload:
         "tokens": json.dumps(snapshot.tokens),
         "windows": json.dumps([str(layer) for layer in snapshot.windows]),
         "root": snapshot.root,
+        "layout": snapshot.layout,
+        "block_tokens": str(snapshot.block_tokens),
     }
     return pack({**snapshot.tail, **snapshot.windows}, metadata)
 
@@ -190,6 +192,8 @@ def decode_snapshot(session_id: str, payload, chain: list[str]) -> SessionSnapsh
         tail=tail,
         windows=windows,
         root=metadata.get("root", ""),
+        layout=metadata.get("layout", ""),
+        block_tokens=int(metadata.get("block_tokens", "0")),
     )
 
 

@@ -3,6 +3,7 @@
     blocks          name ─ fingerprint, file, checksum, bytes, last_used
     sessions        (key, fingerprint) ─ session_id, file, checksum, bytes, tokens, last_used
     session_blocks  (key, fingerprint, position) ─ name: each session's chain, one row per block
+    agent_policies  key ─ session_id, pinned, retention_s, keep_until (engine/kv/policy.py)
 
 A block is evictable when no session_blocks row names it. A session's row and its chain rows change in
 one transaction, so a reader sees a snapshot with exactly the chain it was written with. An index from
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine.kv.policy import AgentPolicy
 from engine.kv.tier import SizeInfo
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,12 @@ TABLES = {
     "session_blocks": """CREATE TABLE session_blocks (
         key TEXT NOT NULL, fingerprint TEXT NOT NULL, position INTEGER NOT NULL, name TEXT NOT NULL,
         PRIMARY KEY (key, fingerprint, position)) WITHOUT ROWID""",
+    "agent_policies": """CREATE TABLE agent_policies (
+        key TEXT PRIMARY KEY, session_id TEXT NOT NULL, pinned INTEGER NOT NULL, retention_s INTEGER,
+        keep_until REAL NOT NULL)""",
 }
+# What `clear` empties: the caches, not what users set about them
+CACHE_TABLES = ("blocks", "sessions", "session_blocks")
 INDEXES = ["CREATE INDEX IF NOT EXISTS session_blocks_by_name ON session_blocks (name)"]
 
 # How many sessions' chains name each block (blocks that no chain names are absent).
@@ -212,11 +219,81 @@ class WarmIndex:
             for row_fingerprint, _ in rows:
                 db.execute("DELETE FROM sessions WHERE key=? AND fingerprint=?", (key, row_fingerprint))
                 db.execute("DELETE FROM session_blocks WHERE key=? AND fingerprint=?", (key, row_fingerprint))
+            if fingerprint is None and file is None:  # the agent is gone: what was set about it goes too
+                db.execute("DELETE FROM agent_policies WHERE key=?", (key,))
         return [row_file for _, row_file in rows]
+
+    def session_rows(self, key: str) -> list[tuple[str, str]]:
+        """(fingerprint, file) of each model's snapshot of a session, the most recently used first."""
+        return (
+            self.db()
+            .execute("SELECT fingerprint, file FROM sessions WHERE key=? ORDER BY last_used DESC", (key,))
+            .fetchall()
+        )
+
+    def copy_session(self, key: str, fingerprint: str, new_key: str, new_session_id: str, new_file: str) -> bool:
+        """A new session row (`new_key`, `new_session_id`) for `new_file`, a copy of the snapshot file of
+        `key`'s row under `fingerprint`, with the same chain, in one transaction; whether that row existed."""
+        with self.transaction() as db:
+            copied = db.execute(
+                "INSERT INTO sessions SELECT ?, fingerprint, ?, ?, checksum, bytes, tokens, ? FROM sessions "
+                "WHERE key=? AND fingerprint=?",
+                (new_key, new_session_id, new_file, time.time(), key, fingerprint),
+            ).rowcount
+            db.execute(
+                "INSERT INTO session_blocks SELECT ?, fingerprint, position, name FROM session_blocks "
+                "WHERE key=? AND fingerprint=?",
+                (new_key, key, fingerprint),
+            )
+        return copied > 0
+
+    def session_files(self, key: str, fingerprint: str) -> tuple[tuple, list[tuple]] | None:
+        """A session's snapshot row (file, checksum, bytes, tokens) and its chain's block rows in order
+        (name, file, checksum, bytes; file None for a block not stored), read together."""
+        with self.transaction(write=False) as db:
+            row = db.execute(
+                "SELECT file, checksum, bytes, tokens FROM sessions WHERE key=? AND fingerprint=?", (key, fingerprint)
+            ).fetchone()
+            if row is None:
+                return None
+            blocks = db.execute(
+                "SELECT c.name, b.file, b.checksum, b.bytes FROM session_blocks c "
+                "LEFT JOIN blocks b ON b.name = c.name WHERE c.key=? AND c.fingerprint=? ORDER BY c.position",
+                (key, fingerprint),
+            ).fetchall()
+        return tuple(row), [tuple(block) for block in blocks]
 
     def touch_session(self, key: str, fingerprint: str) -> None:
         self.db().execute(
             "UPDATE sessions SET last_used=? WHERE key=? AND fingerprint=?", (time.time(), key, fingerprint)
+        )
+
+    # -- policies ----------------------------------------------------------------------------------
+    def policies(self) -> dict[str, AgentPolicy]:
+        """Every agent's policy that is not the default, by session id."""
+        rows = self.db().execute("SELECT session_id, pinned, retention_s, keep_until FROM agent_policies")
+        return {sid: AgentPolicy(bool(pinned), retention, keep) for sid, pinned, retention, keep in rows}
+
+    def put_policy(self, session_id: str, policy: AgentPolicy) -> None:
+        key = session_key(session_id)
+        if policy.is_default:
+            self.db().execute("DELETE FROM agent_policies WHERE key=?", (key,))
+            return
+        self.db().execute(
+            "INSERT OR REPLACE INTO agent_policies VALUES (?,?,?,?,?)",
+            (key, session_id, int(policy.pinned), policy.retention_s, policy.keep_until),
+        )
+
+    def last_used(self, key: str) -> float | None:
+        (used,) = self.db().execute("SELECT MAX(last_used) FROM sessions WHERE key=?", (key,)).fetchone()
+        return used
+
+    def sessions_by_use(self) -> list[tuple[str, float]]:
+        """(session id, last use under any model) of every session with a snapshot, least recently used first."""
+        return (
+            self.db()
+            .execute("SELECT session_id, MAX(last_used) AS used FROM sessions GROUP BY key ORDER BY used")
+            .fetchall()
         )
 
     # -- the whole index ---------------------------------------------------------------------------
@@ -231,7 +308,7 @@ class WarmIndex:
         """Delete every row; returns the files they named."""
         with self.transaction() as db:
             files = [row[0] for row in db.execute("SELECT file FROM blocks UNION ALL SELECT file FROM sessions")]
-            for table in TABLES:
+            for table in CACHE_TABLES:
                 db.execute(f"DELETE FROM {table}")
         return files
 

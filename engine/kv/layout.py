@@ -132,10 +132,20 @@ def sliding_window_snapshot(cache):
     return keys, values
 
 
+def rotating_cache(window: int, keep: int, keys, values, offset: int):
+    """A RotatingKVCache that has read `offset` tokens, from (1, heads, n, dim) keys and values: its last
+    n tokens, oldest first."""
+    from mlx_lm.models.cache import RotatingKVCache
+
+    cache = RotatingKVCache(max_size=window, keep=keep)
+    cache.state = (keys, values, offset, keep, window, keys.shape[2])
+    return cache
+
+
 def build_cache(layout: CacheLayout, full: dict[int, tuple], sliding: dict[int, tuple], offset: int, dtype):
     """mlx-lm cache objects at `offset` tokens from (heads, tokens, dim) keys/values per layer."""
     import mlx.core as mx
-    from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
     def batched(x):
         if isinstance(x, tuple | list):
@@ -148,8 +158,7 @@ def build_cache(layout: CacheLayout, full: dict[int, tuple], sliding: dict[int, 
         source = full if kind.sliding_window is None else sliding
         keys, values = (batched(x) for x in source[index])
         if kind.sliding_window is not None:
-            cache = RotatingKVCache(max_size=kind.sliding_window, keep=kind.keep)
-            cache.state = (keys, values, offset, kind.keep, kind.sliding_window, keys.shape[2])
+            cache = rotating_cache(kind.sliding_window, kind.keep, keys, values, offset)
         elif layout.kv_bits:
             cache = QuantizedKVCache(group_size=layout.kv_group_size, bits=layout.kv_bits)
             cache.state = (keys, values, offset, layout.kv_group_size, layout.kv_bits)

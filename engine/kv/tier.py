@@ -13,9 +13,10 @@ A tier stores two kinds of things, both per model fingerprint:
     session B  ──chain──►  [b0][b1]      + snapshot B           protected: b0 b1 b2, snapshots A and B
     anonymous turns leave  [b3]          (blocks only)
 
-The invariant every implementation keeps: a block that a session's chain names is never evicted for
-space (forgetting the session, or a damaged file, is what frees it), and a reader never sees a
-half-written thing (a snapshot and its chain change together; a file is complete before it is indexed).
+The invariant every implementation keeps: a block that a session's chain names is never evicted on its
+own (forgetting the session, dropping its caches for the budget or by expiry, or a damaged file is what
+frees it), and a reader never sees a half-written thing (a snapshot and its chain change together; a
+file is complete before it is indexed). An agent that is kept (engine/kv/policy.py) is never dropped.
 
 Threads: reads (`match`, `read_blocks`, `read_session`) run on the engine thread; changes (`write`,
 `forget_session`, `evict`, `clear`) on the tier's one writer (engine/kv/writer.py), in the order they
@@ -29,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from engine.kv.policy import AgentPolicy
 
 # One block's or one piece's layers: {layer: {part: array}} (parts: engine/kv/codec.py; numpy once on the host)
 Layers = dict[int, dict[str, np.ndarray]]
@@ -45,6 +48,10 @@ class SessionSnapshot:
     windows: Layers  # sliding layers: last window at the end, as disk parts
     # The root block name of the cache layout and disk encoding it was written under ("": not recorded).
     root: str = ""
+    # What the root was derived from (engine/kv/blocks.py, tenant_root): the cache layout and disk
+    # encoding, and the block size ("", 0: not recorded)
+    layout: str = ""
+    block_tokens: int = 0
 
 
 @dataclass
@@ -129,6 +136,30 @@ class KVTier(ABC):
     def forget_session(self, fingerprint: str | None, session_id: str) -> bool:
         """Delete the session's snapshot and chain (every model's when `fingerprint` is None); whether it
         had one. Its blocks stay; those no other chain names become evictable."""
+
+    @abstractmethod
+    def fork_session(self, session_id: str, new_session_id: str) -> int:
+        """Give `new_session_id` the snapshot and chain of `session_id`, under every model it has one for
+        (replacing any the new id had): its chain names the same blocks, so no block is copied. Returns
+        how many snapshots were forked (0: the session had none)."""
+
+    @abstractmethod
+    def drop_caches(self, session_id: str) -> int:
+        """Delete the session's snapshots and chains under every model, and the blocks no other chain
+        names, but keep its policy; the bytes freed. (forget_session with no fingerprint is for a deleted
+        agent: its policy goes too.)"""
+
+    @abstractmethod
+    def policies(self) -> dict[str, AgentPolicy]:
+        """Every agent's policy that is not the default, by session id (engine/kv/policy.py)."""
+
+    @abstractmethod
+    def set_policy(self, session_id: str, policy: AgentPolicy) -> None:
+        """Store an agent's policy (the default one deletes it)."""
+
+    @abstractmethod
+    def expire(self, now: float) -> list[str]:
+        """drop_caches for every agent whose retention ran out since its last use; their session ids."""
 
     @abstractmethod
     def evict(self, nbytes: int) -> int:

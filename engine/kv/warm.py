@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -27,8 +28,10 @@ from pathlib import Path
 
 from engine.atomic import atomic_write_chunks
 from engine.kv import codec
+from engine.kv.agent_file import FINGERPRINT_PATTERN
 from engine.kv.checksum import matches
 from engine.kv.index import WarmIndex, session_key
+from engine.kv.policy import AgentPolicy
 from engine.kv.tier import KVTier, Layers, MatchResult, MissingBlock, SessionSnapshot, SizeInfo, WriteJob
 
 log = logging.getLogger(__name__)
@@ -210,6 +213,12 @@ class WarmTier(KVTier):
         if not self.read_only and self.index.delete_block(name, file):
             self._unlink([file])
 
+    def session_fingerprints(self, session_id: str) -> list[str]:
+        """The models (fingerprints) the session has a snapshot under, the most recently used first."""
+        if not self.enabled:
+            return []
+        return [fingerprint for fingerprint, _ in self.index.session_rows(session_key(session_id))]
+
     # -- changes (writer thread) -------------------------------------------------------------------
     def write(self, job: WriteJob) -> None:
         if not self.writable:
@@ -250,6 +259,46 @@ class WarmTier(KVTier):
         self._unlink(files)
         return bool(files)
 
+    def fork_session(self, session_id: str, new_session_id: str) -> int:
+        """See KVTier.fork_session. A snapshot file is hard-linked (copied where the file system cannot
+        link): files are never changed once written, so the two names stay the same bytes until either
+        session writes its next snapshot, and deleting one name leaves the other."""
+        if not self.writable:
+            return 0
+        key, new_key = session_key(session_id), session_key(new_session_id)
+        self.forget_session(None, new_session_id)
+        forked = 0
+        for fingerprint, file in self.index.session_rows(key):
+            new_file = f"{fingerprint}/sessions/{new_key}.{uuid.uuid4().hex[:12]}.safetensors"
+            try:
+                _link_or_copy(self.root / file, self.root / new_file)
+            except OSError as exc:
+                log.warning("cannot fork the KV snapshot %s (%s); the fork recomputes under that model", file, exc)
+                continue
+            if self.index.copy_session(key, fingerprint, new_key, new_session_id, new_file):
+                forked += 1
+            else:
+                self._unlink([new_file])
+        return forked
+
+    def import_session(self, fingerprint: str, snapshot: SessionSnapshot, blocks: list[tuple[str, bytes, str]]) -> int:
+        """Store an imported session (engine/kv/agent_transfer.py): its blocks (name, file bytes,
+        checksum) that are not stored yet, then its snapshot and chain. Returns how many blocks were new."""
+        if not self.writable:
+            raise OSError(f"another process owns the KV cache dir {self.root}")
+        if not re.fullmatch(FINGERPRINT_PATTERN, fingerprint):
+            raise ValueError(f"{fingerprint!r} is not a model fingerprint")  # it names a folder of the tier
+        new = 0
+        for name, data, checksum in blocks:
+            if self.index.has_block(name):
+                continue  # the same prefix under the same model: the same bytes
+            file = f"{fingerprint}/blocks/{name[:2]}/{name}.safetensors"
+            atomic_write_chunks(self.root / file, [data])
+            self.index.add_block(name, fingerprint, file, checksum, len(data))
+            new += 1
+        self.write(WriteJob(fingerprint, snapshot))
+        return new
+
     def evict(self, nbytes: int) -> int:
         if nbytes <= 0 or not self.writable:
             return 0
@@ -263,8 +312,66 @@ class WarmTier(KVTier):
         return freed
 
     def enforce_budget(self) -> int:
-        """Evict until the tier is within its disk budget (as far as evictable blocks allow); bytes freed."""
-        return self.evict(self.total_bytes() - self.disk_budget_bytes)
+        """Evict until the tier is within its disk budget; bytes freed. Blocks no session names go first;
+        then the caches of the least recently used agents that are not kept (engine/kv/policy.py), each
+        with the blocks only it named."""
+        freed = self.evict(self.total_bytes() - self.disk_budget_bytes)
+        if self.total_bytes() <= self.disk_budget_bytes:
+            return freed
+        now, policies = time.time(), self.index.policies()
+        for session_id, _ in self.index.sessions_by_use():
+            if policies.get(session_id, AgentPolicy()).kept(now):
+                continue
+            freed += self.drop_caches(session_id)
+            freed += self.evict(self.total_bytes() - self.disk_budget_bytes)
+            if self.total_bytes() <= self.disk_budget_bytes:
+                break
+        return freed
+
+    def drop_caches(self, session_id: str) -> int:
+        """Delete the session's snapshots under every model and the blocks no other chain names, keeping
+        its policy; the bytes freed."""
+        key = session_key(session_id)
+        files, chain = [], set()
+        for fingerprint, _ in self.index.session_rows(key):
+            stored = self.index.session(key, fingerprint)
+            chain.update(stored[2] if stored else [])
+            files += self.index.delete_sessions(key, fingerprint)
+        freed = sum(_size(self.root / file) for file in files)
+        self._unlink(files)
+        for name, file, size in self.index.evictable_blocks():
+            if name in chain and self.index.delete_block(name, file):
+                self._unlink([file])
+                freed += size
+        return freed
+
+    # -- policies (engine/kv/policy.py) --------------------------------------------------------------
+    def policies(self) -> dict[str, AgentPolicy]:
+        """Every agent's policy that is not the default, by session id (any thread)."""
+        return self.index.policies() if self.enabled else {}
+
+    def set_policy(self, session_id: str, policy: AgentPolicy) -> None:
+        if self.writable:
+            self.index.put_policy(session_id, policy)
+
+    def last_used(self, session_id: str) -> float | None:
+        """When the session's cache was last used under any model; None without one (any thread)."""
+        return self.index.last_used(session_key(session_id)) if self.enabled else None
+
+    def expire(self, now: float) -> list[str]:
+        """Delete the caches of every agent whose retention has run out since its last use (its policy
+        stays); the session ids."""
+        if not self.writable:
+            return []
+        policies = self.index.policies()
+        expired = [
+            session_id
+            for session_id, last_used in self.index.sessions_by_use()
+            if policies.get(session_id, AgentPolicy()).expired(last_used, now)
+        ]
+        for session_id in expired:
+            self.drop_caches(session_id)
+        return expired
 
     def clear(self) -> int:
         """Delete every stored block and snapshot; returns the number of files removed."""
@@ -311,6 +418,20 @@ class WarmTier(KVTier):
     def session_blocks(self, fingerprint: str, session_id: str) -> list[dict]:
         """The session's stored block chain, in order: name, bytes, last use, and every session using it."""
         return self.index.session_blocks(fingerprint, session_id) if self.enabled else []
+
+    def session_files(self, fingerprint: str, session_id: str) -> tuple[bytes, str, list[str], list] | None:
+        """A session's stored files as they are: (snapshot bytes, its checksum, its chain, [(block name,
+        bytes, checksum)] in chain order); None when it has none, or a file is missing or fails its check."""
+        found = self.index.session_files(session_key(session_id), fingerprint) if self.enabled else None
+        if found is None:
+            return None
+        (file, checksum, _, _), rows = found
+        payloads = [self._read_payload(file, checksum)]
+        payloads += [self._read_payload(path, block_sum) if path else None for _, path, block_sum, _ in rows]
+        if any(payload is None for payload in payloads):
+            return None
+        blocks = [(row[0], bytes(payload), row[2]) for row, payload in zip(rows, payloads[1:], strict=True)]
+        return bytes(payloads[0]), checksum, [row[0] for row in rows], blocks
 
     def resume_files(self, session_id: str, fingerprint: str | None = None) -> ResumeFiles | None:
         """The files a resume of the session at its end reads (the most recently used model's, unless
@@ -359,3 +480,18 @@ class WarmTier(KVTier):
         problems = self.index.problems()
         if report["bad"] or report["missing"] or problems:
             raise AssertionError(f"warm tier damaged: {report}, index: {problems}")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` names the bytes of `source`: a hard link, or a synced copy renamed into place."""
+    try:
+        os.link(source, target)
+    except OSError:
+        atomic_write_chunks(target, [source.read_bytes()])
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

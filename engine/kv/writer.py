@@ -2,7 +2,8 @@
 
     engine thread                              writer thread (low priority)
     release: submit(WriteJob) ─────────┐
-    forget:  run(forget_session) ──────┼──►  jobs in the order submitted: write, forget, stats, ...
+    forget:  run(forget_session) ──────┼──►  jobs in the order submitted: write (then the shared tier's
+                                       │     push, engine/kv/shared.py), forget, stats, ...
     stats:   run(stats) ──► Future ◄───┘     a task's Future is done once every job before it is
              the caller waits on it, not the engine thread
 
@@ -32,8 +33,9 @@ T = TypeVar("T")
 
 
 class WarmWriter:
-    def __init__(self, tier: KVTier):
+    def __init__(self, tier: KVTier, mirror: Callable[[WriteJob, KVTier], None] | None = None):
         self._tier = tier
+        self._mirror = mirror  # also given each written job (the shared tier's push), after the tier
         self._jobs: queue.Queue[tuple[Callable, Future | None] | None] = queue.Queue()
         self._closed = False
         self.failures = 0
@@ -43,7 +45,12 @@ class WarmWriter:
     def submit(self, job: WriteJob) -> None:
         """Write `job` behind the response; a failure is logged and counted, never raised. Its parts may
         still be computing on the device (encode_for_disk): they are copied out here, not by the caller."""
-        self._put(lambda tier: tier.write(job.on_host()), None)
+        self._put(lambda tier: self._write(tier, job.on_host()), None)
+
+    def _write(self, tier: KVTier, job: WriteJob) -> None:
+        tier.write(job)
+        if self._mirror is not None:
+            self._mirror(job, tier)
 
     def run(self, task: Callable[[KVTier], T]) -> Future[T]:
         """`task(tier)` on the writer thread after every job submitted before it; its result or error

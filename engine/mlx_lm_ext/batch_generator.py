@@ -267,6 +267,16 @@ class LeanBatchGenerator(BatchGenerator):
         hidden = trunk(inputs, caches)
         return head(hidden[mx.array(rows), mx.array(positions)][:, None, :])[:, 0, :]
 
+    def extract_layers(self, uid: int, layers: list[int]) -> list | None:
+        """Copies of a running sequence's caches of some layers (mlx-lm's extract_cache copies every
+        layer); None when it is not being read or generated."""
+        found = self._find_uids([uid]).get(uid)
+        if found is None or found[0] == 0:
+            return None
+        stage, index = found
+        batch = self._prompt_batch if stage == 1 else self._generation_batch
+        return [batch.prompt_cache[layer].extract(index) for layer in layers]
+
     def remove(self, uids, return_prompt_caches=False):
         batch = self._generation_batch
         batch._dropping_extracted = set(batch.uids) <= set(uids)

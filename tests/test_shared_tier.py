@@ -1,0 +1,170 @@
+"""The shared tier on a real `redis-server` (Debian's package, installed by `make test`'s set-up): two
+`agent-memory serve` processes with their own data dirs on one Redis. An agent served by one continues on
+the other after the first is killed -9, reading its prompt from the shared tier with its whole transcript;
+an instance whose Redis is down serves from its own tiers, says so, and catches up when Redis is back."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, ServerProcess, free_port
+from tests.test_kv_memory import FACTS
+
+pytestmark = pytest.mark.slow
+
+HEADERS = {"x-api-key": API_KEY}
+
+
+class RedisProcess:
+    """`redis-server` on a loopback port, nothing persisted."""
+
+    def __init__(self, port: int | None = None):
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not installed: `make test` installs it (Debian's redis-server) as root")
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        self.client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def keys(self, pattern: str) -> list[bytes]:
+        return list(self.client.scan_iter(match=pattern))
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def redis_server():
+    running = RedisProcess()
+    yield running
+    running.stop()
+
+
+def instance(tmp_path: Path, name: str, shared_url: str) -> ServerProcess:
+    """A server with its own data dir (its own transcripts and warm tier): another machine, as far as the
+    shared tier can tell."""
+    data_dir = tmp_path / name
+    (data_dir / "caches").mkdir(parents=True)
+    env = {"SEMANTIC_API_KEY": API_KEY, "SEMANTIC_SHARED_TIER_URL": shared_url}
+    return ServerProcess(data_dir, data_dir / "caches", env)
+
+
+def shared_tier_when(server: ServerProcess, ready, timeout: float = 60) -> dict:
+    """The instance's shared tier figures once `ready(figures)` holds, or at the deadline: its writes and
+    its catch-up list run on the warm tier's writer thread, behind the responses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shared = httpx.get(f"{server.base_url}/health", timeout=10).json()["shared_tier"]
+        if ready(shared) or time.monotonic() > deadline:
+            return shared
+        time.sleep(0.2)
+
+
+def pushed(server: ServerProcess, sessions: int) -> dict:
+    return shared_tier_when(server, lambda shared: shared["sessions_pushed"] >= sessions)
+
+
+def say(server: ServerProcess, agent: str, content: str, **extra) -> dict:
+    body = {"content": content, "max_tokens": 8, "temperature": 0.0, **extra}
+    response = httpx.post(f"{server.base_url}/v1/agents/{agent}/messages", json=body, headers=HEADERS, timeout=600)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_an_agent_continues_on_another_instance_after_a_kill(tmp_path, redis_server):
+    first, second = instance(tmp_path, "a", redis_server.url), instance(tmp_path, "b", redis_server.url)
+    try:
+        first.wait_ready()
+        second.wait_ready()
+        system = "You are a careful assistant. " + FACTS * 12  # ~700 tokens: a few shared blocks
+        turn_1 = say(first, "mover", "Which year was the lighthouse built?", system=system)
+        messages = [
+            {"role": "user", "content": "Who kept the log? " + FACTS},
+            {"role": "assistant", "content": "Ada kept it."},
+            {"role": "user", "content": "And the fog?"},
+        ]
+        anthropic_body = {"model": "m", "max_tokens": 8, "system": system, "messages": messages}
+        anthropic_headers = {**HEADERS, "x-session-id": "mover-messages"}
+        response = httpx.post(
+            f"{first.base_url}/v1/messages", json=anthropic_body, headers=anthropic_headers, timeout=600
+        )
+        assert response.status_code == 200, response.text
+        assert pushed(first, 2)["sessions_pushed"] >= 2
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=30)
+
+        turn_2 = say(second, "mover", "And who kept the log?")
+        assert turn_2["cache"]["source"] == "shared", turn_2["cache"]
+        assert turn_2["usage"]["cached_tokens"] >= 0.9 * turn_2["usage"]["prompt_tokens"], turn_2["usage"]
+        assert turn_2["usage"]["cached_tokens"] > turn_1["usage"]["prompt_tokens"]
+        transcript = httpx.get(f"{second.base_url}/v1/agents/mover", headers=HEADERS, timeout=30).json()
+        contents = [message["content"] for message in transcript["messages"]]
+        assert contents == [
+            "Which year was the lighthouse built?",
+            turn_1["content"],
+            "And who kept the log?",
+            turn_2["content"],
+        ], transcript
+
+        messages += [
+            {"role": "assistant", "content": response.json()["content"][0]["text"]},
+            {"role": "user", "content": "Where does it come from?"},
+        ]
+        again = httpx.post(
+            f"{second.base_url}/v1/messages", json={**anthropic_body, "messages": messages}, headers=anthropic_headers
+        )
+        usage = again.json()["usage"]
+        prompt = usage["input_tokens"] + usage["cache_read_input_tokens"]
+        assert usage["cache_read_input_tokens"] >= 0.9 * prompt, usage
+    finally:
+        for server in (first, second):
+            server.stop()
+
+
+def test_a_down_shared_tier_degrades_to_local_tiers_and_catches_up(tmp_path):
+    port = free_port()
+    server = instance(tmp_path, "alone", f"redis://127.0.0.1:{port}/0")
+    redis_server = None
+    try:
+        server.wait_ready()
+        first = say(server, "patient", "Hello there.")
+        assert first["finish_reason"] in ("stop", "length")
+        shared = shared_tier_when(server, lambda shared: shared["behind"] >= 1)
+        assert shared["up"] is False and shared["behind"] == 1, shared
+        metrics = httpx.get(f"{server.base_url}/metrics", headers=HEADERS, timeout=10).text
+        assert "agent_memory_shared_tier_up 0.0" in metrics
+        assert server.log().count("the shared KV tier at") == 1  # logged once, not per call
+
+        redis_server = RedisProcess(port)
+        time.sleep(6)  # past RETRY_S: the next call tries again
+        say(server, "other", "Hello again.")
+        shared = pushed(server, 2)
+        assert shared["up"] is True and shared["behind"] == 0, shared
+        assert len(redis_server.keys("am:*:session:*")) == 2  # the one written while down, caught up
+        assert len(redis_server.keys("am:transcript:*")) == 1  # transcripts are written as they are saved
+    finally:
+        server.stop()
+        if redis_server is not None:
+            redis_server.stop()
