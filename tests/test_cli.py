@@ -46,7 +46,13 @@ def test_session_continues_in_a_new_process(cli_data_dir):
     assert one["session"] == "alice" and "Paris" in one["text"]
     assert set(one) == {"session", "text", "finish_reason", "usage", "cache", "timing", "sampling"}
     # A fresh process has measured nothing yet: no estimate, and a cold turn recomputes.
-    assert one["cache"] == {"source": "cold", "reused_tokens": 0, "decision": "recompute", "estimate_s": 0.0}
+    assert one["cache"] == {
+        "source": "cold",
+        "reused_tokens": 0,
+        "decision": "recompute",
+        "estimate_s": 0.0,
+        "miss_reason": "new agent: nothing cached yet",
+    }
     assert one["usage"]["cached_tokens"] == 0
 
     second = run_cli("chat", "-s", "alice", "-t", "0", "--json", "And of Italy?", data_dir=cli_data_dir)
@@ -56,6 +62,7 @@ def test_session_continues_in_a_new_process(cli_data_dir):
     # The second prompt carries the whole first exchange, read back from disk in this new process.
     assert two["usage"]["prompt_tokens"] > one["usage"]["prompt_tokens"] + one["usage"]["completion_tokens"]
     assert two["cache"]["source"] == "warm" and two["cache"]["decision"] == "restore"
+    assert two["cache"]["miss_reason"] is None  # everything the agent had stored was reused
     assert two["usage"]["cached_tokens"] == two["cache"]["reused_tokens"] > one["usage"]["prompt_tokens"]
 
     listing = run_cli("agents", "ls", "--json", data_dir=cli_data_dir)
@@ -165,16 +172,63 @@ def test_cache_stats_check_and_repair(cli_data_dir, tmp_path):
     assert stats["warm"]["sessions"] == 0
 
 
-def test_turn_footer_reports_cache_and_speed():
-    from engine.events import CacheReport, Timing, TurnFinished, Usage
+def footer_of(cached_tokens: int, cache) -> str:
+    """The footer under a 600-token prompt's 5-token reply, first token at 0.25 s, 16 tok/s."""
+    from engine.events import Timing, TurnFinished, Usage
     from workbench.format import turn_footer
 
-    finished = TurnFinished(
-        request_id="r",
-        text="hi",
-        finish_reason="stop",
-        usage=Usage(600, 5, 590),
-        cache=CacheReport("warm", 590, 0.05),
-        timing=Timing(0.25, 40.0, 16.0, 0.6),
+    usage, timing = Usage(600, 5, cached_tokens), Timing(0.25, 40.0, 16.0, 0.6)
+    return turn_footer(TurnFinished("r", "hi", "stop", usage, cache, timing))
+
+
+def test_turn_footer_reports_cache_and_speed():
+    from engine.events import CacheReport
+
+    footer = footer_of(590, CacheReport("warm", 590, 0.05))
+    assert footer == "[warm cache 590 tokens, prefilled 10, first token 0.25s, 16.0 tok/s]"
+
+
+def test_turn_footer_says_why_the_cache_missed():
+    from engine.events import CacheReport
+
+    cache = CacheReport("hot", 12, 0.0, "restore", 0.0, "system prompt changed at token 12", "diverged")
+    assert footer_of(12, cache) == (
+        "[hot cache 12 tokens, prefilled 588, first token 0.25s, 16.0 tok/s, system prompt changed at token 12]"
     )
-    assert turn_footer(finished) == "[warm cache 590 tokens, prefilled 10, first token 0.25s, 16.0 tok/s]"
+
+
+def test_agents_prune_deletes_stale_agents_but_not_pinned_ones(tmp_path):
+    """`agents prune --older-than` on a data dir of transcripts and a warm tier (no model is loaded)."""
+    import sqlite3
+    import time
+
+    from engine.kv.index import session_key
+    from engine.kv.policy import AgentPolicy
+    from engine.kv.warm import WarmTier
+    from engine.sessions import Session, SessionStore
+    from tests.test_warm_tier import FINGERPRINTS, snapshot, write_job
+
+    data = tmp_path / "data"
+    store = SessionStore(data / "sessions")
+    store.root.mkdir(parents=True)
+    old, now = time.time() - 10 * 86400, time.time()
+    for session_id, used in (("stale", old), ("fresh", now), ("stale-pinned", old)):
+        store.path_for(session_id).write_text(Session(id=session_id, updated_at=used).model_dump_json())
+    warm = WarmTier(data / "cli-caches", disk_budget_mb=100, clean_up=True)
+    warm.write(write_job(FINGERPRINTS[0], snapshot(FINGERPRINTS[0], "stale-cache-only", list(range(40)))))
+    warm.set_policy("stale-pinned", AgentPolicy(pinned=True))
+    warm.close()
+    with sqlite3.connect(data / "cli-caches" / "index.sqlite") as db:  # its cache last used 10 days ago
+        db.execute("UPDATE sessions SET last_used=? WHERE key=?", (old, session_key("stale-cache-only")))
+
+    listed = run_cli("agents", "prune", "--older-than", "7d", "--dry-run", data_dir=data)
+    assert listed.returncode == 0 and "2 agents to delete, 1 pinned kept" in listed.stdout, listed.stdout
+    assert store.get("stale") is not None  # a dry run changes nothing
+    pruned = run_cli("agents", "prune", "--older-than", "7d", data_dir=data)
+    assert pruned.returncode == 0 and "2 agents deleted" in pruned.stdout, pruned.stdout + pruned.stderr
+    assert store.get("stale") is None and store.get("fresh") is not None and store.get("stale-pinned") is not None
+    warm = WarmTier(data / "cli-caches", disk_budget_mb=100)
+    assert warm.session_summaries() == {}
+    warm.close()
+    bad = run_cli("agents", "prune", "--older-than", "a week", data_dir=data)
+    assert bad.returncode == 2 and "7d" in bad.stderr

@@ -1,4 +1,5 @@
-"""Snapshots of every TUI screen at 100x30 with frozen data (pytest-textual-snapshot).
+"""Snapshots of every TUI screen with frozen data (pytest-textual-snapshot): at 100x30, and the home and
+memory overview screens at 80x24 and 120x40.
 
 Update after an intended change with: pytest tests/test_tui_snapshots.py --snapshot-update
 """
@@ -7,15 +8,16 @@ from __future__ import annotations
 
 from textual.widgets import ListView, Static
 
-from tests.tui_frozen import ROWS, TRANSCRIPT, FrozenSource
+from tests.tui_frozen import EVICTIONS_BEFORE, ROWS, TRANSCRIPT, TURNS, FrozenSource
 from workbench.tui.app import WorkbenchApp
+from workbench.tui.origins import grouped
 
 SIZE = (100, 30)
 
 
 def make_app() -> WorkbenchApp:
     app = WorkbenchApp(FrozenSource(), initial_agent="alice")
-    app.ttfts["alice"] = [("cold", 0.42), ("hot", 0.05), ("hot", 0.06), ("warm", 0.12)]
+    app.turns = list(TURNS)
     return app
 
 
@@ -26,8 +28,10 @@ def settled(app: WorkbenchApp) -> bool:
     agents = app.query_one("#agents", ListView)
     return (
         app.ready
-        and len(agents.children) == len(ROWS)
-        and agents.index == 0  # alice, highlighted
+        and app.evictions_before == EVICTIONS_BEFORE
+        and len(agents.children) == len(ROWS) + len(grouped(ROWS))  # a heading per origin
+        and agents.highlighted_child is not None
+        and agents.highlighted_child.name == "alice"
         and len(app.query("#log Markdown")) == len(TRANSCRIPT)
         and status.startswith("Agent alice:")
     )
@@ -59,7 +63,25 @@ def after_key(key: str):
 
 
 def test_inspector(snap_compare):
-    assert snap_compare(make_app(), terminal_size=SIZE, run_before=after_key("f3"))
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=after_key("f7"))
+
+
+def test_memory_overview(snap_compare):
+    assert snap_compare(make_app(), terminal_size=(120, 40), run_before=after_key("f3"))
+
+
+def test_memory_overview_small_terminal(snap_compare):
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=after_key("f3"))
+
+
+def test_memory_overview_without_turns(snap_compare):
+    """A fresh run: the charts say there is nothing yet instead of drawing bars."""
+
+    async def run_before(pilot) -> None:
+        pilot.app.turns = []
+        await after_key("f3")(pilot)
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)
 
 
 def test_model_screen(snap_compare):
@@ -72,3 +94,19 @@ def test_help(snap_compare):
 
 def test_home_small_terminal(snap_compare):
     assert snap_compare(make_app(), terminal_size=(80, 24), run_before=settle)
+
+
+def test_home_large_terminal(snap_compare):
+    assert snap_compare(make_app(), terminal_size=(120, 40), run_before=settle)
+
+
+def test_agent_filter(snap_compare):
+    """Typing in the agent list filters it: by origin too ("api" keeps every API client's agents)."""
+
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        pilot.app.query_one("#agents", ListView).focus()
+        await pilot.press("a", "p", "i")
+        await pilot.pause(0.3)
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)

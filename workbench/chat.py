@@ -47,7 +47,7 @@ class ChatOptions:
 def run_chat(settings: Settings, options: ChatOptions) -> int:
     if options.message is not None and not options.message.strip():
         return report_error("the message is empty; type something to send")
-    store = SessionStore(settings.sessions_path)
+    store = SessionStore.of(settings)
     try:
         session = open_session(store, options)
     except (SessionCorrupt, LookupError) as exc:

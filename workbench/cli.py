@@ -13,6 +13,8 @@ import typer
 from workbench import __version__
 from workbench.output import EXIT_BAD_INPUT, report_error
 
+# Plain help (Click's own layout): Typer's boxed layout labels every flag, --help too, as taking a <bool>
+PLAIN_HELP = {"rich_markup_mode": None}
 app = typer.Typer(
     name="agent-memory",
     help="A local LLM engine with a persistent per-agent KV cache.",
@@ -20,10 +22,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    **PLAIN_HELP,
 )
-agents_app = typer.Typer(help="List, show and delete agent sessions.", invoke_without_command=True)
+agents_app = typer.Typer(
+    help="List, show, fork, pin, export, import, prune and delete agents.", invoke_without_command=True, **PLAIN_HELP
+)
 app.add_typer(agents_app, name="agents")
-cache_app = typer.Typer(help="Inspect, verify and clear the KV cache on disk.", no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect, verify and clear the KV cache on disk.", no_args_is_help=True, **PLAIN_HELP)
 app.add_typer(cache_app, name="cache")
 
 ModelOption = Annotated[
@@ -162,12 +167,30 @@ def serve(
             "--log-level", case_sensitive=False, help="Least severe log lines shown; info: a line per request."
         ),
     ] = LogLevel.info,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="Key clients must send (default: SEMANTIC_API_KEY; none: open).")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch-size", min=1, max=256, help="Requests decoded at once (SEMANTIC_MLX_MAX_BATCH_SIZE)."
+        ),
+    ] = None,
+    cache_budget_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--cache-budget-mb", min=1, help="KV caches kept in memory, in MB (SEMANTIC_MLX_CACHE_BUDGET_MB)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the Anthropic, OpenAI and agent APIs over HTTP (one process, one model in memory)."""
     runs_the_engine()
     from workbench.serve_cmd import run_server
 
-    raise typer.Exit(run_server(settings_or_exit(mlx_model_id=model), host, port, log_level.value))
+    settings = settings_or_exit(
+        mlx_model_id=model, api_key=api_key, mlx_max_batch_size=max_batch_size, mlx_cache_budget_mb=cache_budget_mb
+    )
+    raise typer.Exit(run_server(settings, host, port, log_level.value))
 
 
 @app.command()
@@ -217,9 +240,71 @@ def agents_show(session_id: Annotated[str, typer.Argument(help="Session id.")]) 
     raise typer.Exit(show_agent(settings_or_exit(), session_id))
 
 
+@agents_app.command("fork")
+def agents_fork(
+    session_id: Annotated[str, typer.Argument(help="Session id to fork.")],
+    new_id: Annotated[str, typer.Argument(help="The fork's session id (a new one).")],
+) -> None:
+    """Fork a session: its transcript copied, its KV cache shared (no block is copied)."""
+    from workbench.agents_cmd import fork_agent
+
+    raise typer.Exit(fork_agent(settings_or_exit(), session_id, new_id))
+
+
+@agents_app.command("export")
+def agents_export(
+    session_id: Annotated[str, typer.Argument(help="Session id to export.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The file to write (default: ID.agent.tar here).")
+    ] = None,
+) -> None:
+    """Write a session's agent file: its transcript and KV cache, to resume elsewhere without recompute."""
+    from workbench.agents_cmd import export_agent_file
+
+    raise typer.Exit(export_agent_file(settings_or_exit(), session_id, output))
+
+
+@agents_app.command("import")
+def agents_import(
+    source: Annotated[Path, typer.Argument(help="An agent file (from `agents export`).")],
+    new_id: Annotated[str | None, typer.Option("--as", help="The session id to import it as.")] = None,
+) -> None:
+    """Add the session of an agent file; blocks already stored are not stored twice."""
+    from workbench.agents_cmd import import_agent_file
+
+    raise typer.Exit(import_agent_file(settings_or_exit(), source, new_id))
+
+
+@agents_app.command("pin")
+def agents_pin(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+    """Keep a session's KV caches: evicted last from memory, never by the disk budget."""
+    from workbench.agents_cmd import pin_agent
+
+    raise typer.Exit(pin_agent(settings_or_exit(), session_id, True))
+
+
+@agents_app.command("unpin")
+def agents_unpin(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+    """Let a session's KV caches be evicted like any other's."""
+    from workbench.agents_cmd import pin_agent
+
+    raise typer.Exit(pin_agent(settings_or_exit(), session_id, False))
+
+
+@agents_app.command("prune")
+def agents_prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="Unused for longer than this: 7d, 12h, 30m.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete stale agents (transcripts and KV caches); pinned ones stay."""
+    from workbench.agents_cmd import prune_agents
+
+    raise typer.Exit(prune_agents(settings_or_exit(), older_than, dry_run))
+
+
 @agents_app.command("rm")
 def agents_rm(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
-    """Delete a session's transcript."""
+    """Delete a session's transcript and its KV caches (blocks other sessions use stay)."""
     from workbench.agents_cmd import remove_agent
 
     raise typer.Exit(remove_agent(settings_or_exit(), session_id))

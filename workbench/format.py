@@ -11,8 +11,10 @@ def turn_footer(finished: TurnFinished) -> str:
     usage, timing = finished.usage, finished.timing
     cached = f"{finished.cache.source} cache {usage.cached_tokens} tokens" if usage.cached_tokens else "cold"
     prefilled = usage.prompt_tokens - usage.cached_tokens
+    missed = f", {finished.cache.miss_reason}" if finished.cache.miss_reason else ""
     return (
-        f"[{cached}, prefilled {prefilled}, first token {timing.ttft_s:.2f}s, {timing.decode_tokens_per_s:.1f} tok/s]"
+        f"[{cached}, prefilled {prefilled}, first token {timing.ttft_s:.2f}s, {timing.decode_tokens_per_s:.1f} tok/s"
+        f"{missed}]"
     )
 
 
@@ -31,6 +33,7 @@ def json_result(session_id: str, finished: TurnFinished) -> dict:
             "reused_tokens": finished.cache.reused_tokens,
             "decision": finished.cache.decision,
             "estimate_s": round(finished.cache.estimate_s, 4),
+            "miss_reason": finished.cache.miss_reason,
         },
         **(
             {"tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in finished.tool_calls]}

@@ -14,7 +14,8 @@ from workbench.platform_info import platform_summary
 def resume_mode(config: dict) -> str:
     """How this model's KV caches resume (see docs/architecture.md, "Cache kinds")."""
     if config.get("sliding_window") and config.get("model_type", "").startswith("gemma3"):
-        return f"sliding window {config['sliding_window']}: any prefix until it wraps, then exact end or recompute"
+        window = config["sliding_window"]
+        return f"sliding window {window}: any prefix until it wraps, then a turn's or prompt's end, or recompute"
     return "any prefix"
 
 

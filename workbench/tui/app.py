@@ -1,4 +1,5 @@
-"""The workbench app: agents on the left, the selected agent's conversation on the right.
+"""The workbench app: agents on the left, grouped by where they come from (forks under the agent they were
+forked from), the selected agent's conversation on the right; F3 opens the memory overview.
 
 The engine runs on its own thread; model loading and disk reads run in worker threads; the engine's
 events arrive as messages. Nothing here blocks the UI thread.
@@ -12,7 +13,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Markdown, Static
+from textual.widgets import Footer, Header, Input, ListView, Markdown, Static
 
 from engine.events import PrefillProgress, TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.sessions import Session
@@ -20,22 +21,37 @@ from workbench.format import turn_footer
 from workbench.tui.dialogs import AskName, Confirm
 from workbench.tui.help_screen import HelpScreen
 from workbench.tui.inspector import InspectorScreen
-from workbench.tui.messages import AgentsLoaded, EngineEvent, ModelFailed, ModelReady, SwapProgress, TranscriptLoaded
+from workbench.tui.messages import (
+    AgentsLoaded,
+    EngineEvent,
+    ModelFailed,
+    ModelReady,
+    SwapProgress,
+    TranscriptLoaded,
+    TurnRecorded,
+)
 from workbench.tui.model_screen import ModelScreen
-
-TIER_BADGE = {"hot": "[green]hot [/]", "warm": "[cyan]warm[/]", "cold": "[dim]cold[/]"}
+from workbench.tui.overview import OverviewScreen
+from workbench.tui.sidebar import counted, filtered, sidebar_items
+from workbench.tui.turn_log import TurnRecord, for_agent
 
 
 class WorkbenchApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "agent-memory"
     BINDINGS = [
+        # Early: a narrow footer cuts off what comes last
+        Binding("f1", "help", "Help"),
+        Binding("f3", "memory", "Memory"),
         Binding("ctrl+n", "new_agent", "New agent"),
         Binding("f2", "rename_agent", "Rename"),
+        Binding("f5", "fork_agent", "Fork"),  # not a letter: the message box has the focus
+        Binding("f6", "toggle_pin", "Pin"),
+        Binding("f7", "inspector", "Inspect"),
         Binding("f8", "delete_agent", "Delete"),  # not Ctrl+D: the input box uses it
-        Binding("f3", "inspector", "Memory"),
         Binding("f4", "model", "Model"),
-        Binding("f1", "help", "Help"),
+        # Over the input boxes' own Ctrl+F (delete a word)
+        Binding("ctrl+f", "find_agent", "Filter the agents (or type in the agent list)", show=False, priority=True),
         Binding("escape", "stop_reply", "Stop reply (the partial text is not kept)", show=False),
         Binding("ctrl+q", "quit", "Quit"),
     ]
@@ -43,8 +59,20 @@ class WorkbenchApp(App):
     PALETTE = [
         ("New agent", "Create an agent and switch to it", "new_agent"),
         ("Rename agent", "Rename the selected agent", "rename_agent"),
+        ("Fork agent", "A new agent that starts where the selected one is, sharing its KV cache", "fork_agent"),
+        (
+            "Pin or unpin agent",
+            "Keep the selected agent's KV cache: evicted last, never by the disk budget",
+            "toggle_pin",
+        ),
         ("Delete agent", "Delete the selected agent, its transcript and caches", "delete_agent"),
-        ("Memory inspector", "KV pool, the agent's blocks, time to first token", "inspector"),
+        (
+            "Memory overview",
+            "Every agent's KV blocks, budgets, time to first token, evictions, forks",
+            "memory",
+        ),
+        ("Memory inspector", "The selected agent's blocks, forks, and time to first token", "inspector"),
+        ("Filter agents", "Type to narrow the agent list", "find_agent"),
         ("Model", "The serving model; swap to another", "model"),
         ("Stop reply", "Stop the running reply", "stop_reply"),
         ("Help", "Every key binding", "help"),
@@ -58,10 +86,12 @@ class WorkbenchApp(App):
         self.ready = False
         self.summary: dict = {}
         self.handle = None  # the running turn
-        self.ttfts: dict[str, list[tuple[str, float]]] = {}
+        self.turns: list[TurnRecord] = []  # this run's turns, every agent's, oldest first
+        self.evictions_before = 0  # the hot tier's evictions when the model came up
         self._stream = None
         self._reply: Markdown | None = None
         self._pending_text = ""
+        self._generating = False  # the running reply's first text has arrived
         self._shown_agent: str | None = None  # whose transcript the log shows
         self._session = None  # the shown agent's transcript, once loaded
 
@@ -70,7 +100,7 @@ class WorkbenchApp(App):
         yield Header()
         with Horizontal():
             with Vertical(id="sidebar"):
-                yield Input(placeholder="filter agents", id="filter")
+                yield Input(placeholder="filter agents (Ctrl+F)", id="filter", select_on_focus=False)
                 yield ListView(id="agents")
             with Vertical(id="main"):
                 yield VerticalScroll(id="log")
@@ -86,9 +116,17 @@ class WorkbenchApp(App):
     @work(thread=True, exclusive=True, group="model")
     def load_model(self) -> None:
         try:
-            self.post_message(ModelReady(self.source.start()))
+            summary = self.source.start()
+            self.post_message(ModelReady(summary, self.evictions_now()))
         except Exception as exc:  # noqa: BLE001 - shown in the status line
             self.post_message(ModelFailed(str(exc)))
+
+    def evictions_now(self) -> int:
+        """The hot tier's evictions so far (worker thread); 0 when the pool cannot be read."""
+        try:
+            return self.source.pool()["hot"].get("evictions", 0)
+        except Exception:  # noqa: BLE001 - a chart's count is not worth failing a turn or the model for
+            return 0
 
     @work(thread=True, exclusive=True, group="agents")
     def refresh_agents(self) -> None:
@@ -98,6 +136,7 @@ class WorkbenchApp(App):
     def on_model_ready(self, message: ModelReady) -> None:
         self.ready = True
         summary = self.summary = message.summary
+        self.evictions_before = message.evictions
         if isinstance(self.screen, ModelScreen):
             self.screen.show_summary(summary)
         self.sub_title = f"{summary['model_id']} · {summary['backend']} · {summary['context_length']} ctx"
@@ -116,22 +155,40 @@ class WorkbenchApp(App):
         self.render_agents()
 
     def render_agents(self) -> None:
-        text = self.query_one("#filter", Input).value.strip().lower()
-        rows = [r for r in self.rows if text in r["id"].lower()]
+        rows = list(self.rows)
         if self.agent_id and all(r["id"] != self.agent_id for r in self.rows):
             rows.insert(0, {"id": self.agent_id, "tier": "cold", "tokens": 0, "turns": 0})
         view = self.query_one("#agents", ListView)
         view.clear()
-        for row in rows:
-            label = f"{row['id']}\n  {TIER_BADGE[row['tier']]} {row['tokens']} tok · {row['turns']} turns"
-            view.append(ListItem(Label(label), name=row["id"]))
-        for index, row in enumerate(rows):
-            if row["id"] == self.agent_id:
+        items = sidebar_items(filtered(rows, self.query_one("#filter", Input).value))
+        view.extend(items)
+        for index, item in enumerate(items):
+            if item.name is not None and item.name == self.agent_id:
                 view.index = index
 
     @on(Input.Changed, "#filter")
     def filter_changed(self) -> None:
         self.render_agents()
+
+    @on(Input.Submitted, "#filter")
+    def filter_submitted(self) -> None:
+        """Enter in the filter opens the first agent it lists, and goes back to the message box."""
+        first = next((item.name for item in self.query_one("#agents", ListView).children if item.name), None)
+        if first is not None and first != self.agent_id:
+            self.select_agent(first)
+            self.render_agents()
+        self.query_one("#prompt", Input).focus()
+
+    def action_find_agent(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def on_key(self, event) -> None:
+        """Typing in the agent list types into its filter."""
+        if event.is_printable and event.character and self.focused is self.query_one("#agents", ListView):
+            search = self.query_one("#filter", Input)
+            search.focus()
+            search.insert_text_at_cursor(event.character)
+            event.stop()
 
     @on(ListView.Selected, "#agents")
     def agent_chosen(self, event: ListView.Selected) -> None:
@@ -160,12 +217,20 @@ class WorkbenchApp(App):
         log = self.query_one("#log", VerticalScroll)
         await log.mount_all([Markdown(m.content, classes=m.role) for m in session.messages])
         log.scroll_end(animate=False)
-        self.set_status(f"Agent {session.id}: {session.turns} turns.")
+        self.set_status(f"Agent {session.id}: {counted(session.turns, 'turn')}.")
 
     @work(thread=True, group="keep")
     def keep_turn(self, session, text: str, finished: TurnFinished) -> None:
         self.source.keep(session, text, finished)
+        evictions = self.evictions_now()
+        cache = finished.cache
+        self.post_message(
+            TurnRecorded(TurnRecord(session.id, cache.source, cache.decision, finished.timing.ttft_s, evictions))
+        )
         self.post_message(AgentsLoaded(self.source.agents()))
+
+    def on_turn_recorded(self, message: TurnRecorded) -> None:
+        self.turns.append(message.turn)
 
     # -- a turn ----------------------------------------------------------------------------------
     @on(Input.Submitted, "#prompt")
@@ -193,6 +258,7 @@ class WorkbenchApp(App):
         log.scroll_end(animate=False)
         self._stream = Markdown.get_stream(self._reply)
         self._pending_text = text
+        self._generating = False
         self.handle = self.source.send(self._session, text, lambda e: self.post_message(EngineEvent(e)))
         self.set_status("Thinking…")
 
@@ -204,10 +270,14 @@ class WorkbenchApp(App):
         if isinstance(event, TurnStarted):
             cached = event.cache.reused_tokens
             source = f"{cached} cached ({event.cache.source})" if cached else "cold"
-            self.set_status(f"Prefilling {event.prompt_tokens - cached} tokens, {source}…")
+            missed = f"; {event.cache.miss_reason}" if event.cache.miss_reason else ""
+            self.set_status(f"Prefilling {event.prompt_tokens - cached} tokens, {source}{missed}…")
         elif isinstance(event, PrefillProgress):
             self.set_status(f"Prefilling: {event.done_tokens} of {event.total_tokens} prompt tokens…")
         elif isinstance(event, TurnChunk):
+            if not self._generating:  # the prompt is read: say so once, not at every piece
+                self._generating = True
+                self.set_status("Generating… (Esc stops)")
             follow = log.max_scroll_y - log.scroll_y < 3
             await self._stream.write(event.text)
             if follow:
@@ -220,8 +290,7 @@ class WorkbenchApp(App):
             footer = turn_footer(event) + (" [stopped]" if event.finish_reason == "cancelled" else "")
             await log.mount(Static(footer, classes="turn-footer", markup=False))
             log.scroll_end(animate=False)
-            self.ttfts.setdefault(self.agent_id, []).append((event.cache.source, event.timing.ttft_s))
-            self.set_status(f"Agent {self.agent_id}: {turns} turns.")
+            self.set_status(f"Agent {self.agent_id}: {counted(turns, 'turn')}.")
         elif isinstance(event, TurnFailed):
             await self._stream.stop()
             self.handle = None
@@ -259,6 +328,50 @@ class WorkbenchApp(App):
         self.refresh_agents()
 
     @work
+    async def action_fork_agent(self) -> None:
+        if self.agent_id is None:
+            return
+        if not self.ready:
+            self.set_status("The model is still loading; fork when it is ready.")
+            return
+        if self.handle is not None:
+            self.set_status("A reply is running; fork when it is done (Esc stops it).")
+            return
+        parent = self.agent_id
+        taken = {row["id"] for row in self.rows}
+        name = await self.push_screen_wait(AskName(f"Fork {parent} as:", free_id(f"{parent}-fork", taken)))
+        if not name:
+            return
+        # The last reply's transcript write first, so that the fork's copy has it
+        for worker in [w for w in self.workers if w.group == "keep"]:
+            await worker.wait()
+        try:
+            snapshots = await self.run_in_thread(self.source.fork, parent, name)
+        except Exception as exc:  # noqa: BLE001 - shown: an id taken, an unknown agent, no server
+            self.notify(f"Cannot fork {parent} as {name}: {exc}", title="Fork", severity="error", timeout=10)
+            return
+        shared = "its KV cache shared" if snapshots else "no KV cache to share yet (its next turn is prefilled)"
+        self.notify(f"Forked {parent} as {name}: transcript copied, {shared}.", title="Fork")
+        self.select_agent(name)
+        self.refresh_agents()
+
+    @work
+    async def action_toggle_pin(self) -> None:
+        if self.agent_id is None or not self.ready:
+            return
+        agent_id = self.agent_id
+        row = next((r for r in self.rows if r["id"] == agent_id), {})
+        pinned = not row.get("pinned", False)
+        try:
+            await self.run_in_thread(self.source.set_pinned, agent_id, pinned)
+        except Exception as exc:  # noqa: BLE001 - shown: an agent with nothing stored yet, no server
+            self.notify(f"Cannot pin {agent_id}: {exc}", title="Pin", severity="error", timeout=10)
+            return
+        what = "pinned: its KV cache is evicted last" if pinned else "unpinned"
+        self.notify(f"{agent_id} {what}.", title="Pin")
+        self.refresh_agents()
+
+    @work
     async def action_delete_agent(self) -> None:
         if self.agent_id is None or self.handle is not None:
             return
@@ -271,12 +384,24 @@ class WorkbenchApp(App):
         self.set_status(f"Deleted {agent_id}.")
         self.refresh_agents()
 
+    def action_inspector(self) -> None:
+        if not isinstance(self.screen, InspectorScreen):
+            self.open_inspector(self.agent_id)
+
     @work
-    async def action_inspector(self) -> None:
-        if not self.ready or isinstance(self.screen, InspectorScreen):
+    async def open_inspector(self, agent_id: str | None) -> None:
+        """The inspector of one agent: the sidebar's (F7) or the overview's highlighted one (Enter)."""
+        if not self.ready:
             return
-        inspection = await self.run_in_thread(self.source.inspect, self.agent_id)
-        await self.push_screen(InspectorScreen(inspection, self.ttfts.get(self.agent_id, [])))
+        inspection = await self.run_in_thread(self.source.inspect, agent_id)
+        await self.push_screen(InspectorScreen(inspection, for_agent(self.turns, agent_id), self.rows))
+
+    @work
+    async def action_memory(self) -> None:
+        if not self.ready or isinstance(self.screen, OverviewScreen):
+            return
+        overview = await self.run_in_thread(self.source.overview)
+        await self.push_screen(OverviewScreen(overview, self.turns, self.evictions_before))
 
     @work
     async def action_model(self) -> None:
@@ -311,7 +436,7 @@ class WorkbenchApp(App):
             self.ready = True
             self.post_message(SwapProgress(f"Swap failed: {exc}"))
             return
-        self.post_message(ModelReady(summary))
+        self.post_message(ModelReady(summary, self.evictions_now()))
 
     def on_swap_progress(self, message: SwapProgress) -> None:
         self.set_status(message.text)
@@ -327,3 +452,12 @@ class WorkbenchApp(App):
         if self.handle is not None:
             self.handle.cancel()
         self.source.close()
+
+
+def free_id(wanted: str, taken: set[str]) -> str:
+    """`wanted`, or with the first number after it that no agent has."""
+    number = 2
+    candidate = wanted
+    while candidate in taken:
+        candidate, number = f"{wanted}-{number}", number + 1
+    return candidate

@@ -1,5 +1,6 @@
-"""The memory inspector: the KV pool as a whole, the selected agent's block chain, and its time to first
-token per turn (cold vs resumed), so the memory can be seen paying off."""
+"""The memory inspector: the KV pool as a whole, the selected agent's block chain (and the blocks it shares
+with the agent it was forked from and with its forks), and its time to first token per turn (cold vs
+resumed), so the memory can be seen paying off."""
 
 from __future__ import annotations
 
@@ -10,19 +11,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Label, ProgressBar, Sparkline, Static
+from textual.widgets import DataTable, Footer, Header, Label, ProgressBar, Static
 
-CELL = {
-    "shared": "[magenta]■[/]",
-    "warm": "[cyan]■[/]",
-    "hot": "[green]■[/]",
-    "pending": "[yellow]■[/]",
-    "none": "[dim]□[/]",
-}
-LEGEND = (
-    f"{CELL['shared']} shared  {CELL['warm']} on disk  {CELL['hot']} in memory only  "
-    f"{CELL['pending']} being written  {CELL['none']} not stored"
-)
+from workbench.tui.agent_tree import lineage_lines
+from workbench.tui.block_map import block_strip
+from workbench.tui.charts import columns
+from workbench.tui.turn_log import TurnRecord
+
+SOURCE_WORD = {"cold": "[red]cold[/]", "hot": "[green]hot[/]", "warm": "[cyan]warm[/]"}
 
 
 def mebibytes(nbytes: float) -> str:
@@ -33,32 +29,40 @@ def clock(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp)) if timestamp else "-"
 
 
-def block_kinds(row: dict | None, block_tokens: int) -> list[str]:
-    """One kind per block of the agent's tokens: from its stored chain, then what only memory holds."""
-    if not row:
-        return []
-    chain = row.get("chain") or []
-    kinds = [("shared" if len(block["agents"]) > 1 else "warm") if block["stored"] else "pending" for block in chain]
-    total = -(-row.get("tokens", 0) // block_tokens)
-    rest = "hot" if row.get("tier") == "hot" else "none"
-    return kinds + [rest] * max(0, total - len(kinds))
+def keeping_line(row: dict) -> str:
+    """How long the agent's caches are kept (engine/kv/policy.py): pinned, a retention, a client's hint."""
+    parts = ["pinned: evicted last, never by the disk budget" if row.get("pinned") else "not pinned (F6 pins)"]
+    if row.get("retention_s") is not None:
+        parts.append(f"caches expire after {row['retention_s']} s idle")
+    if row.get("kept_until"):
+        parts.append(f"kept until {time.strftime('%H:%M:%S', time.localtime(row['kept_until']))} (a client's hint)")
+    return "; ".join(parts)
 
 
-def block_strip(row: dict | None, block_tokens: int) -> str:
-    if not row:
-        return "(no agent selected)"
-    kinds = block_kinds(row, block_tokens)
-    return (" ".join(CELL[kind] for kind in kinds) if kinds else "(no KV blocks yet)") + f"\n{LEGEND}"
+def ttft_columns(turns: list[TurnRecord], shown: int = 12) -> str:
+    """The last turns' time to first token as columns, each labelled by where its cache came from."""
+    if not turns:
+        return "[dim](no turns in this run yet)[/dim]"
+    turns = turns[-shown:]
+    chart = columns([turn.ttft_s for turn in turns], 2)
+    cell = 6  # a column and its value, "0.42 "
+    lines = ["".join(f"{c * 4:<{cell}}" for c in line) for line in chart]
+    lines.append("".join(f"{turn.ttft_s:<{cell}.2f}" for turn in turns))
+    lines.append("".join(SOURCE_WORD.get(turn.source, turn.source) + " " * (cell - len(turn.source)) for turn in turns))
+    return "\n".join(lines)
 
 
 class InspectorScreen(Screen):
-    BINDINGS = [Binding("escape,f3", "app.pop_screen", "Back")]
+    BINDINGS = [Binding("escape,f7", "app.pop_screen", "Back")]
 
-    def __init__(self, inspection: dict, ttfts: list[tuple[str, float]]):
+    def __init__(self, inspection: dict, turns: list[TurnRecord], rows: list[dict]):
+        """`turns`: the agent's turns of this run; `rows`: every agent's row (the sidebar's), where the
+        selected agent's forks are found."""
         super().__init__()
         self.pool, self.row, self.block_tokens = inspection["pool"], inspection["row"], inspection["block_tokens"]
         self.chain = (self.row or {}).get("chain") or []
-        self.ttfts = ttfts
+        self.turns = turns
+        self.rows = rows
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -82,6 +86,9 @@ class InspectorScreen(Screen):
             name = self.row["id"] if self.row else "-"
             tokens = self.row.get("tokens", 0) if self.row else 0
             yield Label(f"[b]Agent {name}[/b]  {tokens} tokens, {self.block_tokens} per block")
+            if self.row:
+                yield Static(lineage_lines(self.row, self.rows), id="lineage", markup=False)
+                yield Static(keeping_line(self.row), id="keeping", markup=False)
             yield Static(block_strip(self.row, self.block_tokens), id="strip")
             with Horizontal(id="block-panes"):
                 table = DataTable(id="blocks", cursor_type="row", zebra_stripes=True)
@@ -93,11 +100,7 @@ class InspectorScreen(Screen):
                 yield table
                 yield Static(self._details(0), id="block-details", markup=False)
             yield Label("time to first token per turn (s), cold vs resumed")
-            yield Sparkline([ttft for _, ttft in self.ttfts] or [0.0], id="ttft")
-            yield Static(
-                "  ".join(f"{source} {ttft:.2f}" for source, ttft in self.ttfts[-8:]) or "(no turns in this run yet)",
-                id="ttft-values",
-            )
+            yield Static(ttft_columns(self.turns), id="ttft")
         yield Footer()
 
     def _details(self, index: int) -> str:

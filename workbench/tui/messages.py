@@ -8,6 +8,7 @@ from textual.message import Message
 
 from engine.events import TurnEvent
 from engine.sessions import Session
+from workbench.tui.turn_log import TurnRecord
 
 
 @dataclass
@@ -18,6 +19,7 @@ class EngineEvent(Message):
 @dataclass
 class ModelReady(Message):
     summary: dict
+    evictions: int = 0  # the hot tier's evictions so far: this model's turns count theirs from here
 
 
 @dataclass
@@ -38,3 +40,8 @@ class SwapProgress(Message):
 @dataclass
 class TranscriptLoaded(Message):
     session: Session
+
+
+@dataclass
+class TurnRecorded(Message):
+    turn: TurnRecord

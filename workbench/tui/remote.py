@@ -18,6 +18,7 @@ from engine.sessions import Session
 from workbench.chat import CHAT_REPETITION_PENALTY
 
 _request_numbers = itertools.count(1)
+MAX_CHAINS = 50  # agents whose block chains the overview fetches, one request each
 
 
 class RemoteHandle:
@@ -89,9 +90,48 @@ class RemoteSource:
     def rename(self, old_id: str, new_id: str) -> None:
         raise ValueError("renaming is not offered by the server's agent API")
 
+    def fork(self, agent_id: str, new_id: str) -> int:
+        """POST /v1/agents/{id}/fork; how many warm snapshots the fork shares. LookupError for an unknown
+        agent, ValueError for an id in use (the server writes nothing then)."""
+        response = self.client.post(f"/v1/agents/{quote(agent_id, safe='')}/fork", json={"new_id": new_id})
+        if response.status_code == 401:
+            raise PermissionError("the server wants an API key: pass --api-key")
+        if response.status_code == 404:
+            raise LookupError(response.json()["error"]["message"])
+        if response.status_code in (400, 409):
+            raise ValueError(response.json()["error"]["message"])
+        response.raise_for_status()
+        return response.json()["kv_snapshots"]
+
+    def set_pinned(self, agent_id: str, pinned: bool) -> None:
+        """PATCH /v1/agents/{id}: pin the agent's caches or unpin them."""
+        response = self.client.patch(f"/v1/agents/{quote(agent_id, safe='')}", json={"pinned": pinned})
+        if response.status_code == 401:
+            raise PermissionError("the server wants an API key: pass --api-key")
+        if response.status_code in (404, 409):
+            raise LookupError(response.json()["error"]["message"])
+        response.raise_for_status()
+
     def inspect(self, agent_id: str | None) -> dict:
+        row = None
+        if agent_id is not None:
+            response = self.client.get(f"/v1/agents/{quote(agent_id, safe='')}")
+            row = response.json() if response.status_code == 200 else None
+        return {"pool": self.pool(), "row": row, "block_tokens": self.block_tokens}
+
+    def overview(self) -> dict:
+        """The pool, and every agent's row with its stored chain (one request per agent, the first
+        MAX_CHAINS of them; the rest are drawn from their token counts)."""
+        rows = self.agents()
+        for row in rows[:MAX_CHAINS]:
+            response = self.client.get(f"/v1/agents/{quote(row['id'], safe='')}")
+            found = response.json().get("chain") if response.status_code == 200 else None
+            row["chain"] = found or []
+        return {"pool": self.pool(), "rows": rows, "block_tokens": self.block_tokens}
+
+    def pool(self) -> dict:
         metrics = self._metrics()
-        pool = {
+        return {
             "hot": {
                 "used_bytes": metrics.get("agent_memory_hot_bytes", 0),
                 "budget_bytes": metrics.get("agent_memory_hot_budget_bytes", 0),
@@ -105,11 +145,6 @@ class RemoteSource:
                 "blocks": metrics.get("agent_memory_warm_blocks", 0),
             },
         }
-        row = None
-        if agent_id is not None:
-            response = self.client.get(f"/v1/agents/{quote(agent_id, safe='')}")
-            row = response.json() if response.status_code == 200 else None
-        return {"pool": pool, "row": row, "block_tokens": self.block_tokens}
 
     def _metrics(self) -> dict[str, float]:
         from prometheus_client.parser import text_string_to_metric_families
@@ -166,7 +201,11 @@ class RemoteSource:
                     elif line.startswith("data: "):
                         data = json.loads(line.removeprefix("data: "))
                         if name == "started":
-                            cache = CacheReport(data["cache"]["source"], data["cache"]["reused_tokens"])
+                            cache = CacheReport(
+                                data["cache"]["source"],
+                                data["cache"]["reused_tokens"],
+                                miss_reason=data["cache"].get("miss_reason"),
+                            )
                             on_event(TurnStarted(request_id, data["prompt_tokens"], cache))
                         elif name == "delta":
                             text.append(data["text"])
@@ -215,6 +254,7 @@ def _finished(request_id: str, data: dict) -> TurnFinished:
             cache["restore_s"],
             cache.get("decision", "recompute"),
             cache.get("estimate_s", 0.0),
+            cache.get("miss_reason"),
         ),
         timing=Timing(
             timing["ttft_s"], timing["prefill_tokens_per_s"], timing["decode_tokens_per_s"], timing["total_s"]

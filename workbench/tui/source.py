@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.agents_view import agent_rows, block_counts
+from engine.agent_ops import fork_agent
+from engine.agents_view import agent_rows, block_counts, has_cache
 from engine.events import TurnEvent, TurnFinished
 from engine.requests import GenerationRequest, SamplingParams
 from engine.sessions import Session, SessionStore
@@ -18,7 +19,7 @@ class LocalSource:
         from engine.engine import Engine
 
         self.settings = settings
-        self.store = SessionStore(settings.sessions_path)
+        self.store = SessionStore.of(settings)
         self.engine = engine or Engine(settings)
 
     # -- lifecycle (worker thread) ---------------------------------------------------------------
@@ -66,6 +67,17 @@ class LocalSource:
         self.store.save(session)
         self.delete(old_id)
 
+    def fork(self, agent_id: str, new_id: str) -> int:
+        """A new agent `new_id` that starts where `agent_id` is: its transcript copied, its KV cache shared.
+        How many warm snapshots were shared (0: no cache yet). LookupError for an unknown agent, ValueError
+        for an id in use; either way nothing is written (engine/agent_ops.py)."""
+        overview = self.engine.kv_overview()
+        return fork_agent(self.store, agent_id, new_id, lambda sid: has_cache(overview, sid), self.engine.fork_session)
+
+    def set_pinned(self, agent_id: str, pinned: bool) -> None:
+        """Pin the agent's caches (evicted last, never dropped by the disk budget) or unpin them."""
+        self.engine.set_agent_policy(agent_id, pinned=pinned)
+
     def inspect(self, agent_id: str | None) -> dict:
         """The pool (hot and warm tiers) and the agent's row with its block counts."""
         overview = self.engine.kv_overview()
@@ -77,6 +89,18 @@ class LocalSource:
             row["chain"] = self.engine.agent_blocks(agent_id)
         pool = {"hot": overview.get("hot") or {}, "warm": overview.get("warm") or {}}
         return {"pool": pool, "row": row, "block_tokens": self.settings.kv_block_tokens}
+
+    def pool(self) -> dict:
+        """The hot tier (budget, residents, evictions, shared bytes saved) and the warm tier on disk."""
+        overview = self.engine.kv_overview(sessions=False)
+        return {"hot": overview.get("hot") or {}, "warm": overview.get("warm") or {}}
+
+    def overview(self) -> dict:
+        """The pool, and every agent's row with its stored block chain: the memory overview's data."""
+        rows = self.agents()
+        for row in rows:
+            row["chain"] = self.engine.agent_blocks(row["id"])
+        return {"pool": self.pool(), "rows": rows, "block_tokens": self.settings.kv_block_tokens}
 
     # -- models ----------------------------------------------------------------------------------
     def model_choices(self) -> list[str]:
