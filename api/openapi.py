@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pydantic.json_schema import models_json_schema
 
-from api.schemas.agents import AgentMessageRequest, AgentPolicyRequest, ForkRequest, SwapRequest
+from api.schemas.agents import AgentMessageRequest, AgentPolicyRequest, NewIdRequest, SwapRequest
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest
 from api.schemas.ollama import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
 from api.schemas.openai import ChatCompletionRequest
@@ -23,7 +23,7 @@ REQUEST_MODELS = [
     OllamaShowRequest,
     AgentMessageRequest,
     AgentPolicyRequest,
-    ForkRequest,
+    NewIdRequest,
     SwapRequest,
 ]
 
@@ -48,7 +48,8 @@ ROUTES = [
     ("patch", "/v1/agents/{agent_id}", "Agents", "Pin an agent or set its retention", AgentPolicyRequest, False),
     ("delete", "/v1/agents/{agent_id}", "Agents", "Delete an agent's transcript and caches", None, False),
     ("post", "/v1/agents/{agent_id}/messages", "Agents", "Send an agent its next turn", AgentMessageRequest, True),
-    ("post", "/v1/agents/{agent_id}/fork", "Agents", "Fork an agent: its transcript and KV cache", ForkRequest, False),
+    ("post", "/v1/agents/{agent_id}/fork", "Agents", "Fork an agent: its transcript and KV cache", NewIdRequest, False),
+    ("post", "/v1/agents/{agent_id}/rename", "Agents", "Rename an agent, its KV cache kept", NewIdRequest, False),
     ("get", "/v1/agents/{agent_id}/export", "Agents", "An agent as one file: transcript and KV cache", None, False),
     ("post", "/v1/agents/import", "Agents", "Import an agent file (the body; ?as=ID names it)", None, False),
     ("get", "/health", "Server", "Readiness: 200 when serving, 503 while loading or swapping", None, False),

@@ -268,6 +268,11 @@ class Engine:
         snapshots it shares (0: none stored, or the cache dir is another process's)."""
         return int(self._after_writes(lambda memory: memory.fork(session_id, new_session_id), 0))
 
+    def rename_session(self, session_id: str, new_session_id: str) -> int:
+        """Move the KV caches and policy of `session_id` to `new_session_id` (see KVMemory.rename); how
+        many warm snapshots moved."""
+        return int(self._after_writes(lambda memory: memory.rename(session_id, new_session_id), 0))
+
     def export_agent(self, session_id: str, agent_id: str, transcript: dict | None, path: Path):
         """Write the agent file of `session_id` (named `agent_id` in it) to `path`: its transcript and its
         cache under the current model (engine/kv/agent_file.py); returns its manifest."""

@@ -121,6 +121,28 @@ def test_fork_over_http_diverges_and_outlives_its_parent(http):
     assert http.delete("/v1/agents/fork-child").status_code == 200
 
 
+def test_rename_over_http_keeps_the_transcript_and_the_cache(http):
+    system = "You answer in one short sentence. " + "The harbour keeps a log of every tide. " * 60
+    first = http.post(
+        "/v1/agents/rename-old/messages", json={"content": "Name a tide.", "system": system, "max_tokens": 8}
+    )
+    assert first.status_code == 200, first.text
+    http.post("/v1/agents/rename-taken/messages", json={"content": "Hi.", "max_tokens": 2})
+    assert http.post("/v1/agents/rename-old/rename", json={"new_id": "rename-taken"}).status_code == 409
+    assert http.post("/v1/agents/no-such-agent/rename", json={"new_id": "rename-x"}).status_code == 404
+    assert http.post("/v1/agents/rename-old/rename", json={"new_id": "rename-old"}).status_code == 400
+
+    renamed = http.post("/v1/agents/rename-old/rename", json={"new_id": "rename-new"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["id"] == "rename-new" and renamed.json()["turns"] == 1
+    assert http.get("/v1/agents/rename-old").status_code == 404
+    after = http.post("/v1/agents/rename-new/messages", json={"content": "Another.", "max_tokens": 8}).json()
+    assert after["turns"] == 2, after
+    assert after["usage"]["cached_tokens"] >= 0.9 * first.json()["usage"]["prompt_tokens"], after
+    for agent in ("rename-new", "rename-taken"):
+        assert http.delete(f"/v1/agents/{agent}").status_code == 200
+
+
 def test_agents_fork_on_the_command_line(default_engine, tmp_path):
     data = default_engine.settings.data_path
     own = {"SEMANTIC_AGENT_CACHE_DIR": str(tmp_path / "caches")}  # a cache dir of its own: others start fresh
@@ -141,3 +163,24 @@ def test_agents_fork_on_the_command_line(default_engine, tmp_path):
     rows = {row["id"]: row for row in json.loads(run_cli("agents", "--json", data_dir=data, env=own).stdout)}
     assert rows["fork-cli-2"]["forked_from"] == "fork-cli" and rows["fork-cli-2"]["turns"] == 2
     assert rows["fork-cli"]["turns"] == 1
+
+
+def test_agents_rename_on_the_command_line(default_engine, tmp_path):
+    data = default_engine.settings.data_path
+    own = {"SEMANTIC_AGENT_CACHE_DIR": str(tmp_path / "caches")}
+    first = run_cli(
+        "chat", "-s", "mv-cli", "--new", "-t", "0", "-n", "8", "--json", "Hello there.", data_dir=data, env=own
+    )
+    assert first.returncode == 0, first.stderr
+    assert run_cli("agents", "pin", "mv-cli", data_dir=data, env=own).returncode == 0
+    renamed = run_cli("agents", "rename", "mv-cli", "mv-cli-2", data_dir=data, env=own)
+    assert renamed.returncode == 0 and "KV cache with it" in renamed.stdout, renamed.stdout + renamed.stderr
+    missing = run_cli("agents", "rename", "mv-cli", "mv-cli-3", data_dir=data, env=own)
+    assert missing.returncode == 2 and "no session" in missing.stderr
+
+    turn = run_cli("chat", "-s", "mv-cli-2", "-t", "0", "-n", "8", "--json", "And again?", data_dir=data, env=own)
+    result = json.loads(turn.stdout)
+    assert result["cache"]["source"] == "warm"
+    assert result["usage"]["cached_tokens"] >= json.loads(first.stdout)["usage"]["prompt_tokens"]
+    rows = {row["id"]: row for row in json.loads(run_cli("agents", "--json", data_dir=data, env=own).stdout)}
+    assert "mv-cli" not in rows and rows["mv-cli-2"]["turns"] == 2 and rows["mv-cli-2"]["pinned"]

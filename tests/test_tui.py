@@ -110,6 +110,8 @@ def test_connect_to_a_running_server(server):
 
 
 def test_new_rename_and_delete_agent(source):
+    finished = record_turns(source)
+
     async def scenario():
         app = WorkbenchApp(source)
         async with app.run_test(size=(100, 30)) as pilot:
@@ -129,6 +131,10 @@ def test_new_rename_and_delete_agent(source):
             await until(pilot, lambda: any(r["id"] == "tui-renamed" for r in app.rows))
             assert not any(r["id"] == "tui-new" for r in app.rows)
             assert source.session("tui-renamed").turns == 1
+            # The cache moved with the name: the next turn resumes instead of reading everything again
+            footer = await send(app, pilot, "And again?")
+            assert finished[-1].cache.source in ("hot", "warm"), (footer, finished[-1].cache)
+            assert finished[-1].usage.cached_tokens >= finished[0].usage.prompt_tokens, finished[-1].usage
 
             await pilot.press("f8")
             await until(pilot, lambda: isinstance(app.screen, Confirm))

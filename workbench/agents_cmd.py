@@ -1,4 +1,4 @@
-"""`agent-memory agents`: list, show, fork, export, import and delete sessions."""
+"""`agent-memory agents`: list, show, fork, rename, export, import and delete sessions."""
 
 from __future__ import annotations
 
@@ -132,6 +132,39 @@ def fork_agent(settings: Settings, session_id: str, new_id: str) -> int:
         warm.close()
     shared = "its KV cache shared" if snapshots else "no KV cache to share (its next turn is prefilled)"
     typer.echo(f"Forked {session_id!r} as {new_id!r}: transcript copied, {shared}.")
+    return 0
+
+
+def rename_agent(settings: Settings, session_id: str, new_id: str) -> int:
+    """Move the transcript, the KV cache and its policy to `new_id`: its next turn resumes."""
+    from engine.agent_ops import AgentExists, NoSuchAgent
+    from engine.agent_ops import rename_agent as rename
+    from engine.kv.warm import WarmTier
+
+    warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
+
+    def move(old: str, new: str) -> int:
+        policy = warm.policies().get(old)
+        moved = warm.fork_session(old, new)
+        if policy is not None:
+            warm.set_policy(new, policy)
+        warm.forget_session(None, old)
+        return moved
+
+    try:
+        if warm.read_only:
+            return owned_elsewhere(f"rename through it, POST /v1/agents/{session_id}/rename")
+        moved = rename(
+            SessionStore.of(settings), session_id, new_id, lambda sid: bool(warm.session_fingerprints(sid)), move
+        )
+    except NoSuchAgent:
+        return report_error(f"no session {session_id!r}; see `agent-memory agents`")
+    except (AgentExists, SessionCorrupt) as exc:
+        return report_error(str(exc))
+    finally:
+        warm.close()
+    cache = "its KV cache with it" if moved else "no KV cache to move (its next turn is prefilled)"
+    typer.echo(f"Renamed {session_id!r} to {new_id!r}: transcript and {cache}.")
     return 0
 
 

@@ -251,6 +251,17 @@ def agents_fork(
     raise typer.Exit(fork_agent(settings_or_exit(), session_id, new_id))
 
 
+@agents_app.command("rename")
+def agents_rename(
+    session_id: Annotated[str, typer.Argument(help="Session id to rename.")],
+    new_id: Annotated[str, typer.Argument(help="Its new session id (not in use).")],
+) -> None:
+    """Rename a session: its transcript, KV cache and pinning move, so its next turn resumes."""
+    from workbench.agents_cmd import rename_agent
+
+    raise typer.Exit(rename_agent(settings_or_exit(), session_id, new_id))
+
+
 @agents_app.command("export")
 def agents_export(
     session_id: Annotated[str, typer.Argument(help="Session id to export.")],

@@ -14,7 +14,7 @@ from api import sse
 from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
 from api.generation import generation_request
-from api.schemas.agents import AgentMessageRequest, AgentPolicyRequest, ForkRequest
+from api.schemas.agents import AgentMessageRequest, AgentPolicyRequest, NewIdRequest
 from api.sessions import checked_session_id, held_across_processes, scoped, unscoped
 from api.usage import turn_summary
 from api.validation import parse, read_json
@@ -146,12 +146,24 @@ async def delete_agent(request, agent_id: str):
 @bp.post("/<agent_id:str>/fork")
 async def fork_agent(request, agent_id: str):
     """A new agent that starts where this one is: its transcript copied, every KV block shared."""
+    return json_response(await _under_new_id(request, agent_id, "fork"), status=201)
+
+
+@bp.post("/<agent_id:str>/rename")
+async def rename_agent(request, agent_id: str):
+    """The agent under a new id, its transcript and KV cache with it: its next turn resumes."""
+    return json_response(await _under_new_id(request, agent_id, "rename"))
+
+
+async def _under_new_id(request, agent_id: str, verb: str) -> dict:
+    """Fork or rename (engine/agent_ops.py) `agent_id` to the body's new_id, under both ids' locks;
+    the new agent's row with `kv_snapshots` (how many stored caches it has from the old id)."""
     agent_id, key = agent_ids(request, agent_id)
-    parsed = parse(ForkRequest, read_json(request))
+    parsed = parse(NewIdRequest, read_json(request))
     new_id = checked_session_id(parsed.new_id, "new_id")
     new_key = scoped(request, new_id)
     if new_key == key:
-        raise ApiError(400, "new_id: a fork needs an id of its own", param="new_id")
+        raise ApiError(400, f"new_id: a {verb} needs an id of its own", param="new_id")
     server = request.app.ctx.server
     engine = server.ready_engine()
     store = transcripts(request)
@@ -160,22 +172,20 @@ async def fork_agent(request, agent_id: str):
             await held.enter_async_context(server.locks.hold(lock_key))
         overview = await kv_overview(engine)
         try:
+            operation, caches = {
+                "fork": (agent_ops.fork_agent, engine.fork_session),
+                "rename": (agent_ops.rename_agent, engine.rename_session),
+            }[verb]
             snapshots = await asyncio.to_thread(
-                agent_ops.fork_agent,
-                store,
-                key,
-                new_key,
-                lambda sid: has_cache(overview, sid),
-                engine.fork_session,
+                operation, store, key, new_key, lambda sid: has_cache(overview, sid), caches
             )
         except agent_ops.NoSuchAgent:
             raise ApiError(404, f"no agent {agent_id!r}", param="agent_id") from None
         except agent_ops.AgentExists:
-            raise ApiError(409, f"agent {new_id!r} exists already; fork under a new id", param="new_id") from None
-        fork = await read_transcript(store, new_key)
-    rows = agent_rows([fork], await kv_overview(engine), engine.model_id)
-    row = as_client_sees(request, next(r for r in rows if r["id"] == new_key), new_id)
-    return json_response({**row, "kv_snapshots": snapshots}, status=201)
+            raise ApiError(409, f"agent {new_id!r} exists already; {verb} under a new id", param="new_id") from None
+        agent = await read_transcript(store, new_key)
+    rows = agent_rows([agent], await kv_overview(engine), engine.model_id)
+    return {**as_client_sees(request, next(r for r in rows if r["id"] == new_key), new_id), "kv_snapshots": snapshots}
 
 
 def is_known(session: Session | None, overview: dict, key: str) -> bool:

@@ -28,12 +28,14 @@ class AgentMessageRequest(BaseModel):
     seed: Seed | None = None
 
 
-class ForkRequest(BaseModel):
-    """POST /v1/agents/{id}/fork"""
+class NewIdRequest(BaseModel):
+    """POST /v1/agents/{id}/fork and /rename"""
 
     model_config = ConfigDict(extra="ignore")
 
-    new_id: str = Field(min_length=1, description="The fork's agent id: a new one, in the caller's tenant.")
+    new_id: str = Field(
+        min_length=1, description="The agent id to fork or rename to: a new one, in the caller's tenant."
+    )
 
 
 class AgentPolicyRequest(BaseModel):

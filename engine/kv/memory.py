@@ -491,6 +491,18 @@ class KVMemory:
             return self.writer.run(lambda warm: 0)
         return self.writer.run(lambda warm: warm.fork_session(session_id, new_session_id))
 
+    def rename(self, session_id: str, new_session_id: str) -> Future[int]:
+        """`session_id`'s caches and policy under `new_session_id`: its snapshots shared with the new id,
+        then forgotten under the old one (the blocks stay, the new id uses them), behind the writes queued
+        before. The hot copy goes with the old id: the next turn reads the snapshot from disk. The Future
+        (wait on it off the engine thread) says how many snapshots moved, once all of it is done."""
+        policy = self.policy(session_id)
+        moved = self.fork(session_id, new_session_id)
+        if not policy.is_default:
+            self.set_policy(new_session_id, **policy.as_dict())
+        self.forget(session_id)
+        return self.writer.run(lambda warm: moved.result())
+
     def export_agent(self, session_id: str, agent_id: str, model_id: str, transcript: dict | None, path: Path):
         """Write the session's agent file to `path` behind the writes queued before (its last turn is in
         them). The Future (wait on it off the engine thread) holds its manifest."""

@@ -88,12 +88,17 @@ class RemoteSource:
         self.client.delete(f"/v1/agents/{quote(agent_id, safe='')}")
 
     def rename(self, old_id: str, new_id: str) -> None:
-        raise ValueError("renaming is not offered by the server's agent API")
+        """POST /v1/agents/{id}/rename: the transcript and the KV cache move to `new_id`. LookupError for an
+        unknown agent, ValueError for an id in use (the server writes nothing then)."""
+        self._to_new_id(old_id, "rename", new_id)
 
     def fork(self, agent_id: str, new_id: str) -> int:
         """POST /v1/agents/{id}/fork; how many warm snapshots the fork shares. LookupError for an unknown
         agent, ValueError for an id in use (the server writes nothing then)."""
-        response = self.client.post(f"/v1/agents/{quote(agent_id, safe='')}/fork", json={"new_id": new_id})
+        return self._to_new_id(agent_id, "fork", new_id)["kv_snapshots"]
+
+    def _to_new_id(self, agent_id: str, verb: str, new_id: str) -> dict:
+        response = self.client.post(f"/v1/agents/{quote(agent_id, safe='')}/{verb}", json={"new_id": new_id})
         if response.status_code == 401:
             raise PermissionError("the server wants an API key: pass --api-key")
         if response.status_code == 404:
@@ -101,7 +106,7 @@ class RemoteSource:
         if response.status_code in (400, 409):
             raise ValueError(response.json()["error"]["message"])
         response.raise_for_status()
-        return response.json()["kv_snapshots"]
+        return response.json()
 
     def set_pinned(self, agent_id: str, pinned: bool) -> None:
         """PATCH /v1/agents/{id}: pin the agent's caches or unpin them."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.agent_ops import fork_agent
+from engine.agent_ops import fork_agent, rename_agent
 from engine.agents_view import agent_rows, block_counts, has_cache
 from engine.events import TurnEvent, TurnFinished
 from engine.requests import GenerationRequest, SamplingParams
@@ -57,15 +57,12 @@ class LocalSource:
         self.engine.forget_session(agent_id)
 
     def rename(self, old_id: str, new_id: str) -> None:
-        """A new id for the transcript; the KV cache is rebuilt under the new id on its next turn."""
-        session = self.store.get(old_id)
-        if session is None:
-            raise LookupError(f"no agent {old_id!r}")
-        if self.store.get(new_id) is not None:
-            raise ValueError(f"an agent named {new_id!r} exists already")
-        session.id = new_id
-        self.store.save(session)
-        self.delete(old_id)
+        """A new id for the agent: its transcript, KV cache and policy move, so its next turn resumes (from
+        disk: the hot copy stays with the old id). LookupError for an unknown agent, ValueError for an id
+        in use (engine/agent_ops.py)."""
+        overview = self.engine.kv_overview()
+        cached = lambda sid: has_cache(overview, sid)  # noqa: E731
+        rename_agent(self.store, old_id, new_id, cached, self.engine.rename_session)
 
     def fork(self, agent_id: str, new_id: str) -> int:
         """A new agent `new_id` that starts where `agent_id` is: its transcript copied, its KV cache shared.
