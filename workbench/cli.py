@@ -30,6 +30,13 @@ agents_app = typer.Typer(
 app.add_typer(agents_app, name="agents")
 cache_app = typer.Typer(help="Inspect, verify and clear the KV cache on disk.", no_args_is_help=True, **PLAIN_HELP)
 app.add_typer(cache_app, name="cache")
+models_app = typer.Typer(
+    help="List, pull and remove models; see what a running server has loaded.",
+    invoke_without_command=True,
+    **PLAIN_HELP,
+)
+app.add_typer(models_app, name="models")
+DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 
 ModelOption = Annotated[
     str | None,
@@ -206,12 +213,62 @@ def batch(
     raise typer.Exit(run_batch(settings_or_exit(mlx_model_id=model), jobs, output))
 
 
-@app.command()
-def models(model: ModelOption = None) -> None:
-    """What can be loaded (packaged models), what is prepared (converted), and the platform."""
-    from workbench.models_cmd import show_models
+@models_app.callback()
+def models_default(
+    ctx: typer.Context,
+    model: ModelOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+) -> None:
+    """Without a subcommand: the same as `models list`."""
+    if ctx.invoked_subcommand is None:
+        models_list(model, json_output)
 
-    show_models(settings_or_exit(mlx_model_id=model))
+
+@models_app.command("list")
+def models_list(
+    model: ModelOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+) -> None:
+    """Packaged, prepared (converted) and Hugging Face cache models, their sampling defaults, the platform."""
+    from workbench.models_cmd import list_models
+
+    list_models(settings_or_exit(mlx_model_id=model), json_output)
+
+
+@models_app.command("pull")
+def models_pull(
+    repo_id: Annotated[str, typer.Argument(metavar="REPO", help="Hugging Face repo id (ORG/NAME).")],
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit.")] = None,
+) -> None:
+    """Download a Hugging Face repo into the hub cache, for `--model REPO` to load offline."""
+    from workbench.models_remote import pull_model
+
+    raise typer.Exit(pull_model(settings_or_exit(), repo_id, revision))
+
+
+@models_app.command("rm")
+def models_rm(
+    name: Annotated[str, typer.Argument(help="A prepared directory's name or a hub repo id (see `models list`).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a prepared model or a hub-cache repo (agents' KV caches for it stay on disk)."""
+    from workbench.models_cmd import remove_model
+
+    raise typer.Exit(remove_model(settings_or_exit(), name, yes))
+
+
+@models_app.command("ps")
+def models_ps(
+    connect: Annotated[str, typer.Option("--connect", help="The `agent-memory serve` to ask.")] = DEFAULT_SERVER_URL,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="SEMANTIC_API_KEY", help="The server's API key.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """What a running server holds: its model and weights, the agents in its hot tier, its requests."""
+    from workbench.models_remote import show_running
+
+    raise typer.Exit(show_running(connect, api_key, json_output))
 
 
 @agents_app.callback()

@@ -1,14 +1,34 @@
-"""`agent-memory models`: packaged models, prepared (converted) models, and the platform."""
+"""`agent-memory models list | rm`: packaged models, prepared (converted) models, Hugging Face repos in the hub
+cache, and the platform. `models pull` and `models ps` talk to the hub and a server (workbench/models_remote.py)."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import typer
 
 from engine.settings import Settings
+from workbench.output import report_error
 from workbench.platform_info import platform_summary
+
+EXIT_FAILED = 1
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One row of `models list --json`."""
+
+    name: str
+    kind: str  # "packaged" | "prepared" | "hub"
+    size_bytes: int | None
+    path: str | None
+    installed: bool
 
 
 def resume_mode(config: dict) -> str:
@@ -29,7 +49,91 @@ def sampling_lines(model_dir: Path, names: tuple[str, ...]) -> list[str]:
     return [f"sampling defaults: {values}", f"  from {source}"]
 
 
-def show_models(settings: Settings) -> None:
+def _distributions(package: str) -> list:
+    """The package and its `-partN` chunk packages (Gemma ships its GGUF in five), those installed."""
+    wanted = re.compile(re.escape(_normalized(package)) + r"(-part\d+)?")
+    return [dist for dist in importlib.metadata.distributions() if wanted.fullmatch(_normalized(dist.metadata["Name"]))]
+
+
+def _normalized(name: str | None) -> str:
+    return (name or "").lower().replace("_", "-")
+
+
+def packaged_entries() -> list[ModelEntry]:
+    from engine.model_source import PACKAGED_MODELS
+
+    entries = []
+    for alias, packaged in PACKAGED_MODELS.items():
+        if not packaged.installed():
+            entries.append(ModelEntry(alias, "packaged", None, None, False))
+            continue
+        path = next(iter(importlib.util.find_spec(packaged.module).submodule_search_locations))
+        size = sum(file.size or 0 for dist in _distributions(packaged.package) for file in dist.files or ())
+        entries.append(ModelEntry(alias, "packaged", size, path, True))
+    return entries
+
+
+def prepared_dirs(models_path: Path) -> list[Path]:
+    """Model directories under the data dir (GGUFs converted on first use); links are not followed."""
+    if not models_path.is_dir():
+        return []
+    return sorted(
+        p for p in models_path.iterdir() if p.is_dir() and not p.is_symlink() and (p / "config.json").is_file()
+    )
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files under `path`; a hub snapshot's files are links to its blobs, counted as theirs."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def hub_cache():
+    """The Hugging Face hub cache's contents (huggingface_hub's HFCacheInfo), None before its first download.
+    An unreadable entry is left out (scan_cache_dir collects it as a warning)."""
+    from huggingface_hub import CacheNotFound, scan_cache_dir
+
+    try:
+        return scan_cache_dir()
+    except CacheNotFound:
+        return None
+
+
+def hub_repos() -> list:
+    """Model repos in the hub cache that mlx-lm can load: a revision with config.json and safetensors weights."""
+    cache = hub_cache()
+    repos = cache.repos if cache else ()
+    return sorted((repo for repo in repos if repo.repo_type == "model" and _loadable(repo)), key=lambda r: r.repo_id)
+
+
+def _loadable(repo) -> bool:
+    for revision in repo.revisions:
+        names = {f.file_name for f in revision.files if f.file_path.parent == revision.snapshot_path}
+        if "config.json" in names and any(name.endswith(".safetensors") for name in names):
+            return True
+    return False
+
+
+def hub_cache_dir() -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return HF_HUB_CACHE
+
+
+def list_models(settings: Settings, json_output: bool) -> None:
+    prepared = prepared_dirs(settings.models_path)
+    repos = hub_repos()
+    if json_output:
+        entries = [
+            *packaged_entries(),
+            *(ModelEntry(d.name, "prepared", dir_bytes(d), str(d), True) for d in prepared),
+            *(ModelEntry(r.repo_id, "hub", r.size_on_disk, str(r.repo_path), True) for r in repos),
+        ]
+        typer.echo(json.dumps([asdict(entry) for entry in entries]))
+        return
+    _show_text(settings, prepared, repos)
+
+
+def _show_text(settings: Settings, prepared: list[Path], repos: list) -> None:
     from engine.model_source import PACKAGED_MODELS
 
     for key, value in platform_summary().items():
@@ -43,17 +147,66 @@ def show_models(settings: Settings) -> None:
         for line in sampling_lines(Path(), (packaged.module, packaged.description)):
             typer.echo(f"  {'':<14} {line}")
     typer.echo("")
-    prepared = sorted(p for p in settings.models_path.glob("*/config.json")) if settings.models_path.is_dir() else []
     typer.echo(f"Prepared under {settings.models_path}:")
     if not prepared:
         typer.echo("  (none yet: a GGUF is converted on first use)")
-    for config_path in prepared:
-        model_dir = config_path.parent
+    for model_dir in prepared:
         size_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e6
-        config = json.loads(config_path.read_text())
+        config = json.loads((model_dir / "config.json").read_text())
         model_type = config.get("model_type", "?")
         typer.echo(f"  {model_dir.name:<48} {model_type:<12} {size_mb:8.0f} MB  KV resume: {resume_mode(config)}")
         for line in sampling_lines(model_dir, (model_dir.name,)):
             typer.echo(f"    {line}")
     typer.echo("")
+    typer.echo(f"Hugging Face repos in {hub_cache_dir()}:")
+    if not repos:
+        typer.echo("  (none: `agent-memory models pull ORG/NAME` downloads one)")
+    for repo in repos:
+        typer.echo(f"  {repo.repo_id:<48} {repo.size_on_disk / 1e6:8.0f} MB")
+    typer.echo("")
     typer.echo("Also accepted: a path to a .gguf file, an mlx-lm model directory, a Hugging Face repo id.")
+
+
+def remove_model(settings: Settings, name: str, yes: bool) -> int:
+    """Delete a prepared directory or a hub repo; packaged models are pip packages and stay."""
+    from engine.model_source import DEFAULT_ALIASES, PACKAGED_MODELS
+
+    alias = "default" if name in DEFAULT_ALIASES else name
+    if alias in PACKAGED_MODELS:
+        packages = sorted(_normalized(d.metadata["Name"]) for d in _distributions(PACKAGED_MODELS[alias].package))
+        command = f"pip uninstall {' '.join(packages or [PACKAGED_MODELS[alias].package])}"
+        return report_error(f"{name!r} is a packaged model, a pip package: remove it with `{command}`")
+    prepared = {d.name: d for d in prepared_dirs(settings.models_path)}
+    if name in prepared:
+        target = prepared[name]
+        if not yes and not typer.confirm(f"Remove {target} ({dir_bytes(target) / 1e6:,.0f} MB)?"):
+            raise typer.Exit(EXIT_FAILED)
+        try:
+            shutil.rmtree(target)
+        except OSError as exc:
+            return failed(f"cannot remove {target}: {exc}")
+        return _removed(name)
+    cache = hub_cache()
+    # Any model repo of the cache, loadable or not: a pull of a repo mlx-lm cannot read is removable too
+    repo = next((r for r in cache.repos if r.repo_type == "model" and r.repo_id == name), None) if cache else None
+    if repo is None:
+        return report_error(f"no model {name!r}: `agent-memory models list` shows what can be removed")
+    if not yes and not typer.confirm(f"Remove {name} from {repo.repo_path} ({repo.size_on_disk / 1e6:,.0f} MB)?"):
+        raise typer.Exit(EXIT_FAILED)
+    # huggingface_hub deletes the revisions' files inside its cache only
+    cache.delete_revisions(*(revision.commit_hash for revision in repo.revisions)).execute()
+    return _removed(name)
+
+
+def _removed(name: str) -> int:
+    typer.echo(f"Removed {name}.")
+    typer.echo(
+        "Agents' KV caches for this model stay on disk (they are kept per model fingerprint); "
+        "`agent-memory cache clear` deletes every model's."
+    )
+    return 0
+
+
+def failed(message: str) -> int:
+    report_error(message)
+    return EXIT_FAILED
