@@ -19,6 +19,7 @@ from workbench.tui.charts import columns, hbar
 from workbench.tui.dialogs import AskName, Confirm
 from workbench.tui.inspector import InspectorScreen, ttft_columns
 from workbench.tui.memory_panels import timeline, ttft_chart
+from workbench.tui.model_screen import ModelScreen
 from workbench.tui.origins import GROUP_CLAUDE_CODE, GROUP_CODEX, GROUP_SDK, WORKBENCH, grouped, origin
 from workbench.tui.overview import OverviewScreen
 from workbench.tui.source import LocalSource
@@ -141,6 +142,37 @@ def test_new_rename_and_delete_agent(source):
             await pilot.press("y")
             await until(pilot, lambda: not any(r["id"] == "tui-renamed" for r in app.rows))
             assert source.store.get("tui-renamed") is None
+
+    asyncio.run(scenario())
+
+
+def test_after_a_swap_and_escape_typing_lands_in_the_message_box_and_new_agents_stay(source):
+    async def scenario():
+        app = WorkbenchApp(source)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            for name in ("swap-first", "swap-second"):  # two new agents, no turn yet
+                await pilot.press("ctrl+n")
+                await until(pilot, lambda: isinstance(app.screen, AskName))
+                app.screen.query_one("#name").value = name
+                await pilot.press("enter")
+                await until(pilot, lambda name=name: app.agent_id == name)
+
+            await pilot.press("f4")
+            await until(pilot, lambda: isinstance(app.screen, ModelScreen))
+            choices = app.screen.query_one("#choices", ListView)
+            choices.index = [item.name for item in choices.children].index(source.engine.model_id)
+            choices.action_select_cursor()
+            await until(pilot, lambda: not app.ready)
+            await until(pilot, lambda: app.ready)
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, ModelScreen))
+
+            await pilot.press("h", "i")
+            assert app.query_one("#prompt", Input).value == "hi"
+            # The agent list is read again after a swap: both are still listed, the second still chosen
+            await until(pilot, lambda: {"swap-first", "swap-second"} <= set(sidebar(app)), timeout=30)
+            assert app.agent_id == "swap-second"
 
     asyncio.run(scenario())
 

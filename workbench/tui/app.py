@@ -94,6 +94,8 @@ class WorkbenchApp(App):
         self._generating = False  # the running reply's first text has arrived
         self._shown_agent: str | None = None  # whose transcript the log shows
         self._session = None  # the shown agent's transcript, once loaded
+        # Agents made with Ctrl+N have no transcript until their first turn: listed from here till then
+        self._new_agents: list[str] = []
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -156,8 +158,11 @@ class WorkbenchApp(App):
 
     def render_agents(self) -> None:
         rows = list(self.rows)
-        if self.agent_id and all(r["id"] != self.agent_id for r in self.rows):
-            rows.insert(0, {"id": self.agent_id, "tier": "cold", "tokens": 0, "turns": 0})
+        known = {r["id"] for r in self.rows}
+        self._new_agents = [agent_id for agent_id in self._new_agents if agent_id not in known]
+        for agent_id in dict.fromkeys([*self._new_agents, self.agent_id]):
+            if agent_id and agent_id not in known:
+                rows.insert(0, {"id": agent_id, "tier": "cold", "tokens": 0, "turns": 0})
         view = self.query_one("#agents", ListView)
         view.clear()
         items = sidebar_items(filtered(rows, self.query_one("#filter", Input).value))
@@ -309,6 +314,7 @@ class WorkbenchApp(App):
     async def action_new_agent(self) -> None:
         name = await self.push_screen_wait(AskName("New agent name:", time.strftime("agent-%H%M%S")))
         if name:
+            self._new_agents.append(name)
             self.select_agent(name)
             self.render_agents()
 
@@ -379,6 +385,7 @@ class WorkbenchApp(App):
         if not await self.push_screen_wait(Confirm(f"Delete agent {agent_id}, its transcript and its caches?")):
             return
         await self.run_in_thread(self.source.delete, agent_id)
+        self._new_agents = [new for new in self._new_agents if new != agent_id]
         self.agent_id = None
         self.query_one("#log", VerticalScroll).remove_children()
         self.set_status(f"Deleted {agent_id}.")
