@@ -50,6 +50,7 @@ class Turn:
     stop_sequence: str | None = None
     ended_by_token: bool = False  # the last generated token is the end-of-turn token (not part of the answer)
     failure: Exception | None = None  # what failed in this turn's own sampling step (see guarded)
+    cancelled: bool = False  # stopped by its client: its answer is not part of any transcript
 
     @property
     def request_id(self) -> str:
@@ -113,6 +114,7 @@ class Turn:
 
     def finish(self, reason: str) -> None:
         """Emit TurnFinished: `reason` from add_token, or "cancelled"."""
+        self.cancelled = reason == "cancelled"
         finished_at = clock()
         generated = len(self.generated_ids) - int(self.ended_by_token)
         first = self.first_token_at or finished_at
@@ -143,13 +145,28 @@ class Turn:
         if memory is None:
             return
         memory.take_hints(self.session_id, self.request.keep_s, self.request.retention_s)
+        tokens = self.prompt + self.generated_ids
+        if self.cancelled and cache is not None:
+            # A stopped turn is in no transcript: the session keeps what it had before it, not its blocks
+            tokens = self.prompt[: self.report.reused_tokens]
+            cache = _cut_back(cache, len(tokens))
         if cache is None:
             memory.abandon(self.session_id, self.request.tenant)
             return
-        if self.first_token_at is not None:
+        if self.first_token_at is not None and not self.cancelled:
             prefill_s = self.first_token_at - self.started_at - self.report.restore_s
             memory.observe_prefill(len(self.new_tokens), len(self.prompt), prefill_s)
-        memory.release(self.session_id, self.prompt + self.generated_ids, cache, tenant=self.request.tenant)
+        memory.release(self.session_id, tokens, cache, tenant=self.request.tenant)
+
+
+def _cut_back(cache: list, tokens: int) -> list | None:
+    """`cache` holding its first `tokens` tokens only; None when there are none, or when a layer cannot
+    be cut back (a sliding window that has wrapped)."""
+    if tokens == 0 or not all(layer.is_trimmable() for layer in cache):
+        return None
+    for layer in cache:
+        layer.trim(layer.offset - tokens)
+    return cache
 
 
 def guarded(function, turn: Turn, fallback):

@@ -614,3 +614,42 @@ def test_bfloat16_caches_are_stored_as_their_own_bits(tmp_path):
         assert memory.disk_dtype == "bfloat16"
     finally:
         memory.close()
+
+
+def test_a_stopped_turn_leaves_the_cache_as_it_was_before_it(data_dir, tmp_path):
+    from engine.agents_view import has_cache
+    from engine.events import TurnChunk
+
+    def stop_after_first_chunk(request):
+        handle = engine.submit(request)
+        next(event for event in handle.events() if isinstance(event, TurnChunk))
+        handle.cancel()
+        finished = handle.result()
+        assert finished.finish_reason == "cancelled"
+        return finished
+
+    def hot_tokens() -> int | None:
+        engine.forget_session("nobody")  # behind every write queued before: the view is current
+        entry = (engine.kv_overview()["hot"] or {}).get("sessions", {}).get("stopper")
+        return entry["tokens"] if entry else None
+
+    engine = engine_for(data_dir, tmp_path / "kv")
+    try:
+        question = [ChatMessage(role="user", content="Write a long story about the lighthouse keeper.")]
+        stop_after_first_chunk(greedy(question, "stopper", max_tokens=400))
+        assert hot_tokens() is None and not has_cache(engine.kv_overview(), "stopper")  # a first turn: no trace
+
+        first = engine.submit(greedy(question, "stopper", max_tokens=8)).result()
+        kept = hot_tokens()
+        assert kept and kept >= first.usage.prompt_tokens
+        chain = engine.agent_blocks("stopper")
+        later = [*question, ChatMessage(role="assistant", content=first.text)]
+        stopped = stop_after_first_chunk(greedy([*later, ChatMessage(role="user", content="Go on.")], "stopper", 400))
+        assert stopped.usage.cached_tokens > 0
+        assert hot_tokens() == stopped.usage.cached_tokens  # what it resumed from, nothing of its own
+        assert engine.agent_blocks("stopper") == chain  # no block written for it
+
+        again = engine.submit(greedy([*later, ChatMessage(role="user", content="Go on.")], "stopper", 8)).result()
+        assert again.cache.source == "hot" and again.usage.cached_tokens == stopped.usage.cached_tokens
+    finally:
+        engine.close()
