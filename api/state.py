@@ -3,6 +3,7 @@ running turns."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ from api.bridge import RunningTurns
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.sessions import SessionLocks
+from engine.errors import EngineClosed, EngineError, ModelLoadError
 from engine.settings import Settings
 
 
@@ -21,6 +23,7 @@ class ServerState:
     locks: SessionLocks = field(default_factory=SessionLocks)
     turns: RunningTurns = field(default_factory=RunningTurns)
     started: float = field(default_factory=time.time)
+    _swapping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)  # requests' swaps, one at a time
 
     def ready_engine(self):
         """The engine if it can take requests now, else 503 with Retry-After."""
@@ -49,6 +52,30 @@ class ServerState:
                 code="model_not_found",
             )
         return engine.model_id
+
+    async def model_for(self, requested: str | None) -> str:
+        """The model that serves a request naming `requested` (see served_model). With
+        SEMANTIC_LOAD_ON_DEMAND, a model available here that is not loaded is swapped in first; running
+        turns finish on the one before."""
+        if self.settings.load_on_demand and requested and requested not in self.model_names():
+            from engine.model_source import available_here
+
+            if await asyncio.to_thread(available_here, requested, self.settings.models_path):
+                async with self._swapping:
+                    if requested not in self.model_names():
+                        await self._swap_to(requested)
+        return self.served_model(requested)
+
+    async def _swap_to(self, model_id: str) -> None:
+        previous = self.engine.model_id
+        try:
+            await asyncio.to_thread(self.engine.swap, model_id)
+        except ModelLoadError as exc:
+            raise ApiError(400, f"{exc}; still serving {previous!r}", param="model") from None
+        except EngineClosed as exc:
+            raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
+        except EngineError as exc:  # an admin swap is running
+            raise ApiError(409, f"{exc}; retry once it is done", headers={"Retry-After": "5"}) from None
 
     def model_names(self) -> set[str]:
         names = {self.engine.model_id}

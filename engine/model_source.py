@@ -112,3 +112,21 @@ def resolve(model_id: str, models_path: Path) -> ModelSource:
         f"unknown model {model_id!r}: use a packaged model ({', '.join(PACKAGED_MODELS)}), "
         "a path to a .gguf file, an mlx-lm model directory, or a Hugging Face repo id (org/name)"
     )
+
+
+def available_here(model_id: str, models_path: Path) -> bool:
+    """`model_id` loads without the network: an installed packaged model, a GGUF file or an mlx-lm
+    directory on disk, or a hub repo already in the local cache. Names of other servers' models
+    (a client's "claude-…" or "gpt-…") are none of these."""
+    try:
+        source = resolve(model_id, models_path)
+    except ModelLoadError:
+        return False
+    alias = "default" if model_id in DEFAULT_ALIASES else model_id
+    if alias in PACKAGED_MODELS:
+        return PACKAGED_MODELS[alias].installed()
+    if source.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    return True

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     max_import_mb: int = Field(
         default=4096, ge=1, le=1_048_576, description="Largest agent file POST /v1/agents/import reads (MB)."
     )
+    load_on_demand: bool = Field(
+        default=False,
+        description="Load the model a request names when it is available here (a packaged or prepared model, "
+        "a local path, a hub repo already downloaded) instead of answering with the served one: one model "
+        "resident at a time, swapped as /admin/swap does.",
+    )
     strict_model_names: bool = Field(
         default=False, description="Answer 404 for a `model` the server does not serve (default: serve any name)."
     )

@@ -477,3 +477,33 @@ def test_serve_flags_set_the_key_the_batch_and_the_memory_budget(default_engine,
         assert "req=" not in running.log()  # --log-level warning: no access lines
     finally:
         running.stop()
+
+
+def test_a_request_loads_the_model_it_names_when_loading_on_demand(default_engine, data_dir, tiny_model_dir, tmp_path):
+    cache_dir = tmp_path / "caches"
+    cache_dir.mkdir()
+    running = ServerProcess(data_dir, cache_dir, {"SEMANTIC_LOAD_ON_DEMAND": "true"})
+    try:
+        running.wait_ready()
+        url = running.base_url
+
+        def ask(model: str) -> httpx.Response:
+            body = {**HELLO, "model": model, "max_tokens": 4}
+            return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+
+        def serving() -> str:
+            return httpx.get(f"{url}/health", timeout=30).json()["model_id"]
+
+        tiny = str(tiny_model_dir)
+        loaded = ask(tiny)
+        assert loaded.status_code == 200 and loaded.json()["model"] == tiny, loaded.text
+        assert serving() == tiny
+        # A name that is not a model here (another server's, a missing file) is served by the loaded one
+        for other in ("gpt-4o", "claude-sonnet-4-5", "/no/such/model.gguf", "some-org/not-downloaded"):
+            answer = ask(other)
+            assert answer.status_code == 200 and answer.json()["model"] == tiny, (other, answer.text)
+        back = httpx.post(f"{url}/api/chat", json={"model": "default:latest", "messages": []}, timeout=600)
+        assert back.status_code == 200 and back.json()["done_reason"] == "load", back.text
+        assert serving() == "default"
+    finally:
+        running.stop()

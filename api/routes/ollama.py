@@ -154,6 +154,12 @@ def _served_model(server, name: str) -> str:
     return server.served_model(bare if bare in server.model_names() else name)
 
 
+async def _model_for(server, name: str) -> str:
+    """As _served_model, loading the model `name` names first where the server loads on demand."""
+    bare = name.removesuffix(DEFAULT_TAG)
+    return await server.model_for(bare if bare in server.model_names() or name.endswith(DEFAULT_TAG) else name)
+
+
 def _loaded(model: str, piece: Piece) -> dict:
     """Ollama's answer to a request with nothing to generate: the model is loaded (it always is)."""
     return {"model": model, "created_at": timestamp(), **piece("", []), "done": True, "done_reason": "load"}
@@ -165,7 +171,7 @@ async def chat(request):
     body = read_json(request)
     parsed = parse(OllamaChatRequest, body)
     server.ready_engine()
-    model = _served_model(server, parsed.model)
+    model = await _model_for(server, parsed.model)
     if not parsed.messages:
         return json_response(_loaded(model, chat_piece))
     generation = generation_request(
@@ -184,7 +190,7 @@ async def generate(request):
     body = read_json(request)
     parsed = parse(OllamaGenerateRequest, body)
     server.ready_engine()
-    model = _served_model(server, parsed.model)
+    model = await _model_for(server, parsed.model)
     _refuse_raw_prompts(parsed)
     if parsed.images:
         raise text_only_error("image", "images")

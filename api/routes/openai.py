@@ -124,7 +124,7 @@ async def create_chat_completion(request):
     body = read_json(request)
     parsed = parse(ChatCompletionRequest, body)
     engine = server.ready_engine()
-    model = server.served_model(parsed.model)
+    model = await server.model_for(parsed.model)
     generation = _request(parsed, body, request)
     note_for(request).session_id = generation.session_id
     await asyncio.to_thread(check_prompt_fits, engine, generation)  # too long: a 400 now, not after the queue

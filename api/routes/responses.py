@@ -365,7 +365,7 @@ async def create_response(request):
     parsed = _parse(body)
     _refuse_unsupported(parsed)
     engine = server.ready_engine()
-    model = server.served_model(parsed.model)
+    model = await server.model_for(parsed.model)
     store = _store(request)
     previous = None
     if parsed.previous_response_id is not None:
