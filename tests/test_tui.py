@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 from rich.text import Text
 from textual.widgets import DataTable, Input, Label, ListView, Static
@@ -106,6 +107,17 @@ def test_connect_to_a_running_server(server):
             await pilot.press("f3")
             await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
             assert any(row["id"] == "tui-remote" and "chain" in row for row in app.screen.rows)
+            # Another client's agent appears once the overview is read again (r, or every few seconds)
+            other = httpx.post(
+                f"{server.base_url}/v1/agents/tui-other-client/messages",
+                json={"content": "Hi", "max_tokens": 2},
+                headers={"x-api-key": API_KEY},
+                timeout=300,
+            )
+            assert other.status_code == 200, other.text
+            await pilot.press("r")
+            await until(pilot, lambda: any(row["id"] == "tui-other-client" for row in app.screen.rows), timeout=30)
+            assert app.screen.query_one("#chains", DataTable).get_row("tui-other-client")
 
     asyncio.run(scenario())
 

@@ -410,6 +410,15 @@ class WorkbenchApp(App):
         overview = await self.run_in_thread(self.source.overview)
         await self.push_screen(OverviewScreen(overview, self.turns, self.evictions_before))
 
+    @work(exclusive=True, group="overview")
+    async def reload_overview(self, screen: OverviewScreen) -> None:
+        """Read the memory again for the open overview `screen`."""
+        if not self.ready:
+            return
+        overview = await self.run_in_thread(self.source.overview)
+        if self.screen is screen:
+            await screen.show(overview, self.turns)
+
     @work
     async def action_model(self) -> None:
         if not self.summary or isinstance(self.screen, ModelScreen):

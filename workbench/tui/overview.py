@@ -1,7 +1,8 @@
 """The memory overview (F3): the whole KV memory at a glance. Budgets, every agent's block chain on one
 scale (forks under the agent they were forked from, and what each shares with it), what shared prefixes
 save, time to first token cold vs resumed per agent, and the turns of this run with the engine's resume
-decisions and evictions. Enter (or i) opens the highlighted agent's inspector."""
+decisions and evictions. Enter (or i) opens the highlighted agent's inspector. It is read again every few
+seconds (and on r): other clients of a server change it too."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from workbench.tui.turn_log import TurnRecord
 
 NAME_CHARS = 16
 TABLE_CHROME = NAME_CHARS + 18  # the name, tier and tokens columns, and the gaps between columns
+REFRESH_S = 5.0
 
 
 class OverviewScreen(Screen):
     BINDINGS = [
         Binding("escape,f3", "app.pop_screen", "Back"),
         Binding("i", "inspect", "Inspect agent"),
+        Binding("r", "reload", "Refresh"),
     ]
 
     def __init__(self, overview: dict, turns: list[TurnRecord], evictions_before: int):
@@ -70,6 +73,24 @@ class OverviewScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#chains", DataTable).focus()  # Up/Down pick an agent, Enter inspects it
+        self.set_interval(REFRESH_S, self.action_reload)
+
+    def action_reload(self) -> None:
+        self.app.reload_overview(self)
+
+    async def show(self, overview: dict, turns: list[TurnRecord]) -> None:
+        """Draw `overview` instead, keeping the highlighted agent and the scroll position."""
+        table = self.query_one("#chains", DataTable)
+        chosen = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
+        scrolled = self.query_one("#overview", VerticalScroll).scroll_y
+        self.pool, self.rows, self.block_tokens = overview["pool"], overview["rows"], overview["block_tokens"]
+        self.turns = turns
+        await self.recompose()
+        table = self.query_one("#chains", DataTable)
+        if chosen is not None and chosen in table.rows:
+            table.move_cursor(row=table.get_row_index(chosen))
+        table.focus()
+        self.query_one("#overview", VerticalScroll).scroll_to(y=scrolled, animate=False)
 
     def action_inspect(self) -> None:
         table = self.query_one("#chains", DataTable)
