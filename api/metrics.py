@@ -161,6 +161,11 @@ class _EngineCollector:
             "agent_memory_warm_bytes", "KV bytes in the warm tier on disk.", value=warm.get("bytes", 0)
         )
         yield GaugeMetricFamily("agent_memory_warm_blocks", "KV blocks in the warm tier.", value=warm.get("blocks", 0))
+        yield GaugeMetricFamily(
+            "agent_memory_warm_budget_bytes",
+            "Warm tier byte budget on disk (0: none).",
+            value=warm.get("budget_bytes") or 0,
+        )
         shared = overview.get("shared")
         if shared is not None:  # SEMANTIC_SHARED_TIER_URL is set
             yield GaugeMetricFamily(

@@ -465,14 +465,18 @@ def test_serve_flags_set_the_key_the_batch_and_the_memory_budget(default_engine,
     cache_dir = data_dir / "flag-caches"
     cache_dir.mkdir(exist_ok=True)
     flags = ("--api-key", "flag-key", "--max-batch-size", "2", "--cache-budget-mb", "64", "--log-level", "warning")
-    running = ServerProcess(data_dir, cache_dir, {"SEMANTIC_API_KEY": "env-key"}, args=flags)
+    env = {"SEMANTIC_API_KEY": "env-key", "SEMANTIC_AGENT_DISK_BUDGET_MB": "256"}
+    running = ServerProcess(data_dir, cache_dir, env, args=flags)
     try:
         running.wait_ready()
         assert httpx.get(f"{running.base_url}/v1/models", headers={"x-api-key": "env-key"}).status_code == 401
         metrics = httpx.get(f"{running.base_url}/metrics", headers={"x-api-key": "flag-key"})
         assert metrics.status_code == 200
-        budget = next(line for line in metrics.text.splitlines() if line.startswith("agent_memory_hot_budget_bytes"))
+        lines = metrics.text.splitlines()
+        budget = next(line for line in lines if line.startswith("agent_memory_hot_budget_bytes"))
         assert float(budget.split()[-1]) == 64 * 1024 * 1024
+        disk = next(line for line in lines if line.startswith("agent_memory_warm_budget_bytes"))
+        assert float(disk.split()[-1]) == 256 * 1024 * 1024
         assert httpx.get(f"{running.base_url}/health").json()["max_batch_size"] == 2
         assert "req=" not in running.log()  # --log-level warning: no access lines
     finally:

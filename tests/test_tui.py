@@ -107,6 +107,8 @@ def test_connect_to_a_running_server(server):
             await pilot.press("f3")
             await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
             assert any(row["id"] == "tui-remote" and "chain" in row for row in app.screen.rows)
+            assert app.screen.pool["warm"]["budget_bytes"] > 0  # the server's disk budget, from its /metrics
+            assert "no budget" not in str(app.screen.query_one("#budgets", Static).content)
             # Another client's agent appears once the overview is read again (r, or every few seconds)
             other = httpx.post(
                 f"{server.base_url}/v1/agents/tui-other-client/messages",

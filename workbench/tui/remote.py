@@ -148,6 +148,7 @@ class RemoteSource:
             "warm": {
                 "bytes": metrics.get("agent_memory_warm_bytes", 0),
                 "blocks": metrics.get("agent_memory_warm_blocks", 0),
+                "budget_bytes": metrics.get("agent_memory_warm_budget_bytes", 0),
             },
         }
 
