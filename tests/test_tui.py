@@ -484,3 +484,19 @@ def test_memory_panels_count_turns_evictions_and_blocks():
     assert blocks_per_cell(100, 40) == 3 and blocks_per_cell(0, 40) == 1
     assert scaled_cells(["warm", "shared", "hot"], 2) == "[magenta]■[/][green]■[/]"
     assert scaled_cells(["warm"], 1, pinned=True) == "[cyan]▣[/]"
+
+
+def test_screenshot_is_saved_where_there_is_no_downloads_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_DOWNLOAD_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    async def scenario():
+        app = WorkbenchApp(FrozenSource())
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            app.deliver_screenshot()
+            await until(pilot, lambda: list(tmp_path.glob("*.svg")), timeout=30)
+            assert not any("Failed" in notice for notice in notices(app)), notices(app)
+
+    asyncio.run(scenario())

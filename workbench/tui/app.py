@@ -8,6 +8,7 @@ events arrive as messages. Nothing here blocks the UI thread.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -463,6 +464,16 @@ class WorkbenchApp(App):
         import asyncio
 
         return await asyncio.to_thread(function, *args)
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None, time_format=None):
+        """The palette's Screenshot: Textual saves into the Downloads folder, which servers and containers
+        often lack (it then fails); there, into the working directory."""
+        if path is None:
+            from platformdirs import user_downloads_path
+
+            downloads = user_downloads_path()
+            path = str(downloads if downloads.is_dir() else Path.cwd())
+        return super().deliver_screenshot(filename, path, time_format)
 
     def on_unmount(self) -> None:
         if self.handle is not None:
