@@ -11,7 +11,7 @@ import typer
 
 from engine.sessions import SessionCorrupt, SessionStore
 from engine.settings import Settings
-from workbench.output import report_error
+from workbench.output import EXIT_BAD_INPUT, report_error
 
 
 def _ago(timestamp: float) -> str:
@@ -109,27 +109,11 @@ def owned_elsewhere(what_to_do: str) -> int:
 
 def fork_agent(settings: Settings, session_id: str, new_id: str) -> int:
     """Copy the transcript and share the KV cache (every block, see WarmTier.fork_session) under `new_id`."""
-    from engine.agent_ops import AgentExists, NoSuchAgent
     from engine.agent_ops import fork_agent as fork
-    from engine.kv.warm import WarmTier
 
-    warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
-    try:
-        if warm.read_only:
-            return owned_elsewhere(f"fork through it, POST /v1/agents/{session_id}/fork")
-        snapshots = fork(
-            SessionStore.of(settings),
-            session_id,
-            new_id,
-            lambda sid: bool(warm.session_fingerprints(sid)),
-            warm.fork_session,
-        )
-    except NoSuchAgent:
-        return report_error(f"no session {session_id!r}; see `agent-memory agents`")
-    except (AgentExists, SessionCorrupt) as exc:
-        return report_error(str(exc))
-    finally:
-        warm.close()
+    snapshots = _under_new_id(settings, session_id, new_id, "fork", fork, lambda warm: warm.fork_session)
+    if snapshots is None:
+        return EXIT_BAD_INPUT
     shared = "its KV cache shared" if snapshots else "no KV cache to share (its next turn is prefilled)"
     typer.echo(f"Forked {session_id!r} as {new_id!r}: transcript copied, {shared}.")
     return 0
@@ -137,35 +121,47 @@ def fork_agent(settings: Settings, session_id: str, new_id: str) -> int:
 
 def rename_agent(settings: Settings, session_id: str, new_id: str) -> int:
     """Move the transcript, the KV cache and its policy to `new_id`: its next turn resumes."""
-    from engine.agent_ops import AgentExists, NoSuchAgent
     from engine.agent_ops import rename_agent as rename
-    from engine.kv.warm import WarmTier
 
-    warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
+    def mover(warm):
+        def move(old: str, new: str) -> int:
+            policy = warm.policies().get(old)
+            moved = warm.fork_session(old, new)
+            if policy is not None:
+                warm.set_policy(new, policy)
+            warm.forget_session(None, old)
+            return moved
 
-    def move(old: str, new: str) -> int:
-        policy = warm.policies().get(old)
-        moved = warm.fork_session(old, new)
-        if policy is not None:
-            warm.set_policy(new, policy)
-        warm.forget_session(None, old)
-        return moved
+        return move
 
-    try:
-        if warm.read_only:
-            return owned_elsewhere(f"rename through it, POST /v1/agents/{session_id}/rename")
-        moved = rename(
-            SessionStore.of(settings), session_id, new_id, lambda sid: bool(warm.session_fingerprints(sid)), move
-        )
-    except NoSuchAgent:
-        return report_error(f"no session {session_id!r}; see `agent-memory agents`")
-    except (AgentExists, SessionCorrupt) as exc:
-        return report_error(str(exc))
-    finally:
-        warm.close()
+    moved = _under_new_id(settings, session_id, new_id, "rename", rename, mover)
+    if moved is None:
+        return EXIT_BAD_INPUT
     cache = "its KV cache with it" if moved else "no KV cache to move (its next turn is prefilled)"
     typer.echo(f"Renamed {session_id!r} to {new_id!r}: transcript and {cache}.")
     return 0
+
+
+def _under_new_id(settings: Settings, session_id: str, new_id: str, verb: str, operation, caches) -> int | None:
+    """`operation` (engine/agent_ops.py's fork or rename) on the data dir, with `caches(warm)` doing its
+    part in the warm tier; how many stored caches it gave `new_id`, or None once the error is reported."""
+    from engine.agent_ops import AgentExists, NoSuchAgent
+    from engine.kv.warm import WarmTier
+
+    warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
+    try:
+        if warm.read_only:
+            owned_elsewhere(f"{verb} through it, POST /v1/agents/{session_id}/{verb}")
+            return None
+        cached = lambda sid: bool(warm.session_fingerprints(sid))  # noqa: E731
+        return operation(SessionStore.of(settings), session_id, new_id, cached, caches(warm))
+    except NoSuchAgent:
+        report_error(f"no session {session_id!r}; see `agent-memory agents`")
+    except (AgentExists, SessionCorrupt) as exc:
+        report_error(str(exc))
+    finally:
+        warm.close()
+    return None
 
 
 def export_agent_file(settings: Settings, session_id: str, output: Path | None) -> int:

@@ -190,10 +190,10 @@ async def generate(request):
     body = read_json(request)
     parsed = parse(OllamaGenerateRequest, body)
     server.ready_engine()
-    model = await _model_for(server, parsed.model)
     _refuse_raw_prompts(parsed)
     if parsed.images:
         raise text_only_error("image", "images")
+    model = await _model_for(server, parsed.model)
     if not parsed.prompt and not parsed.system:
         return json_response(_loaded(model, generate_piece))
     messages = [ChatMessage(role="system", content=parsed.system)] if parsed.system else []
