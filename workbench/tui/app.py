@@ -221,7 +221,7 @@ class WorkbenchApp(App):
             return  # the user moved on to another agent meanwhile
         self._session = session
         log = self.query_one("#log", VerticalScroll)
-        await log.mount_all([Markdown(m.content, classes=m.role) for m in session.messages])
+        await log.mount_all([widget for m in session.messages for widget in message_widgets(m.role, m.content)])
         log.scroll_end(animate=False)
         self.set_status(f"Agent {session.id}: {counted(session.turns, 'turn')}.")
 
@@ -258,9 +258,9 @@ class WorkbenchApp(App):
             return
         event.input.value = ""
         log = self.query_one("#log", VerticalScroll)
-        await log.mount(Markdown(text, classes="user"))
-        self._reply = Markdown("", classes="assistant")
-        await log.mount(self._reply)
+        reply = message_widgets("assistant", "")
+        self._reply = reply[-1]
+        await log.mount_all([*message_widgets("user", text), *reply])
         log.scroll_end(animate=False)
         self._stream = Markdown.get_stream(self._reply)
         self._pending_text = text
@@ -479,6 +479,14 @@ class WorkbenchApp(App):
         if self.handle is not None:
             self.handle.cancel()
         self.source.close()
+
+
+ROLE_LABELS = {"user": "you", "assistant": "assistant", "system": "system"}
+
+
+def message_widgets(role: str, text: str) -> list:
+    """A message in the log: who said it, then what was said."""
+    return [Static(ROLE_LABELS.get(role, role), classes="role", markup=False), Markdown(text, classes=role)]
 
 
 def free_id(wanted: str, taken: set[str]) -> str:
