@@ -500,3 +500,29 @@ def test_screenshot_is_saved_where_there_is_no_downloads_folder(tmp_path, monkey
             assert not any("Failed" in notice for notice in notices(app)), notices(app)
 
     asyncio.run(scenario())
+
+
+def test_function_keys_switch_screens_and_escape_goes_back_to_the_conversation():
+    async def scenario():
+        app = WorkbenchApp(FrozenSource())
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            await pilot.press("f3")
+            await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
+            await pilot.press("f4")
+            await until(pilot, lambda: isinstance(app.screen, ModelScreen))
+            assert len(app.screen_stack) == 2  # instead of the overview, not over it
+            await pilot.press("escape")
+            await until(pilot, lambda: len(app.screen_stack) == 1)
+            await pilot.press("h", "i")
+            assert app.query_one("#prompt", Input).value == "hi"
+
+            # Enter in the overview opens an inspector over it: Escape goes back to the overview
+            await pilot.press("f3")
+            await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
+
+    asyncio.run(scenario())

@@ -394,22 +394,30 @@ class WorkbenchApp(App):
 
     def action_inspector(self) -> None:
         if not isinstance(self.screen, InspectorScreen):
-            self.open_inspector(self.agent_id)
+            self.open_inspector(self.agent_id, instead=True)
 
     @work
-    async def open_inspector(self, agent_id: str | None) -> None:
-        """The inspector of one agent: the sidebar's (F7) or the overview's highlighted one (Enter)."""
+    async def open_inspector(self, agent_id: str | None, instead: bool = False) -> None:
+        """The inspector of one agent: the sidebar's (F7; `instead` of the screen open) or the overview's
+        highlighted one (Enter: Escape goes back to the overview)."""
         if not self.ready:
             return
         inspection = await self.run_in_thread(self.source.inspect, agent_id)
-        await self.push_screen(InspectorScreen(inspection, for_agent(self.turns, agent_id), self.rows))
+        await self.open_screen(InspectorScreen(inspection, for_agent(self.turns, agent_id), self.rows), instead)
+
+    async def open_screen(self, screen, instead: bool = True) -> None:
+        """Open `screen`; `instead` of the screens open over the main one (F3, F4 and F7 switch between
+        them: Escape then goes back to the conversation, not to the screen before)."""
+        while instead and len(self.screen_stack) > 1:
+            await self.pop_screen()
+        await self.push_screen(screen)
 
     @work
     async def action_memory(self) -> None:
         if not self.ready or isinstance(self.screen, OverviewScreen):
             return
         overview = await self.run_in_thread(self.source.overview)
-        await self.push_screen(OverviewScreen(overview, self.turns, self.evictions_before))
+        await self.open_screen(OverviewScreen(overview, self.turns, self.evictions_before))
 
     @work(exclusive=True, group="overview")
     async def reload_overview(self, screen: OverviewScreen) -> None:
@@ -425,7 +433,7 @@ class WorkbenchApp(App):
         if not self.summary or isinstance(self.screen, ModelScreen):
             return
         choices = await self.run_in_thread(self.source.model_choices)
-        await self.push_screen(ModelScreen(self.summary, choices))
+        await self.open_screen(ModelScreen(self.summary, choices))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
