@@ -526,3 +526,20 @@ def test_function_keys_switch_screens_and_escape_goes_back_to_the_conversation()
             await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
 
     asyncio.run(scenario())
+
+
+def test_a_first_message_without_an_agent_creates_and_lists_one(source):
+    async def scenario():
+        app = WorkbenchApp(source)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.ready)
+            assert app.agent_id is None and app._session is None
+            app.query_one("#prompt").value = "Hello!"
+            await pilot.press("enter")
+            await until(pilot, lambda: app.query(".turn-footer") and app.handle is None)
+            created = app.agent_id
+            assert created and created in sidebar(app)
+            await until(pilot, lambda: any(r["id"] == created and r["turns"] == 1 for r in app.rows))
+            assert "1 turn." in str(app.query_one("#status", Static).content)
+
+    asyncio.run(scenario())
