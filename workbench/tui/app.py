@@ -53,7 +53,7 @@ class WorkbenchApp(App):
         Binding("f4", "model", "Model"),
         # Over the input boxes' own Ctrl+F (delete a word)
         Binding("ctrl+f", "find_agent", "Filter the agents (or type in the agent list)", show=False, priority=True),
-        Binding("escape", "stop_reply", "Stop reply (the partial text is not kept)", show=False),
+        Binding("escape", "stop_reply", "Stop the running reply (it is not kept)", show=False),
         Binding("ctrl+q", "quit", "Quit"),
     ]
     # Command palette entries: (title, help, action)

@@ -23,14 +23,7 @@ class HelpScreen(ModalScreen):
         self.bindings = bindings
 
     def compose(self) -> ComposeResult:
-        rows = [
-            (
-                b.key.replace("ctrl+", "Ctrl+").upper() if len(b.key) <= 3 else b.key.replace("ctrl+", "Ctrl+"),
-                b.description,
-            )
-            for b in self.bindings
-            if b.description
-        ]
+        rows = [(" / ".join(map(_key_name, b.key.split(","))), b.description) for b in self.bindings if b.description]
         table = "\n".join(f"| `{key}` | {text} |" for key, text in [*rows, *EXTRA])
         with VerticalScroll(id="dialog"):
             yield Markdown(f"# agent-memory workbench\n\n| key | action |\n|---|---|\n{table}\n\nEscape closes this.")
