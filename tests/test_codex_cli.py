@@ -61,8 +61,8 @@ def codex_home(server, tmp_path_factory):
     return home
 
 
-def run_codex(codex: str, home, cwd, *args: str, profile: tuple[str, ...] = ("-p", "small"), ok: bool = True):
-    """`codex exec --json …` in `cwd`; its JSON events."""
+def run_codex(codex: str, home, cwd, *args: str, profile: tuple[str, ...] = ("-p", "small"), ok: bool | None = True):
+    """`codex exec --json …` in `cwd`; its JSON events (`ok`: whether it must succeed; None: either)."""
     env = {**os.environ, "CODEX_HOME": str(home), "AGENT_MEMORY_API_KEY": API_KEY, "NO_COLOR": "1"}
     result = subprocess.run(
         [codex, "exec", "--strict-config", *profile, "--json", "--skip-git-repo-check", *args],
@@ -73,12 +73,22 @@ def run_codex(codex: str, home, cwd, *args: str, profile: tuple[str, ...] = ("-p
         text=True,
         timeout=600,
     )
-    assert (result.returncode == 0) == ok, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert ok is None or (result.returncode == 0) == ok, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
+def answered(codex: str, home, cwd, *args: str) -> list[dict]:
+    """A turn that must succeed, asked once more if the model repeated itself up to the output limit (the
+    135M default model sometimes does; Codex then fails the turn as incomplete)."""
+    events = run_codex(codex, home, cwd, *args, ok=None)
+    if any(e["type"] == "turn.failed" and "max_output_tokens" in e["error"]["message"] for e in events):
+        return run_codex(codex, home, cwd, *args)
+    assert any(e["type"] == "turn.completed" for e in events), events
+    return events
+
+
 def test_codex_exec_answers_and_resumes_from_the_cache(codex, codex_home, server, tmp_path):
-    first = run_codex(codex, codex_home, tmp_path, "Say hello.")
+    first = answered(codex, codex_home, tmp_path, "Say hello.")
     thread = next(event["thread_id"] for event in first if event["type"] == "thread.started")
     replies = [
         e["item"]["text"] for e in first if e["type"] == "item.completed" and e["item"]["type"] == "agent_message"
@@ -87,7 +97,7 @@ def test_codex_exec_answers_and_resumes_from_the_cache(codex, codex_home, server
     usage = next(event["usage"] for event in first if event["type"] == "turn.completed")
     assert usage["input_tokens"] > 500 and usage["output_tokens"] > 0
 
-    second = run_codex(codex, codex_home, tmp_path, "resume", "--last", "What did I ask you?")
+    second = answered(codex, codex_home, tmp_path, "resume", "--last", "What did I ask you?")
     assert next(event["thread_id"] for event in second if event["type"] == "thread.started") == thread
     resumed = next(event["usage"] for event in second if event["type"] == "turn.completed")
     assert resumed["cached_input_tokens"] >= usage["input_tokens"]

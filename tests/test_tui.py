@@ -528,7 +528,12 @@ def test_function_keys_switch_screens_and_escape_goes_back_to_the_conversation()
     asyncio.run(scenario())
 
 
-def test_a_first_message_without_an_agent_creates_and_lists_one(source):
+def test_a_first_message_without_an_agent_creates_and_lists_one(default_engine, data_dir, tmp_path):
+    own = tmp_path / "data"  # no agent yet: the other tests' agents live in the shared data dir
+    own.mkdir()
+    (own / "models").symlink_to(data_dir / "models")
+    source = LocalSource(Settings(data_dir=own, agent_cache_dir=tmp_path / "kv"))
+
     async def scenario():
         app = WorkbenchApp(source)
         async with app.run_test(size=(100, 30)) as pilot:
