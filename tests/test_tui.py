@@ -496,7 +496,9 @@ def test_screenshot_is_saved_where_there_is_no_downloads_folder(tmp_path, monkey
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause()
             app.deliver_screenshot()
-            await until(pilot, lambda: list(tmp_path.glob("*.svg")), timeout=30)
+            # The file is written on a thread that reports back: wait for its word before the app closes
+            await until(pilot, lambda: any("screenshot" in notice for notice in notices(app)), timeout=30)
+            assert list(tmp_path.glob("*.svg")), notices(app)
             assert not any("Failed" in notice for notice in notices(app)), notices(app)
 
     asyncio.run(scenario())
