@@ -6,7 +6,7 @@ Update after an intended change with: pytest tests/test_tui_snapshots.py --snaps
 
 from __future__ import annotations
 
-from textual.widgets import ListView, Static
+from textual.widgets import Input, ListView, Static
 
 from tests.tui_frozen import EVICTIONS_BEFORE, ROWS, TRANSCRIPT, TURNS, FrozenSource
 from workbench.tui.app import WorkbenchApp
@@ -44,6 +44,8 @@ async def settle(pilot) -> None:
         await pilot.pause(0.05)
     else:
         raise AssertionError("the TUI did not finish starting within 30 s")
+    for box in pilot.app.query(Input):
+        box.cursor_blink = False  # a blinking cursor is drawn or not by when the picture is taken
     await pilot.pause(0.2)
 
 
