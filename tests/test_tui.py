@@ -545,8 +545,9 @@ def test_a_first_message_without_an_agent_creates_and_lists_one(default_engine, 
             await pilot.press("enter")
             await until(pilot, lambda: app.query(".turn-footer") and app.handle is None)
             created = app.agent_id
-            assert created and created in sidebar(app)
+            assert created
             await until(pilot, lambda: any(r["id"] == created and r["turns"] == 1 for r in app.rows))
-            assert "1 turn." in str(app.query_one("#status", Static).content)
+            await until(pilot, lambda: created in sidebar(app), timeout=30)
+            await until(pilot, lambda: "1 turn." in str(app.query_one("#status", Static).content), timeout=30)
 
     asyncio.run(scenario())
