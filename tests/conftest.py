@@ -1,4 +1,14 @@
-"""Shared fixtures: a temporary data dir, the real default model (loaded once), a tiny random model."""
+"""Shared fixtures (a temporary data dir, the real default model loaded once, a tiny random model) and the test
+tiers.
+
+    unit    no model, no subprocess, well under a second a test: `make test-unit` while you work
+    model   loads a real or random-weight model in-process (a fixture in MODEL_FIXTURES, or NOT_UNIT says so)
+    slow    subprocesses, servers, real clients, whole TUI runs
+
+Every test gets one tier: its own marker if it has one (slow wins over model), else model if it uses a model
+fixture, else its entry in NOT_UNIT, else unit. A unit test that starts an engine or a subprocess fails and
+says so.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +29,96 @@ from engine.settings import Settings
 engine.setup_process()  # before anything imports MLX (the CPU backend loads OpenBLAS)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# -- test tiers (see the module docstring) ----------------------------------------------------------------
+TIERS = ("unit", "model", "slow")
+# A test that uses one of these, directly or through its own fixtures, loads a model: the conftest ones, and
+# test modules' own (an Engine of their own, a random-weight model built in-process).
+MODEL_FIXTURES = frozenset(
+    {
+        "default_engine",
+        "default_model_dir",
+        "tiny_model_dir",
+        "tiny_engine",
+        "server",
+        "http",
+        "cold_engine",
+        "gemma_cold_engine",
+        "gemma_tokenizer",
+        "exported",
+        "default_model",
+        "model",
+    }
+)
+SLOW_FIXTURES = frozenset({"snap_compare"})  # a whole Textual app run per snapshot
+# Tests that load a model or start a process without those fixtures, or take seconds: "file" for all of a
+# file's tests, "file::name" for one test (all its parameters).
+NOT_UNIT = {
+    "test_agent_policy.py::test_a_pinned_agent_is_evicted_last_and_a_large_one_does_not_evict_the_others": "model",
+    "test_agent_policy.py::test_retention_expires_an_idle_agents_caches": "model",
+    "test_batching.py": "model",
+    "test_fork.py": "model",
+    "test_kv_memory.py::test_a_stopped_turn_leaves_the_cache_as_it_was_before_it": "model",
+    "test_kv_memory.py::test_bfloat16_caches_are_stored_as_their_own_bits": "model",
+    "test_kv_memory.py::test_caches_are_restored_in_the_dtype_a_quantized_model_computes": "model",
+    "test_kv_memory.py::test_quantized_kv_is_refused_for_sliding_window_models": "model",
+    "test_kv_memory.py::test_unusable_cache_dir_serves_hot_only": "model",
+    "test_warm_up.py": "model",
+    "test_batch_cli.py::test_batch_run_reports_bad_lines_and_resumes": "slow",
+    "test_blas.py": "slow",
+    "test_cpu_heap.py": "slow",
+    "test_kv_memory.py::test_a_read_only_process_takes_over_once_the_owner_is_gone": "slow",
+    "test_sessions.py::test_the_turn_lock_keeps_out_other_processes_and_is_reentrant_within_one": "slow",
+    "test_tui.py::test_function_keys_switch_screens_and_escape_goes_back_to_the_conversation": "slow",
+    "test_tui.py::test_screenshot_is_saved_where_there_is_no_downloads_folder": "slow",
+    "test_tui.py::test_typing_in_the_agent_list_filters_it_by_name_or_origin": "slow",
+    "test_warm_tier.py::test_random_writes_forgets_and_evictions_keep_the_tier_intact": "slow",
+}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The test's tier (see the module docstring); a unit marker on a test that uses a model is refused."""
+    marked = [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if "unit" in marked and fixtures & MODEL_FIXTURES:
+        raise pytest.UsageError(
+            f"{item.nodeid} is marked unit but uses {sorted(fixtures & MODEL_FIXTURES)}: mark it model or slow"
+        )
+    if marked:
+        return "slow" if "slow" in marked else marked[0]
+    if fixtures & MODEL_FIXTURES:
+        return "model"
+    name = getattr(item, "originalname", item.name)
+    listed = NOT_UNIT.get(f"{item.path.name}::{name}") or NOT_UNIT.get(item.path.name)
+    if listed:
+        return listed
+    return "slow" if fixtures & SLOW_FIXTURES else "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = tier_of(item)
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(tier)
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_stay_unit(request, monkeypatch):
+    """A unit test that starts an engine or a subprocess fails, naming where its tier is set."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            raise RuntimeError(
+                f"{request.node.nodeid} is a unit test but {what}: mark it model or slow "
+                "(its own marker, or NOT_UNIT in tests/conftest.py)"
+            )
+
+        return refused
+
+    monkeypatch.setattr(Engine, "start", refuse("starts an engine"))
+    monkeypatch.setattr(subprocess, "Popen", refuse("starts a subprocess"))
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +151,24 @@ TINY_LLAMA = {
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(default_engine, tmp_path_factory) -> Path:
+def default_model_dir(data_dir) -> Path:
+    """The embedded default model as the mlx-lm directory default_engine loads (converted once, not loaded)."""
+    from engine.loader import prepare
+    from engine.model_source import resolve
+
+    models_path = Settings(data_dir=data_dir).models_path
+    return prepare(resolve("default", models_path), models_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(default_model_dir, tmp_path_factory) -> Path:
     """A random-weight Llama with SmolLM2's tokenizer: fast, and its output is arbitrary tokens."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     target = tmp_path_factory.mktemp("tiny-llama")
-    source = Path(default_engine.info.path)
+    source = default_model_dir
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(source / name, target / name)
     config = TINY_LLAMA
