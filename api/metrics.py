@@ -138,44 +138,36 @@ class _EngineCollector:
                 },
             )
         overview = engine.kv_overview(sessions=False)  # totals only: a scrape must stay cheap
-        hot, warm = overview.get("hot") or {}, overview.get("warm") or {}
-        yield GaugeMetricFamily("agent_memory_hot_bytes", "KV bytes in the hot tier.", value=hot.get("used_bytes", 0))
+        hot, warm = overview.hot.totals, overview.warm
+        yield GaugeMetricFamily("agent_memory_hot_bytes", "KV bytes in the hot tier.", value=hot.used_bytes)
+        yield GaugeMetricFamily("agent_memory_hot_budget_bytes", "Hot tier byte budget.", value=hot.budget_bytes)
+        yield GaugeMetricFamily("agent_memory_resident_agents", "Agents whose KV is in the hot tier.", value=hot.agents)
         yield GaugeMetricFamily(
-            "agent_memory_hot_budget_bytes", "Hot tier byte budget.", value=hot.get("budget_bytes", 0)
-        )
-        yield GaugeMetricFamily(
-            "agent_memory_resident_agents", "Agents whose KV is in the hot tier.", value=hot.get("agents", 0)
-        )
-        yield GaugeMetricFamily(
-            "agent_memory_max_resident_agents", "Most agents the hot tier holds.", value=hot.get("max_agents", 0)
+            "agent_memory_max_resident_agents", "Most agents the hot tier holds.", value=hot.max_agents
         )
         yield GaugeMetricFamily(
             "agent_memory_hot_shared_saved_bytes",
             "Hot bytes saved because agents share prefix blocks.",
-            value=hot.get("shared_bytes_saved", 0),
+            value=hot.shared_bytes_saved,
         )
         yield CounterMetricFamily(
-            "agent_memory_hot_evictions", "Agents evicted from the hot tier.", value=hot.get("evictions", 0)
+            "agent_memory_hot_evictions", "Agents evicted from the hot tier.", value=hot.evictions
         )
+        yield GaugeMetricFamily("agent_memory_warm_bytes", "KV bytes in the warm tier on disk.", value=warm.bytes)
+        yield GaugeMetricFamily("agent_memory_warm_blocks", "KV blocks in the warm tier.", value=warm.blocks)
         yield GaugeMetricFamily(
-            "agent_memory_warm_bytes", "KV bytes in the warm tier on disk.", value=warm.get("bytes", 0)
+            "agent_memory_warm_budget_bytes", "Warm tier byte budget on disk (0: none).", value=warm.budget_bytes
         )
-        yield GaugeMetricFamily("agent_memory_warm_blocks", "KV blocks in the warm tier.", value=warm.get("blocks", 0))
-        yield GaugeMetricFamily(
-            "agent_memory_warm_budget_bytes",
-            "Warm tier byte budget on disk (0: none).",
-            value=warm.get("budget_bytes") or 0,
-        )
-        shared = overview.get("shared")
+        shared = overview.shared
         if shared is not None:  # SEMANTIC_SHARED_TIER_URL is set
             yield GaugeMetricFamily(
-                "agent_memory_shared_tier_up", "1 while the shared KV tier (Redis) answers.", value=int(shared["up"])
+                "agent_memory_shared_tier_up", "1 while the shared KV tier (Redis) answers.", value=int(shared.up)
             )
             yield CounterMetricFamily(
-                "agent_memory_shared_tier_failures", "Shared tier calls that failed.", value=shared["failures"]
+                "agent_memory_shared_tier_failures", "Shared tier calls that failed.", value=shared.failures
             )
             yield GaugeMetricFamily(
                 "agent_memory_shared_tier_behind",
                 "Sessions written while the shared tier was down, to push when it is back.",
-                value=shared["behind"],
+                value=shared.behind,
             )

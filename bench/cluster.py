@@ -35,6 +35,8 @@ from pathlib import Path
 
 import httpx
 
+from engine.kv.stats import SharedTierStats
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "local-cluster.sh"
 INSTANCES = 3
@@ -146,11 +148,13 @@ def sessions_pushed(url: str, at_least: int, within_s: float = 30.0) -> None:
     base = int(url.rsplit(":", 1)[1])
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        tiers = [
+        found = [
             httpx.get(f"http://127.0.0.1:{base + i}/health", timeout=10).json().get("shared_tier")
             for i in range(1, INSTANCES + 1)
         ]
-        if None in tiers or sum(tier["sessions_pushed"] for tier in tiers) >= at_least:
+        if None in found:  # an instance without the shared tier: nothing to wait for
+            return
+        if sum(SharedTierStats.from_json(tier).sessions_pushed for tier in found) >= at_least:
             return
         time.sleep(0.1)
     raise RuntimeError(f"fewer than {at_least} sessions reached the shared tier in {within_s:.0f} s")

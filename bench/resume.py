@@ -214,8 +214,8 @@ def shared_prompt_bytes(settings: Settings, tokenizer_engine: Engine) -> dict:
         stats = eng.memory_stats()
         kv_per_token_hot = eng.info.kv_bytes_per_token
         kv_per_token_disk = disk_bytes_per_token(kv_values_per_token(eng.info), settings)
-        hot_used = stats["hot"]["used_bytes"]
-        warm_bytes = stats["warm"]["bytes"]
+        hot_used = stats.hot.used_bytes
+        warm_bytes = stats.warm.bytes
         entries = eng.call(lambda e: [len(x.tokens) for x in e.memory.hot.entries()])
     one_agent_tokens = max(entries)
     distinct = sum(n - tokens_system for n in entries) - (one_agent_tokens - tokens_system)

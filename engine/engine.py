@@ -24,6 +24,7 @@ from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError
 from engine.events import TurnEvent, TurnFinished
 from engine.gguf_import import Progress
 from engine.handle import TurnHandle
+from engine.kv.stats import HotView, KVOverview, MemoryStats, StoredBlock
 from engine.loader import LoadedModel, ModelInfo
 from engine.model_loading import SwapLoader, load_checked
 from engine.requests import GenerationRequest
@@ -84,7 +85,7 @@ class Engine:
         self._busy = False  # a request is running on the engine thread
         self._swap_lock = threading.Lock()
         self._loader: SwapLoader | None = None
-        self._hot_view: dict | None = None  # the hot tier as the engine thread last saw it
+        self._hot_view: HotView | None = None  # the hot tier as the engine thread last saw it
         self._scheduler = None  # BatchScheduler, when the model batches
         self._deferred: list[_Call] = []  # exclusive calls waiting for the running batch to drain
 
@@ -209,23 +210,23 @@ class Engine:
             raise EngineError("the model is not loaded yet")
         return len(render_prompt(self._loaded, request))
 
-    def kv_overview(self, sessions: bool = True) -> dict:
+    def kv_overview(self, sessions: bool = True) -> KVOverview:
         """The KV memory without waiting for the engine thread: hot tier as of the last turn, warm from
         disk; `sessions=False` leaves out the per-session warm summaries (a scan of every session's chain)."""
         memory = self.memory
         if memory is None or not memory.enabled:
-            return {"enabled": False, "hot": None, "warm": None, "warm_sessions": {}}
-        return {
-            "enabled": True,
-            "policies": {session_id: policy.as_dict() for session_id, policy in memory.policies.items()},
-            "hot": self._hot_view,
-            "warm": {**memory.warm.stats(), "dtype": memory.disk_dtype},
-            "warm_sessions": memory.warm.session_summaries() if sessions else {},
-            "fingerprint": memory.fingerprint,
-            "shared": memory.shared.describe() if memory.shared is not None else None,
-        }
+            return KVOverview(enabled=False)
+        return KVOverview(
+            enabled=True,
+            fingerprint=memory.fingerprint,
+            policies=memory.policies,  # replaced as a whole, never changed in place
+            hot=self._hot_view or HotView(),  # empty until the engine thread first publishes
+            warm=memory.warm.stats(dtype=memory.disk_dtype),
+            warm_sessions=memory.warm.session_summaries() if sessions else {},
+            shared=memory.shared.stats() if memory.shared is not None else None,
+        )
 
-    def agent_blocks(self, session_id: str) -> list[dict]:
+    def agent_blocks(self, session_id: str) -> list[StoredBlock]:
         """The session's warm block chain under the current model (see WarmTier.session_blocks); any thread."""
         memory = self.memory
         if memory is None or not memory.enabled:
@@ -254,9 +255,9 @@ class Engine:
             self.state = "ready" if self._loaded is not None else "failed"
             self._swap_lock.release()
 
-    def memory_stats(self) -> dict:
+    def memory_stats(self) -> MemoryStats:
         """The KV memory's figures, the warm tier's once every finished turn is on disk."""
-        return self._after_writes(lambda memory: memory.stats(), {"enabled": False})
+        return self._after_writes(lambda memory: memory.stats(), MemoryStats(enabled=False))
 
     def forget_session(self, session_id: str) -> bool:
         """Drop a session's KV caches (hot and warm); shared blocks stay while others use them. Whether

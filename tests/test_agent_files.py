@@ -18,7 +18,7 @@ from tests.test_kv_memory import engine_for, greedy, history
 def warm_totals(engine) -> dict:
     engine.flush()
     stats = engine.memory.warm.stats()
-    return {key: stats[key] for key in ("blocks", "sessions", "bytes")}
+    return {"blocks": stats.blocks, "sessions": stats.sessions, "bytes": stats.bytes}
 
 
 @pytest.fixture(scope="module")

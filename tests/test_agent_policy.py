@@ -60,7 +60,7 @@ def ask(engine, session_id: str, text: str, max_tokens: int = 4):
 
 def hot_agents(engine) -> set[str]:
     engine.flush()  # a call on the engine thread publishes the hot tier as it is now
-    return set(engine.kv_overview(sessions=False)["hot"]["sessions"])
+    return set(engine.kv_overview(sessions=False).hot.sessions)
 
 
 def test_retention_expires_an_idle_agents_caches(data_dir, tmp_path):
@@ -76,10 +76,10 @@ def test_retention_expires_an_idle_agents_caches(data_dir, tmp_path):
         assert again.cache.miss_reason.startswith("expired")
         # Idle again: the engine's sweep drops its caches with no request asking
         deadline = time.monotonic() + 20
-        while "brief" in hot_agents(engine) or "brief" in engine.kv_overview()["warm_sessions"]:
+        while "brief" in hot_agents(engine) or "brief" in engine.kv_overview().warm_sessions:
             assert time.monotonic() < deadline, "the idle agent's caches were not dropped"
             time.sleep(0.5)
-        assert engine.kv_overview()["policies"]["brief"]["retention_s"] == 1  # the policy stays
+        assert engine.kv_overview().policies["brief"].retention_s == 1  # the policy stays
         back = ask(engine, "brief", question)
         assert back.cache.miss_kind == "expired" and back.cache.reused_tokens == 0, back.cache
         engine.check_integrity()

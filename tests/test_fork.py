@@ -20,7 +20,7 @@ def block_totals(engine) -> tuple[int, int]:
 
 def chain(engine, session_id: str) -> list[str]:
     engine.flush()
-    return [block["name"] for block in engine.agent_blocks(session_id)]
+    return [block.name for block in engine.agent_blocks(session_id)]
 
 
 def test_forks_of_a_4k_token_agent_share_its_blocks_and_add_only_their_own(data_dir, tmp_path):

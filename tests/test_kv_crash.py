@@ -62,7 +62,7 @@ def test_kill_9_during_writes_leaves_a_clean_cache(data_dir, tmp_path, tiny_mode
                 again = resumed.generate(request(session, turns))
                 assert again.text == cold.generate(request(session, turns)).text
                 resumed.check_integrity()
-        assert resumed.memory_stats()["hits"]["warm"] > 0
+        assert resumed.memory_stats().hits.warm > 0
 
     result = run_cli(
         "cache", "check", "--no-repair", data_dir=data_dir, env={"SEMANTIC_AGENT_CACHE_DIR": str(cache_dir)}

@@ -149,7 +149,7 @@ def test_gemma3_resumes_at_the_prompt_end_when_the_answer_is_rewritten(data_dir,
         held = eng.call(lambda e: [(x.nbytes, [c.nbytes for c in x.checkpoints]) for x in e.memory.hot.entries()])
         ((own_bytes, checkpoint_bytes),) = held
         assert len(checkpoint_bytes) == 2 and all(size > 0 for size in checkpoint_bytes)
-        assert eng.memory_stats()["hot"]["used_bytes"] == own_bytes + sum(checkpoint_bytes)
+        assert eng.memory_stats().hot.used_bytes == own_bytes + sum(checkpoint_bytes)
     finally:
         eng.close()
     assert resumed.cache.source == "hot" and resumed.usage.cached_tokens == first.usage.prompt_tokens
@@ -338,7 +338,7 @@ def test_agents_share_a_system_prompt_by_block_name(data_dir, tmp_path):
         assert three.cache.source == "hot"  # copied from agent two's live cache
         assert three.usage.cached_tokens > two.usage.cached_tokens
         stats = eng.memory_stats()
-        assert stats["warm"]["blocks"] >= 1 and stats["warm"]["sessions"] == 3
+        assert stats.warm.blocks >= 1 and stats.warm.sessions == 3
         eng.check_integrity()
     finally:
         eng.close()
@@ -352,7 +352,7 @@ def test_hot_eviction_keeps_turns_on_disk(data_dir, tmp_path):
             eng.generate(greedy([ChatMessage(role="user", content=f"I am agent {name}. " + FACTS)], name, 4))
             eng.check_integrity()
         stats = eng.memory_stats()
-        assert stats["hot"]["agents"] == 2 and stats["hot"]["evictions"] == 1
+        assert stats.hot.agents == 2 and stats.hot.evictions == 1
         again = eng.generate(
             greedy(
                 [
@@ -471,17 +471,17 @@ def test_idle_agents_share_prefix_blocks_in_memory(data_dir, tmp_path, cold_engi
     try:
         results = [eng.generate(greedy(messages, f"agent-{i}", 6)) for i, messages in enumerate(asks)]
         eng.check_integrity()
-        stats = eng.memory_stats()["hot"]
+        hot = eng.memory_stats().hot
         per_token = eng.info.kv_bytes_per_token
         tokens = [r.usage.prompt_tokens + r.usage.completion_tokens for r in results]
         system_tokens = min(r.usage.cached_tokens for r in results[1:])
         one_plus_suffixes = (max(tokens) + sum(t - system_tokens for t in tokens)) * per_token
-        assert stats["agents"] == 4
+        assert hot.agents == 4
         # A live agent holds its own contiguous copy of the prefix (with room to grow) besides the blocks.
         live_bytes = eng.call(lambda e: sum(x.nbytes for x in e.memory.hot.entries() if not x.compact))
         assert (live_bytes > 0) == (live_agents > 0)
-        assert stats["used_bytes"] - live_bytes <= 1.3 * one_plus_suffixes
-        assert stats["shared_bytes_saved"] > 0
+        assert hot.used_bytes - live_bytes <= 1.3 * one_plus_suffixes
+        assert hot.shared_bytes_saved > 0
         # Agent 0 is compacted now; resuming it gives what a cold run gives.
         follow = [
             *asks[0],
@@ -506,8 +506,8 @@ def test_int8_disk_tier_resumes_with_about_half_the_bytes(data_dir, tmp_path, co
         try:
             first = eng.generate(greedy(messages, "eight", 8))
             eng.flush()
-            sizes[disk_dtype] = eng.memory_stats()["warm"]["bytes"]
-            assert eng.memory_stats()["warm"]["dtype"] == disk_dtype
+            sizes[disk_dtype] = eng.memory_stats().warm.bytes
+            assert eng.memory_stats().warm.dtype == disk_dtype
         finally:
             eng.close()
         follow = [
@@ -630,8 +630,8 @@ def test_a_stopped_turn_leaves_the_cache_as_it_was_before_it(data_dir, tmp_path)
 
     def hot_tokens() -> int | None:
         engine.forget_session("nobody")  # behind every write queued before: the view is current
-        entry = (engine.kv_overview()["hot"] or {}).get("sessions", {}).get("stopper")
-        return entry["tokens"] if entry else None
+        entry = engine.kv_overview().hot.sessions.get("stopper")
+        return entry.tokens if entry else None
 
     engine = engine_for(data_dir, tmp_path / "kv")
     try:

@@ -11,6 +11,7 @@ from rich.text import Text
 from textual.widgets import DataTable, Input, Label, ListView, Static
 
 from engine.events import TurnFinished
+from engine.kv.stats import StoredBlock
 from engine.settings import Settings
 from tests.tui_frozen import CLAUDE, CODEX, FrozenSource
 from workbench.tui.agent_tree import lineage_lines, tree_lines
@@ -102,12 +103,12 @@ def test_connect_to_a_running_server(server):
             await until(pilot, lambda: any(r["id"] == "tui-remote" and r["turns"] == 2 for r in app.rows))
             await pilot.press("f7")
             await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
-            assert app.screen.pool["hot"]["used_bytes"] > 0
+            assert app.screen.pool.hot.used_bytes > 0
             await pilot.press("escape")
             await pilot.press("f3")
             await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
             assert any(row["id"] == "tui-remote" and "chain" in row for row in app.screen.rows)
-            assert app.screen.pool["warm"]["budget_bytes"] > 0  # the server's disk budget, from its /metrics
+            assert app.screen.pool.warm.budget_bytes > 0  # the server's disk budget, from its /metrics
             assert "no budget" not in str(app.screen.query_one("#budgets", Static).content)
             # Another client's agent appears once the overview is read again (r, or every few seconds)
             other = httpx.post(
@@ -358,18 +359,19 @@ def test_forks_are_listed_under_their_parent_in_order_of_use():
     assert sorted(line.row["id"] for line in looped) == ["x", "y", "z"]
 
 
+def block_of(*agents: str) -> StoredBlock:
+    """A stored block that the chains of `agents` name."""
+    return StoredBlock(name="b", bytes=0, last_used=0.0, stored=True, agents=agents)
+
+
 def test_inspector_lineage_counts_shared_blocks():
     rows = [agent("parent"), agent("fork", "parent"), agent("fork-2", "parent"), agent("lone", "gone")]
-    chain = [
-        {"agents": ["parent", "fork", "fork-2"]},
-        {"agents": ["parent", "fork"]},
-        {"agents": ["parent"]},
-    ]
+    chain = [block_of("parent", "fork", "fork-2"), block_of("parent", "fork"), block_of("parent")]
     assert lineage_lines({**agent("parent"), "chain": chain}, rows).split("\n") == [
         "not a fork",
         "forks: fork shares 2, fork-2 shares 1 (2 of its 3 stored blocks shared with a fork)",
     ]
-    fork_chain = [{"agents": ["parent", "fork"]}, {"agents": ["fork"]}]
+    fork_chain = [block_of("parent", "fork"), block_of("fork")]
     assert lineage_lines({**agent("fork", "parent"), "chain": fork_chain}, rows).split("\n") == [
         "fork of parent: shares 1 of its 2 stored blocks with it",
         "no forks",
@@ -385,7 +387,7 @@ def test_pin_and_unpin_the_selected_agent(source):
             await send(app, pilot, "Hello.")
             await pilot.press("f6")
             await until(pilot, lambda: any("tui-pinned pinned" in notice for notice in notices(app)))
-            assert source.engine.kv_overview()["policies"]["tui-pinned"]["pinned"] is True
+            assert source.engine.kv_overview().policies["tui-pinned"].pinned is True
             await until(pilot, lambda: any(row["id"] == "tui-pinned" and row["pinned"] for row in app.rows))
             labels = [str(item.query_one(Label).content) for item in app.query_one("#agents", ListView).children]
             assert any(label.startswith("tui-pinned") and "pinned" in label.split("\n")[0][10:] for label in labels)
@@ -397,7 +399,7 @@ def test_pin_and_unpin_the_selected_agent(source):
 
             await pilot.press("f6")
             await until(pilot, lambda: any("tui-pinned unpinned" in notice for notice in notices(app)))
-            assert "tui-pinned" not in source.engine.kv_overview()["policies"]
+            assert "tui-pinned" not in source.engine.kv_overview().policies
 
     asyncio.run(scenario())
 

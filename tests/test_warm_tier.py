@@ -107,7 +107,7 @@ def assert_tier_matches(tier: WarmTier, expected: dict, forgotten: set) -> None:
     on_disk = block_files_on_disk(tier.root)
     size = tier.size_info
     assert size.evictable_bytes == sum(nbytes for name, nbytes in on_disk.items() if name not in chained)
-    assert size.total_bytes == sum(on_disk.values()) + session_bytes_on_disk(tier.root) == tier.stats()["bytes"]
+    assert size.total_bytes == sum(on_disk.values()) + session_bytes_on_disk(tier.root) == tier.stats().bytes
 
 
 def next_tokens(rng: random.Random, expected: dict, key: tuple, prefixes: list[list[int]]) -> list[int]:
@@ -274,14 +274,14 @@ def test_an_index_with_json_chains_is_moved_to_the_chain_table_when_opened(tmp_p
         assert_tier_matches(tier, sessions, {("model-a", "carol")})
         assert not (root / broken_file).exists()  # dropped from the index, then removed as a stray file
         summaries = tier.session_summaries()
-        assert {sid: info["fingerprint"] for sid, info in summaries.items()} == {"alice": "model-b", "bob": "model-a"}
-        assert summaries["bob"]["blocks"] == 3 and summaries["bob"]["shared_blocks"] == 3
+        assert {sid: info.fingerprint for sid, info in summaries.items()} == {"alice": "model-b", "bob": "model-a"}
+        assert summaries["bob"].blocks == 3 and summaries["bob"].shared_blocks == 3
         assert tier.shared_bytes_saved() == sum(
             block_files_on_disk(root)[name] for name in sessions["model-a", "bob"].chain
         )
         chain = tier.session_blocks("model-a", "bob")
-        assert [block["name"] for block in chain] == sessions["model-a", "bob"].chain
-        assert all(block["agents"] == ["alice", "bob"] and block["stored"] for block in chain)
+        assert [block.name for block in chain] == sessions["model-a", "bob"].chain
+        assert all(block.agents == ("alice", "bob") and block.stored for block in chain)
         # What the moved index is for: forgetting alice makes her own blocks evictable, the shared ones not.
         tier.forget_session("model-a", "alice")
         alice_only = set(sessions["model-a", "alice"].chain) - set(sessions["model-a", "bob"].chain)
@@ -402,8 +402,8 @@ def test_forget_and_stats_wait_behind_the_writer_not_on_the_engine_thread(tmp_pa
         assert "agent" not in memory.hot
 
         gate.set()
-        warm = stats.result(timeout=60)["warm"]
-        assert warm["sessions"] == 1 and warm["blocks"] == 2
+        warm = stats.result(timeout=60).warm
+        assert warm.sessions == 1 and warm.blocks == 2
         forgotten.result(timeout=60)
         flushed.result(timeout=60)
         assert memory.warm.read_session("fingerprint", "agent") is None

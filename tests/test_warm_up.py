@@ -9,6 +9,7 @@ import pytest
 
 from engine.backend import current_backend
 from engine.engine import Engine
+from engine.kv.stats import TierHits
 from engine.settings import Settings
 from tests.conftest import ask
 
@@ -29,8 +30,8 @@ def test_the_warm_up_runs_at_load_and_leaves_nothing_behind(data_dir, tmp_path, 
         assert any("warmed up in" in record.getMessage() for record in caplog.records)
         assert not any(record.levelno >= logging.WARNING for record in caplog.records)
         overview = warmed.kv_overview()
-        assert overview["warm"]["blocks"] == 0 and not overview["warm_sessions"]
-        assert not overview["hot"]["sessions"] and not any(overview["hot"]["hits"].values())
+        assert overview.warm.blocks == 0 and not overview.warm_sessions
+        assert not overview.hot.sessions and overview.hot.hits == TierHits()
         assert warmed.memory.cost.prefill_s(0, 1000) is None  # it learned nothing from the warm-up
         answer = warmed.generate(ask("Name the capital of France.", max_tokens=12))
     with Engine(Settings(data_dir=data_dir, kv_memory=False, mlx_max_batch_size=1)) as plain:

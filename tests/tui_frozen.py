@@ -7,8 +7,10 @@ a KV cache without a transcript. Their chains share a prefix block, and one bloc
 
 from __future__ import annotations
 
+from engine.kv.stats import BlockCounts, HotTotals, StoredBlock, WarmStats
 from engine.requests import ChatMessage
 from engine.sessions import Session
+from workbench.tui.pool import Pool
 from workbench.tui.turn_log import TurnRecord
 
 CLAUDE = "0e9b7c1a-4f2d-4c1e-9a3b-5d6e7f809a1b"
@@ -71,15 +73,15 @@ TRANSCRIPT = [
 ]
 
 
-def chain(agent_id: str) -> list[dict]:
+def chain(agent_id: str) -> list[StoredBlock]:
     return [
-        {
-            "name": name,
-            "bytes": BLOCK_BYTES,
-            "last_used": 1_795_000_000.0 + 100 * index,
-            "stored": name not in BEING_WRITTEN,
-            "agents": [other for other, names in CHAINS.items() if name in names],
-        }
+        StoredBlock(
+            name=name,
+            bytes=BLOCK_BYTES,
+            last_used=1_795_000_000.0 + 100 * index,
+            stored=name not in BEING_WRITTEN,
+            agents=tuple(other for other, names in CHAINS.items() if name in names),
+        )
         for index, name in enumerate(CHAINS.get(agent_id, []))
     ]
 
@@ -104,26 +106,25 @@ class FrozenSource:
     def session(self, agent_id: str) -> Session:
         return Session(id=agent_id, messages=list(TRANSCRIPT) if agent_id == "alice" else [])
 
-    def pool(self) -> dict:
+    def pool(self) -> Pool:
         """The pool as the model comes up (its first read), then as after this run's TURNS."""
         evictions = TURNS[-1].evictions_total if self.started else EVICTIONS_BEFORE
         self.started = True
-        return {
-            "hot": {
-                "used_bytes": 277_000_000,
-                "budget_bytes": 536_870_912,
-                "agents": 3,
-                "max_agents": 5,
-                "evictions": evictions,
-                "shared_bytes_saved": 11_800_000,
-            },
-            "warm": {"bytes": 180_400_000, "blocks": 19, "dtype": "float16", "budget_bytes": 1_073_741_824},
-        }
+        hot = HotTotals(
+            used_bytes=277_000_000,
+            budget_bytes=536_870_912,
+            agents=3,
+            max_agents=5,
+            evictions=evictions,
+            shared_bytes_saved=11_800_000,
+        )
+        warm = WarmStats(enabled=True, bytes=180_400_000, blocks=19, dtype="float16", budget_bytes=1_073_741_824)
+        return Pool(hot, warm)
 
     def inspect(self, agent_id: str | None) -> dict:
         row = next((row_of(r) for r in ROWS if r["id"] == agent_id), None)
         if row is not None:
-            row["blocks"] = {"hot": 0, "hot_live": True, "warm": 2, "shared": 1}
+            row["blocks"] = BlockCounts(hot=0, hot_live=True, warm=2, shared=1)
             row["chain"] = chain(agent_id)
         return {"pool": self.pool(), "row": row, "block_tokens": 256}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from engine.kv.stats import SessionSummary
 from engine.sessions import SessionCorrupt, SessionStore
 from engine.settings import Settings
 from workbench.output import EXIT_BAD_INPUT, report_error
@@ -22,7 +23,7 @@ def _ago(timestamp: float) -> str:
     return f"{seconds}s ago"
 
 
-def _kv_summaries(settings: Settings) -> tuple[dict[str, dict], set[str]]:
+def _kv_summaries(settings: Settings) -> tuple[dict[str, SessionSummary], set[str]]:
     """Each session's warm cache summary, and the sessions that are pinned."""
     from engine.kv.warm import WarmTier
 
@@ -43,7 +44,7 @@ def list_agents(settings: Settings, json_output: bool) -> None:
                 "turns": s.turns,
                 "tokens": s.context_tokens,
                 "last_used": s.updated_at,
-                "kv": kv.get(s.id),
+                "kv": kv[s.id].to_json() if s.id in kv else None,
                 "forked_from": s.forked_from,
                 "pinned": s.id in pinned,
                 "title": s.title,
@@ -61,10 +62,10 @@ def list_agents(settings: Settings, json_output: bool) -> None:
         f"{'PINNED':>6}  LAST USED"
     )
     for s in sessions:
-        info = kv.get(s.id) or {}
-        blocks = info.get("blocks", "-")
-        shared = info.get("shared_blocks", "-")
-        size = f"{info['bytes'] / 1e6:.1f}" if info else "-"
+        info = kv.get(s.id)
+        blocks = info.blocks if info else "-"
+        shared = info.shared_blocks if info else "-"
+        size = f"{info.bytes / 1e6:.1f}" if info else "-"
         typer.echo(
             f"{s.id:<{width}}  {s.turns:>5}  {s.context_tokens:>7}  {blocks:>11}  {shared:>6}  {size:>7}  "
             f"{'yes' if s.id in pinned else '':>6}  {_ago(s.updated_at)}{f'  {s.title}' if s.title else ''}"
@@ -307,7 +308,7 @@ def prune_agents(settings: Settings, older_than: str, dry_run: bool) -> int:
         pinned = {sid for sid, policy in warm.policies().items() if policy.pinned}
         last_used = {s.id: s.updated_at for s in store.all()}
         for session_id, summary in warm.session_summaries().items():
-            last_used[session_id] = max(last_used.get(session_id, 0.0), summary["last_used"])
+            last_used[session_id] = max(last_used.get(session_id, 0.0), summary.last_used)
         cutoff = time.time() - age_s
         stale = sorted(sid for sid, used in last_used.items() if used < cutoff and sid not in pinned)
         for session_id in stale:

@@ -23,12 +23,11 @@ def _mb(value: int) -> str:
 def show_stats(settings: Settings, json_output: bool) -> None:
     warm = _warm(settings)
     try:
-        stats = warm.stats()
+        stats = warm.stats(dtype=settings.kv_disk_encoding)
         summaries = warm.session_summaries()
         shared_saved = warm.shared_bytes_saved()
     finally:
         warm.close()
-    stats["dtype"] = settings.kv_disk_encoding
     pool = {
         # None: the backend's default, sized at load (a GPU's share of its memory)
         "budget_bytes": settings.mlx_cache_budget_mb << 20 if settings.mlx_cache_budget_mb else None,
@@ -37,25 +36,24 @@ def show_stats(settings: Settings, json_output: bool) -> None:
     }
     if json_output:
         typer.echo(
-            json.dumps({"hot": pool, "warm": stats, "sessions": len(summaries), "shared_bytes_saved": shared_saved})
+            json.dumps(
+                {"hot": pool, "warm": stats.to_json(), "sessions": len(summaries), "shared_bytes_saved": shared_saved}
+            )
         )
         return
     typer.echo("Hot tier (device memory, per running process):")
     budget = _mb(pool["budget_bytes"]) if pool["budget_bytes"] else "sized at load (4096 MB on the CPU)"
     typer.echo(f"  budget {budget}, at most {pool['max_agents']} agents, {pool['block_tokens']} tokens per block")
     typer.echo("  (live figures: `agent-memory tui` or the server's /metrics)")
-    typer.echo(f"Warm tier (disk): {stats.get('path', settings.cache_path)}")
-    if not stats.get("enabled"):
-        typer.echo(f"  {stats.get('reason')}")
+    typer.echo(f"Warm tier (disk): {stats.path or settings.cache_path}")
+    if not stats.enabled:
+        typer.echo(f"  {stats.reason}")
         return
     typer.echo(
-        f"  stores {stats['dtype']} KV; files: {stats['files']} (blocks: {stats['blocks']}, "
-        f"session snapshots: {stats['sessions']})"
+        f"  stores {stats.dtype} KV; files: {stats.files} (blocks: {stats.blocks}, session snapshots: {stats.sessions})"
     )
-    typer.echo(
-        f"  {_mb(stats['bytes'])} of {_mb(stats['budget_bytes'])} budget; shared blocks save {_mb(shared_saved)}"
-    )
-    if stats.get("read_only"):
+    typer.echo(f"  {_mb(stats.bytes)} of {_mb(stats.budget_bytes)} budget; shared blocks save {_mb(shared_saved)}")
+    if stats.read_only:
         typer.echo("  another process owns this cache dir: read-only here")
 
 

@@ -144,12 +144,12 @@ def _running(source) -> dict:
         "context_length": health["context_length"],
         "weights_bytes": running.get("size"),
     }
-    pool = source.pool()["hot"]
+    pool = source.pool().hot
     report["hot"] = {
-        "agents": pool["agents"],
-        "max_agents": pool["max_agents"],
-        "bytes": pool["used_bytes"],
-        "budget_bytes": pool["budget_bytes"],
+        "agents": pool.agents,
+        "max_agents": pool.max_agents,
+        "bytes": pool.used_bytes,
+        "budget_bytes": pool.budget_bytes,
         # Only the caller's own agents when the server has tenants
         "resident": hot_agents,
     }

@@ -22,6 +22,8 @@ from engine import agent_ops
 from engine.agents_view import agent_rows, block_counts, has_cache, policy_fields
 from engine.errors import EngineError
 from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from engine.kv.policy import AgentPolicy
+from engine.kv.stats import KVOverview
 from engine.sessions import Session, SessionCorrupt, SessionStore
 
 bp = Blueprint("agents", url_prefix="/v1/agents")
@@ -67,7 +69,7 @@ async def read_transcript(store: SessionStore, agent_id: str) -> Session | None:
         raise ApiError(409, str(exc)) from None
 
 
-async def kv_overview(engine) -> dict:
+async def kv_overview(engine) -> KVOverview:
     return await asyncio.to_thread(engine.kv_overview)
 
 
@@ -94,11 +96,11 @@ async def get_agent(request, agent_id: str):
     row = as_client_sees(request, row, agent_id)
     row["system"] = session.system if session else None
     row["messages"] = [m.model_dump() for m in session.messages] if session else []
-    row["blocks"] = block_counts(overview, key)
+    row["blocks"] = block_counts(overview, key).to_json()
     row["block_tokens"] = server.settings.kv_block_tokens
     chain = await asyncio.to_thread(engine.agent_blocks, key)
     # Blocks are shared within a tenant only: every agent named is the caller's, named as its client knows it
-    row["chain"] = [{**block, "agents": _own_ids(request, block["agents"])} for block in chain]
+    row["chain"] = [{**block.to_json(), "agents": _own_ids(request, list(block.agents))} for block in chain]
     return json_response(row)
 
 
@@ -122,7 +124,7 @@ async def update_agent(request, agent_id: str):
     rows = agent_rows([session] if session else [], await kv_overview(engine), engine.model_id)
     row = next((r for r in rows if r["id"] == key), None)
     if row is None:  # its only cache was evicted meanwhile; the policy holds for the next one
-        row = {"id": key, **policy_fields(policy)}
+        row = {"id": key, **policy_fields(AgentPolicy(**policy))}
     return json_response(as_client_sees(request, row, agent_id))
 
 
@@ -188,7 +190,7 @@ async def _under_new_id(request, agent_id: str, verb: str) -> dict:
     return {**as_client_sees(request, next(r for r in rows if r["id"] == new_key), new_id), "kv_snapshots": snapshots}
 
 
-def is_known(session: Session | None, overview: dict, key: str) -> bool:
+def is_known(session: Session | None, overview: KVOverview, key: str) -> bool:
     """The agent has a transcript or a KV cache in either tier."""
     return session is not None or has_cache(overview, key)
 

@@ -51,7 +51,7 @@ async def health(request):
     )
     if server.settings.shared_tier_url:
         # Down is degraded, not failed: this instance serves from its own tiers meanwhile.
-        body["shared_tier"] = shared_tier(server.settings.shared_tier_url).describe()
+        body["shared_tier"] = shared_tier(server.settings.shared_tier_url).stats().to_json()
     # A swap keeps serving on the old model, but load balancers should prefer a settled replica.
     return json_response(body, status=200 if engine.state == "ready" else 503)
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.kv.policy import AgentPolicy
+from engine.kv.stats import SessionSummary, StoredBlock
 from engine.kv.tier import SizeInfo
 
 log = logging.getLogger(__name__)
@@ -363,8 +364,8 @@ class WarmIndex:
         )
         return int(saved)
 
-    def session_summaries(self) -> dict[str, dict]:
-        """Per session id (latest model): tokens, blocks, blocks shared with other sessions, bytes."""
+    def session_summaries(self) -> dict[str, SessionSummary]:
+        """Each session's stored cache under its most recently used model (its row comes last), by session id."""
         rows = (
             self.db()
             .execute(
@@ -380,18 +381,18 @@ class WarmIndex:
             .fetchall()
         )
         return {
-            session_id: {
-                "fingerprint": fingerprint,
-                "tokens": tokens,
-                "blocks": blocks,
-                "shared_blocks": shared,
-                "bytes": snapshot_bytes + block_bytes,
-                "last_used": last_used,
-            }
+            session_id: SessionSummary(
+                fingerprint=fingerprint,
+                tokens=tokens,
+                blocks=blocks,
+                shared_blocks=shared,
+                bytes=snapshot_bytes + block_bytes,
+                last_used=last_used,
+            )
             for session_id, fingerprint, tokens, last_used, snapshot_bytes, blocks, shared, block_bytes in rows
         }
 
-    def session_blocks(self, fingerprint: str, session_id: str) -> list[dict]:
+    def session_blocks(self, fingerprint: str, session_id: str) -> list[StoredBlock]:
         """The session's chain, in order: name, bytes, last use, and every session (of the model) using it."""
         with self.transaction(write=False) as db:
             row = db.execute(
@@ -414,13 +415,13 @@ class WarmIndex:
             ):
                 users.setdefault(name, []).append(user)
         return [
-            {
-                "name": name,
-                "bytes": nbytes or 0,
-                "last_used": last_used or 0.0,
-                "stored": nbytes is not None,
-                "agents": sorted(users.get(name, [])),
-            }
+            StoredBlock(
+                name=name,
+                bytes=nbytes or 0,
+                last_used=last_used or 0.0,
+                stored=nbytes is not None,
+                agents=tuple(sorted(users.get(name, []))),
+            )
             for name, nbytes, last_used in chain
         ]
 

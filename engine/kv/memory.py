@@ -42,6 +42,7 @@ from engine.kv.policy import AgentPolicy
 from engine.kv.recent_ids import RecentIds
 from engine.kv.restore import restore_by_block
 from engine.kv.shared import shared_tier
+from engine.kv.stats import HotSession, HotTotals, HotView, MemoryStats, TierHits
 from engine.kv.tier import MissingBlock, SessionSnapshot, WriteJob
 from engine.kv.warm import WarmTier
 from engine.kv.writer import WarmWriter
@@ -602,47 +603,45 @@ class KVMemory:
         if self.warm.writable:
             self.cost.save(self._speeds_path, self._speeds_key)
 
-    def stats(self) -> Future[dict]:
+    def stats(self) -> Future[MemoryStats]:
         """The hot tier and hits as of now, the warm tier once the writes queued before are done (wait
         on the Future off the engine thread)."""
-        hot, hits = self._hot_totals(), dict(self.hits)
+        hot, hits = self._hot_totals(), TierHits(**self.hits)
         return self.writer.run(
-            lambda warm: {
-                "hot": hot,
-                "warm": {**warm.stats(), "dtype": self.disk_dtype},
-                "hits": hits,
-                "block_tokens": self.block_tokens,
-                "resume": self.resume_mode(),
-            }
+            lambda warm: MemoryStats(
+                enabled=self.enabled,
+                hot=hot,
+                warm=warm.stats(dtype=self.disk_dtype),
+                hits=hits,
+                block_tokens=self.block_tokens,
+                resume=self.resume_mode(),
+            )
         )
 
-    def hot_view(self) -> dict:
-        """The hot tier as plain data (engine thread; others read the copy the engine publishes)."""
-        return {
-            **self._hot_totals(),
-            "hits": dict(self.hits),
-            "sessions": {
-                entry.session_id: {
-                    "tokens": len(entry.tokens),
-                    "bytes": entry.nbytes,
-                    "live": not entry.compact,
-                    "blocks": len(entry.chain),
-                    "last_used": entry.last_used,
-                }
-                for entry in self.hot.entries()
-                if not entry.session_id.startswith("\x00")
-            },
+    def hot_view(self) -> HotView:
+        """The hot tier as a record (engine thread; others read the copy the engine publishes)."""
+        sessions = {
+            entry.session_id: HotSession(
+                tokens=len(entry.tokens),
+                bytes=entry.nbytes,
+                live=not entry.compact,
+                blocks=len(entry.chain),
+                last_used=entry.last_used,
+            )
+            for entry in self.hot.entries()
+            if not entry.session_id.startswith("\x00")
         }
+        return HotView(self._hot_totals(), TierHits(**self.hits), sessions)
 
-    def _hot_totals(self) -> dict:
-        return {
-            "budget_bytes": self.hot.budget_bytes,
-            "used_bytes": self.hot.used_bytes,
-            "agents": len(self.hot),
-            "max_agents": self.hot.max_agents,
-            "evictions": self.hot.evictions,
-            "shared_bytes_saved": self.hot.shared_bytes_saved,
-        }
+    def _hot_totals(self) -> HotTotals:
+        return HotTotals(
+            budget_bytes=self.hot.budget_bytes,
+            used_bytes=self.hot.used_bytes,
+            agents=len(self.hot),
+            max_agents=self.hot.max_agents,
+            evictions=self.hot.evictions,
+            shared_bytes_saved=self.hot.shared_bytes_saved,
+        )
 
     def check_integrity(self) -> Future[None]:
         """Check the hot tier now (raises AssertionError); the Future raises it for the warm tier, checked

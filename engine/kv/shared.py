@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from engine.kv import codec
 from engine.kv.checksum import matches
+from engine.kv.stats import SharedTierStats
 from engine.kv.tier import Layers, MatchResult, MissingBlock, SessionSnapshot, WriteJob
 
 log = logging.getLogger(__name__)
@@ -69,18 +70,18 @@ class SharedTier:
     def up(self) -> bool:
         return self._down_since is None
 
-    def describe(self) -> dict:
-        """Plain figures for /health and /metrics (the URL without its password)."""
-        return {
-            "url": _without_password(self.url),
-            "up": self.up,
-            "down_since": self._down_since,
-            "last_error": self.last_error,
-            "failures": self.failures,
-            "blocks_pushed": self.blocks_pushed,
-            "sessions_pushed": self.sessions_pushed,
-            "behind": len(self._behind),
-        }
+    def stats(self) -> SharedTierStats:
+        """The figures for /health and /metrics (the URL without its password)."""
+        return SharedTierStats(
+            url=_without_password(self.url),
+            up=self.up,
+            down_since=self._down_since,
+            last_error=self.last_error,
+            failures=self.failures,
+            blocks_pushed=self.blocks_pushed,
+            sessions_pushed=self.sessions_pushed,
+            behind=len(self._behind),
+        )
 
     def _call(self, what: str, call: Callable, default: T) -> T:
         """`call(client)`, or `default` while Redis is down or when the call fails (then it is down)."""

@@ -32,6 +32,7 @@ from engine.kv.agent_file import FINGERPRINT_PATTERN
 from engine.kv.checksum import matches
 from engine.kv.index import WarmIndex, session_key
 from engine.kv.policy import AgentPolicy
+from engine.kv.stats import SessionSummary, StoredBlock, WarmStats
 from engine.kv.tier import KVTier, Layers, MatchResult, MissingBlock, SessionSnapshot, SizeInfo, WriteJob
 
 log = logging.getLogger(__name__)
@@ -391,32 +392,34 @@ class WarmTier(KVTier):
             return 0
         return self.index.totals("blocks")[1] + self.index.totals("sessions")[1]
 
-    def stats(self) -> dict:
+    def stats(self, dtype: str | None = None) -> WarmStats:
+        """The tier's figures; `dtype` is the disk encoding its caller writes (the files do not say)."""
         if not self.enabled:
-            return {"enabled": False, "reason": self.disabled_reason}
+            return WarmStats(enabled=False, reason=self.disabled_reason, dtype=dtype)
         blocks, block_bytes = self.index.totals("blocks")
         sessions, session_bytes = self.index.totals("sessions")
-        return {
-            "enabled": True,
-            "read_only": self.read_only,
-            "path": str(self.root),
-            "blocks": blocks,
-            "sessions": sessions,
-            "files": blocks + sessions,
-            "bytes": block_bytes + session_bytes,
-            "budget_bytes": self.disk_budget_bytes,
-        }
+        return WarmStats(
+            enabled=True,
+            read_only=self.read_only,
+            path=str(self.root),
+            blocks=blocks,
+            sessions=sessions,
+            files=blocks + sessions,
+            bytes=block_bytes + session_bytes,
+            budget_bytes=self.disk_budget_bytes,
+            dtype=dtype,
+        )
 
     def shared_bytes_saved(self) -> int:
         """Bytes sessions would need more if each stored its own copy of the blocks it shares."""
         return self.index.shared_bytes_saved() if self.enabled else 0
 
-    def session_summaries(self) -> dict[str, dict]:
-        """Per session id (latest model): tokens, blocks, blocks shared with other sessions, bytes."""
+    def session_summaries(self) -> dict[str, SessionSummary]:
+        """Each session's stored cache under its most recently used model, by session id."""
         return self.index.session_summaries() if self.enabled else {}
 
-    def session_blocks(self, fingerprint: str, session_id: str) -> list[dict]:
-        """The session's stored block chain, in order: name, bytes, last use, and every session using it."""
+    def session_blocks(self, fingerprint: str, session_id: str) -> list[StoredBlock]:
+        """The session's stored block chain, in order."""
         return self.index.session_blocks(fingerprint, session_id) if self.enabled else []
 
     def session_files(self, fingerprint: str, session_id: str) -> tuple[bytes, str, list[str], list] | None:

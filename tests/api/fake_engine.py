@@ -27,6 +27,7 @@ from engine.events import (
     Usage,
 )
 from engine.events import TurnChunk as Chunk
+from engine.kv.stats import KVOverview
 from engine.loader import ModelInfo
 from engine.requests import GenerationRequest, ToolCall
 from engine.sampling import ENGINE_DEFAULTS
@@ -107,8 +108,8 @@ class FakeEngine:
                 on_event(event)
         return handle
 
-    def kv_overview(self, sessions: bool = True) -> dict:
-        return {"enabled": False, "hot": None, "warm": None, "warm_sessions": {}}
+    def kv_overview(self, sessions: bool = True) -> KVOverview:
+        return KVOverview(enabled=False)
 
 
 def started(engine: FakeEngine, request: GenerationRequest) -> TurnStarted:

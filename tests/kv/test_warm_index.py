@@ -1,6 +1,7 @@
 """The warm tier's SQLite index on its own: session rows and their chains change together, a block a chain
 names is protected, forks share chains, resumes read up to the first missing block, problems are found,
-policies persist, and an index in the old format is refused where it may not be moved."""
+policies persist, an index in the old format is refused where it may not be moved, and summaries and chains
+come as records whose JSON has the API's keys."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import engine.kv.index as index_module
 from engine.kv.index import OldIndexInUse, WarmIndex, session_key
 from engine.kv.policy import AgentPolicy
+from engine.kv.stats import StoredBlock
 
 pytestmark = pytest.mark.unit
 
@@ -147,3 +149,25 @@ def test_an_old_index_is_refused_where_it_may_not_be_moved(tmp_path):
     db.close()
     with pytest.raises(OldIndexInUse):
         WarmIndex(path, may_migrate=False)
+
+
+def test_summaries_and_chains_are_records_whose_json_keeps_the_api_keys(index):
+    add_blocks(index, ["b0", "b1"])
+    put(index, "a", ["b0", "b1"], "s1")
+    put(index, "b", ["b0", "b9"], "s2")  # b9 is named but not stored yet
+    summary = index.session_summaries()["b"]
+    assert (summary.fingerprint, summary.tokens, summary.blocks, summary.shared_blocks) == (FINGERPRINT, 7, 2, 1)
+    assert list(summary.to_json()) == ["fingerprint", "tokens", "blocks", "shared_blocks", "bytes", "last_used"]
+    chain = index.session_blocks(FINGERPRINT, "b")
+    assert [(block.name, block.stored, block.agents) for block in chain] == [
+        ("b0", True, ("a", "b")),
+        ("b9", False, ("b",)),
+    ]
+    assert chain[0].to_json() == {
+        "name": "b0",
+        "bytes": 100,
+        "last_used": chain[0].last_used,
+        "stored": True,
+        "agents": ["a", "b"],
+    }
+    assert [StoredBlock.from_json(block.to_json()) for block in chain] == chain  # as the TUI reads a server's

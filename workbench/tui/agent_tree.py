@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.kv.stats import StoredBlock
+
 
 @dataclass
 class TreeLine:
@@ -55,9 +57,9 @@ def forks_of(rows: list[dict], agent_id: str) -> list[str]:
     return [row["id"] for row in rows if row.get("forked_from") == agent_id]
 
 
-def shared_blocks(chain: list[dict], agent_id: str) -> int:
-    """How many blocks of a chain (each with the `agents` whose chains name it) `agent_id` also holds."""
-    return sum(1 for block in chain if agent_id in block["agents"])
+def shared_blocks(chain: list[StoredBlock], agent_id: str) -> int:
+    """How many blocks of a chain `agent_id` also holds."""
+    return sum(1 for block in chain if agent_id in block.agents)
 
 
 def lineage_lines(row: dict | None, rows: list[dict]) -> str:
@@ -80,5 +82,5 @@ def lineage_lines(row: dict | None, rows: list[dict]) -> str:
     if not chain:
         return f"{first}\nforks: {', '.join(forks)}"
     each = ", ".join(f"{fork} shares {shared_blocks(chain, fork)}" for fork in forks)
-    with_any = sum(1 for block in chain if any(fork in block["agents"] for fork in forks))
+    with_any = sum(1 for block in chain if any(fork in block.agents for fork in forks))
     return f"{first}\nforks: {each} ({with_any} of its {stored} shared with a fork)"

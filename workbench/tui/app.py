@@ -127,7 +127,7 @@ class WorkbenchApp(App):
     def evictions_now(self) -> int:
         """The hot tier's evictions so far (worker thread); 0 when the pool cannot be read."""
         try:
-            return self.source.pool()["hot"].get("evictions", 0)
+            return self.source.pool().hot.evictions
         except Exception:  # noqa: BLE001 - a chart's count is not worth failing a turn or the model for
             return 0
 

@@ -24,7 +24,7 @@ def block_kinds(row: dict | None, block_tokens: int) -> list[str]:
     if not row:
         return []
     chain = row.get("chain") or []
-    kinds = [("shared" if len(block["agents"]) > 1 else "warm") if block["stored"] else "pending" for block in chain]
+    kinds = [("shared" if len(block.agents) > 1 else "warm") if block.stored else "pending" for block in chain]
     total = -(-row.get("tokens", 0) // block_tokens)
     rest = "hot" if row.get("tier") == "hot" else "none"
     return kinds + [rest] * max(0, total - len(kinds))

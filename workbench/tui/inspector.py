@@ -66,20 +66,20 @@ class InspectorScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        hot, warm = self.pool.get("hot") or {}, self.pool.get("warm") or {}
+        hot, warm = self.pool.hot, self.pool.warm
         with Vertical(id="pool"):
             yield Label("[b]KV pool[/b]")
             with Horizontal(id="hot-line"):
-                yield Label(f"hot {mebibytes(hot.get('used_bytes', 0))} of {mebibytes(hot.get('budget_bytes', 0))} ")
-                bar = ProgressBar(total=max(hot.get("budget_bytes", 1), 1), show_eta=False, id="hot-bar")
-                bar.progress = hot.get("used_bytes", 0)
+                yield Label(f"hot {mebibytes(hot.used_bytes)} of {mebibytes(hot.budget_bytes)} ")
+                bar = ProgressBar(total=max(hot.budget_bytes, 1), show_eta=False, id="hot-bar")
+                bar.progress = hot.used_bytes
                 yield bar
             yield Static(
-                f"resident agents {hot.get('agents', 0)} / {hot.get('max_agents', 0)}   "
-                f"evictions {hot.get('evictions', 0)}   "
-                f"saved by shared blocks {mebibytes(hot.get('shared_bytes_saved', 0))}\n"
-                f"warm on disk {mebibytes(warm.get('bytes', 0))} in {warm.get('blocks', 0)} blocks"
-                + (f" ({warm['dtype']})" if warm.get("dtype") else ""),
+                f"resident agents {hot.agents} / {hot.max_agents}   "
+                f"evictions {hot.evictions}   "
+                f"saved by shared blocks {mebibytes(hot.shared_bytes_saved)}\n"
+                f"warm on disk {mebibytes(warm.bytes)} in {warm.blocks} blocks"
+                + (f" ({warm.dtype})" if warm.dtype else ""),
                 id="pool-stats",
             )
         with Vertical(id="agent-blocks"):
@@ -94,9 +94,7 @@ class InspectorScreen(Screen):
                 table = DataTable(id="blocks", cursor_type="row", zebra_stripes=True)
                 table.add_columns("#", "block", "KiB", "agents")
                 for index, block in enumerate(self.chain):
-                    table.add_row(
-                        str(index), block["name"][:12], f"{block['bytes'] / 1024:.0f}", str(len(block["agents"]))
-                    )
+                    table.add_row(str(index), block.name[:12], f"{block.bytes / 1024:.0f}", str(len(block.agents)))
                 yield table
                 yield Static(self._details(0), id="block-details", markup=False)
             yield Label("time to first token per turn (s), cold vs resumed")
@@ -109,11 +107,11 @@ class InspectorScreen(Screen):
         block = self.chain[index]
         return "\n".join(
             [
-                f"block {index}: {block['name']}",
+                f"block {index}: {block.name}",
                 f"tokens {index * self.block_tokens}–{(index + 1) * self.block_tokens - 1}",
-                f"{block['bytes']:,} bytes" + ("" if block["stored"] else " (being written)"),
-                f"ref count {len(block['agents'])}: {', '.join(block['agents'])}",
-                f"last used {clock(block['last_used'])}",
+                f"{block.bytes:,} bytes" + ("" if block.stored else " (being written)"),
+                f"ref count {len(block.agents)}: {', '.join(block.agents)}",
+                f"last used {clock(block.last_used)}",
             ]
         )
 

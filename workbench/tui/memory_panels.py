@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from rich.markup import escape
 
+from engine.kv.stats import StoredBlock
 from workbench.tui.agent_tree import shared_blocks
 from workbench.tui.charts import columns, gauge, hbar, seconds
 from workbench.tui.origins import origin
+from workbench.tui.pool import Pool
 from workbench.tui.turn_log import TurnRecord, cold_and_resumed, evictions_per_turn
 
 SOURCE_CELL = {"cold": "[red]c [/]", "hot": "[green]h [/]", "warm": "[cyan]w [/]"}
@@ -25,36 +27,36 @@ def short(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[: max(chars - 1, 1)] + "…"
 
 
-def budgets(pool: dict, width: int) -> str:
+def budgets(pool: Pool, width: int) -> str:
     """Memory and disk against their budgets, then agents resident and evictions."""
-    hot, warm = pool.get("hot") or {}, pool.get("warm") or {}
+    hot, warm = pool.hot, pool.warm
     bar = max(10, min(30, width - 40))
-    used, budget = hot.get("used_bytes", 0), hot.get("budget_bytes", 0)
-    disk, disk_budget = warm.get("bytes", 0), warm.get("budget_bytes") or 0
+    used, budget = hot.used_bytes, hot.budget_bytes
+    disk, disk_budget = warm.bytes, warm.budget_bytes
     disk_of = f"of {mib(disk_budget)} MiB" if disk_budget else "MiB, no budget"
-    dtype = f", {warm['dtype']}" if warm.get("dtype") else ""
+    dtype = f", {warm.dtype}" if warm.dtype else ""
     return "\n".join(
         [
             f"{'memory':<{LABEL_CHARS}}{gauge(used, budget, bar)} {mib(used)} of {mib(budget)} MiB",
             f"{'disk':<{LABEL_CHARS}}{gauge(disk, disk_budget, bar)} {mib(disk)} {disk_of}",
-            f"{'':<{LABEL_CHARS}}{hot.get('agents', 0)} of {hot.get('max_agents', 0)} agents in memory · "
-            f"{hot.get('evictions', 0)} evictions · {warm.get('blocks', 0)} blocks on disk{dtype}",
+            f"{'':<{LABEL_CHARS}}{hot.agents} of {hot.max_agents} agents in memory · "
+            f"{hot.evictions} evictions · {warm.blocks} blocks on disk{dtype}",
         ]
     )
 
 
-def sharing(pool: dict, rows: list[dict]) -> str:
+def sharing(pool: Pool, rows: list[dict]) -> str:
     """What shared prefixes save: each stored block is kept once, however many agents' chains name it."""
-    blocks: dict[str, dict] = {}
+    blocks: dict[str, StoredBlock] = {}
     for row in rows:
         for block in row.get("chain") or []:
-            blocks[block["name"]] = block
-    shared = [block for block in blocks.values() if len(block["agents"]) > 1]
-    saved_disk = sum(block["bytes"] * (len(block["agents"]) - 1) for block in shared)
-    saved_memory = (pool.get("hot") or {}).get("shared_bytes_saved", 0)
+            blocks[block.name] = block
+    shared = [block for block in blocks.values() if len(block.agents) > 1]
+    saved_disk = sum(block.bytes * (len(block.agents) - 1) for block in shared)
+    saved_memory = pool.hot.shared_bytes_saved
     if not shared and not saved_memory:
         return f"{'shared':<{LABEL_CHARS}}[dim]nothing yet: forks, and agents that start alike, share blocks[/dim]"
-    names = sum(len(block["agents"]) for block in shared)
+    names = sum(len(block.agents) for block in shared)
     return (
         f"{'shared':<{LABEL_CHARS}}{len(shared)} block{'' if len(shared) == 1 else 's'} in {names} chains save "
         f"{mib(saved_disk)} MiB on disk, {mib(saved_memory)} MiB in memory"

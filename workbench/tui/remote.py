@@ -13,9 +13,11 @@ from urllib.parse import quote
 import httpx
 
 from engine.events import CacheReport, Timing, TurnChunk, TurnEvent, TurnFailed, TurnFinished, TurnStarted, Usage
+from engine.kv.stats import BlockCounts, HotTotals, StoredBlock, WarmStats
 from engine.requests import ChatMessage
 from engine.sessions import Session
 from workbench.chat import CHAT_REPETITION_PENALTY
+from workbench.tui.pool import Pool
 
 _request_numbers = itertools.count(1)
 MAX_CHAINS = 50  # agents whose block chains the overview fetches, one request each
@@ -122,6 +124,9 @@ class RemoteSource:
         if agent_id is not None:
             response = self.client.get(f"/v1/agents/{quote(agent_id, safe='')}")
             row = response.json() if response.status_code == 200 else None
+        if row is not None:  # the same records the local source gives
+            row["blocks"] = BlockCounts.from_json(row["blocks"])
+            row["chain"] = [StoredBlock.from_json(block) for block in row["chain"]]
         return {"pool": self.pool(), "row": row, "block_tokens": self.block_tokens}
 
     def overview(self) -> dict:
@@ -131,26 +136,27 @@ class RemoteSource:
         for row in rows[:MAX_CHAINS]:
             response = self.client.get(f"/v1/agents/{quote(row['id'], safe='')}")
             found = response.json().get("chain") if response.status_code == 200 else None
-            row["chain"] = found or []
+            row["chain"] = [StoredBlock.from_json(block) for block in found or []]
         return {"pool": self.pool(), "rows": rows, "block_tokens": self.block_tokens}
 
-    def pool(self) -> dict:
+    def pool(self) -> Pool:
+        """The tiers from the server's /metrics (which leaves out the warm tier's path, files and encoding)."""
         metrics = self._metrics()
-        return {
-            "hot": {
-                "used_bytes": metrics.get("agent_memory_hot_bytes", 0),
-                "budget_bytes": metrics.get("agent_memory_hot_budget_bytes", 0),
-                "agents": metrics.get("agent_memory_resident_agents", 0),
-                "max_agents": metrics.get("agent_memory_max_resident_agents", 0),
-                "evictions": metrics.get("agent_memory_hot_evictions_total", 0),
-                "shared_bytes_saved": metrics.get("agent_memory_hot_shared_saved_bytes", 0),
-            },
-            "warm": {
-                "bytes": metrics.get("agent_memory_warm_bytes", 0),
-                "blocks": metrics.get("agent_memory_warm_blocks", 0),
-                "budget_bytes": metrics.get("agent_memory_warm_budget_bytes", 0),
-            },
-        }
+        hot = HotTotals(
+            used_bytes=metrics.get("agent_memory_hot_bytes", 0),
+            budget_bytes=metrics.get("agent_memory_hot_budget_bytes", 0),
+            agents=metrics.get("agent_memory_resident_agents", 0),
+            max_agents=metrics.get("agent_memory_max_resident_agents", 0),
+            evictions=metrics.get("agent_memory_hot_evictions_total", 0),
+            shared_bytes_saved=metrics.get("agent_memory_hot_shared_saved_bytes", 0),
+        )
+        warm = WarmStats(
+            enabled=True,
+            bytes=metrics.get("agent_memory_warm_bytes", 0),
+            blocks=metrics.get("agent_memory_warm_blocks", 0),
+            budget_bytes=metrics.get("agent_memory_warm_budget_bytes", 0),
+        )
+        return Pool(hot, warm)
 
     def _metrics(self) -> dict[str, float]:
         from prometheus_client.parser import text_string_to_metric_families

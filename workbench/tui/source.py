@@ -12,6 +12,7 @@ from engine.requests import GenerationRequest, SamplingParams
 from engine.sessions import Session, SessionStore
 from engine.settings import Settings
 from workbench.chat import CHAT_REPETITION_PENALTY
+from workbench.tui.pool import Pool
 
 
 class LocalSource:
@@ -84,13 +85,13 @@ class LocalSource:
         if row is not None:
             row["blocks"] = block_counts(overview, agent_id)
             row["chain"] = self.engine.agent_blocks(agent_id)
-        pool = {"hot": overview.get("hot") or {}, "warm": overview.get("warm") or {}}
+        pool = Pool(overview.hot.totals, overview.warm)
         return {"pool": pool, "row": row, "block_tokens": self.settings.kv_block_tokens}
 
-    def pool(self) -> dict:
+    def pool(self) -> Pool:
         """The hot tier (budget, residents, evictions, shared bytes saved) and the warm tier on disk."""
         overview = self.engine.kv_overview(sessions=False)
-        return {"hot": overview.get("hot") or {}, "warm": overview.get("warm") or {}}
+        return Pool(overview.hot.totals, overview.warm)
 
     def overview(self) -> dict:
         """The pool, and every agent's row with its stored block chain: the memory overview's data."""
