@@ -1,13 +1,13 @@
 """Shared fixtures (a temporary data dir, the real default model loaded once, a tiny random model) and the test
-tiers.
+tiers. Tests live by layer: engine/, kv/, api/ and workbench/.
 
     unit    no model, no subprocess, well under a second a test: `make test-unit` while you work
-    model   loads a real or random-weight model in-process (a fixture in MODEL_FIXTURES, or NOT_UNIT says so)
+    model   loads a real or random-weight model in-process (a fixture in MODEL_FIXTURES, or a model marker)
     slow    subprocesses, servers, real clients, whole TUI runs
 
-Every test gets one tier: its own marker if it has one (slow wins over model), else model if it uses a model
-fixture, else its entry in NOT_UNIT, else unit. A unit test that starts an engine or a subprocess fails and
-says so.
+Every test gets one tier: its own marker if it has one (`pytestmark = pytest.mark.slow` for all of a file's
+tests, `@pytest.mark.slow` for one; slow wins over model), else model if it uses a model fixture, else slow if
+it takes snapshots, else unit. A unit test that starts an engine or a subprocess fails and says so.
 """
 
 from __future__ import annotations
@@ -51,29 +51,6 @@ MODEL_FIXTURES = frozenset(
     }
 )
 SLOW_FIXTURES = frozenset({"snap_compare"})  # a whole Textual app run per snapshot
-# Tests that load a model or start a process without those fixtures, or take seconds: "file" for all of a
-# file's tests, "file::name" for one test (all its parameters).
-NOT_UNIT = {
-    "test_agent_policy.py::test_a_pinned_agent_is_evicted_last_and_a_large_one_does_not_evict_the_others": "model",
-    "test_agent_policy.py::test_retention_expires_an_idle_agents_caches": "model",
-    "test_batching.py": "model",
-    "test_fork.py": "model",
-    "test_kv_memory.py::test_a_stopped_turn_leaves_the_cache_as_it_was_before_it": "model",
-    "test_kv_memory.py::test_bfloat16_caches_are_stored_as_their_own_bits": "model",
-    "test_kv_memory.py::test_caches_are_restored_in_the_dtype_a_quantized_model_computes": "model",
-    "test_kv_memory.py::test_quantized_kv_is_refused_for_sliding_window_models": "model",
-    "test_kv_memory.py::test_unusable_cache_dir_serves_hot_only": "model",
-    "test_warm_up.py": "model",
-    "test_batch_cli.py::test_batch_run_reports_bad_lines_and_resumes": "slow",
-    "test_blas.py": "slow",
-    "test_cpu_heap.py": "slow",
-    "test_kv_memory.py::test_a_read_only_process_takes_over_once_the_owner_is_gone": "slow",
-    "test_sessions.py::test_the_turn_lock_keeps_out_other_processes_and_is_reentrant_within_one": "slow",
-    "test_tui.py::test_function_keys_switch_screens_and_escape_goes_back_to_the_conversation": "slow",
-    "test_tui.py::test_screenshot_is_saved_where_there_is_no_downloads_folder": "slow",
-    "test_tui.py::test_typing_in_the_agent_list_filters_it_by_name_or_origin": "slow",
-    "test_warm_tier.py::test_random_writes_forgets_and_evictions_keep_the_tier_intact": "slow",
-}
 
 
 def tier_of(item: pytest.Item) -> str:
@@ -88,10 +65,6 @@ def tier_of(item: pytest.Item) -> str:
         return "slow" if "slow" in marked else marked[0]
     if fixtures & MODEL_FIXTURES:
         return "model"
-    name = getattr(item, "originalname", item.name)
-    listed = NOT_UNIT.get(f"{item.path.name}::{name}") or NOT_UNIT.get(item.path.name)
-    if listed:
-        return listed
     return "slow" if fixtures & SLOW_FIXTURES else "unit"
 
 
@@ -112,7 +85,7 @@ def unit_tests_stay_unit(request, monkeypatch):
         def refused(*args, **kwargs):
             raise RuntimeError(
                 f"{request.node.nodeid} is a unit test but {what}: mark it model or slow "
-                "(its own marker, or NOT_UNIT in tests/conftest.py)"
+                "(`pytestmark` for its whole file, or a marker on the test)"
             )
 
         return refused

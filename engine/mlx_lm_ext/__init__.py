@@ -2,7 +2,7 @@
 mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention. Both are
 written against the mlx-lm version below; under any other the engine runs mlx-lm's own BatchGenerator
 (correct, with more cache copies, explicit masks and, on the CPU, a slower first token) instead of
-failing on a missing private name. tests/test_batch_generator.py compares the two."""
+failing on a missing private name. tests/engine/test_batch_generator.py compares the two."""
 
 from __future__ import annotations
 

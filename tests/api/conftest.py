@@ -1,4 +1,5 @@
-"""The API on a fake engine: a fresh app per test, served in-process."""
+"""Fixtures of the contract tests (test_contract.py): the API on a fake engine, a fresh app per test, served
+in-process."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from engine.kv.agent_file import AgentFileError, AgentFileMismatch, read_agent_f
 from engine.kv.agent_transfer import Target, plan_import
 from engine.requests import ChatMessage
 from tests.conftest import run_cli
-from tests.test_kv_memory import engine_for, greedy, history
+from tests.kv.test_kv_memory import engine_for, greedy, history
 
 
 def warm_totals(engine) -> dict:

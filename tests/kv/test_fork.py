@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from engine.requests import ChatMessage
 from tests.conftest import run_cli
-from tests.test_kv_memory import engine_for, greedy, history
+from tests.kv.test_kv_memory import engine_for, greedy, history
+
+pytestmark = pytest.mark.model
 
 FORKS = 3
 

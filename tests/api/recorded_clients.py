@@ -1,4 +1,4 @@
-"""Requests real clients sent, recorded with tests/record_requests.py (ids and paths scrubbed), to replay."""
+"""Requests real clients sent, recorded with tests/api/record_requests.py (ids and paths scrubbed), to replay."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_auth_accepts_both_header_styles(http):
     assert http.post(CHAT, json=HELLO, headers={"X-API-Key": API_KEY}).status_code == 200
     wrong = http.post("/v1/messages", json=HELLO, headers={"x-api-key": "nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
-    # Open routes: probes carry no key (/metrics needs it: tests/test_hardening.py).
+    # Open routes: probes carry no key (/metrics needs it: tests/api/test_hardening.py).
     for path in ("/health", "/"):
         assert http.get(path).status_code == 200
     assert http.head("/").status_code == 200

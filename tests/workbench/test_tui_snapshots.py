@@ -1,14 +1,14 @@
 """Snapshots of every TUI screen with frozen data (pytest-textual-snapshot): at 100x30, and the home and
 memory overview screens at 80x24 and 120x40.
 
-Update after an intended change with: pytest tests/test_tui_snapshots.py --snapshot-update
+Update after an intended change with: pytest tests/workbench/test_tui_snapshots.py --snapshot-update
 """
 
 from __future__ import annotations
 
 from textual.widgets import Input, ListView, Static
 
-from tests.tui_frozen import EVICTIONS_BEFORE, ROWS, TRANSCRIPT, TURNS, FrozenSource
+from tests.workbench.tui_frozen import EVICTIONS_BEFORE, ROWS, TRANSCRIPT, TURNS, FrozenSource
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.origins import grouped
 

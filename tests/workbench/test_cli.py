@@ -206,7 +206,7 @@ def test_agents_prune_deletes_stale_agents_but_not_pinned_ones(tmp_path):
     from engine.kv.policy import AgentPolicy
     from engine.kv.warm import WarmTier
     from engine.sessions import Session, SessionStore
-    from tests.test_warm_tier import FINGERPRINTS, snapshot, write_job
+    from tests.kv.test_warm_tier import FINGERPRINTS, snapshot, write_job
 
     data = tmp_path / "data"
     store = SessionStore(data / "sessions")

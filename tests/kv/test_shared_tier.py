@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import API_KEY, ServerProcess, free_port
-from tests.test_kv_memory import FACTS
+from tests.kv.test_kv_memory import FACTS
 
 pytestmark = pytest.mark.slow
 

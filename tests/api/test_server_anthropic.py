@@ -10,8 +10,8 @@ import anthropic
 import httpx
 import pytest
 
+from tests.api.recorded_clients import claude_code_request, replay_headers, small_claude_code_body, with_billing_line
 from tests.conftest import API_KEY, ServerProcess
-from tests.recorded_clients import claude_code_request, replay_headers, small_claude_code_body, with_billing_line
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_final_assistant_message_is_continued(client):
     assert not message.content[0].text.startswith("The capital")  # only the continuation is returned
 
 
-# -- Claude Code, replayed from a recorded request (tests/recorded_clients.py) ---------------------------
+# -- Claude Code, replayed from a recorded request (tests/api/recorded_clients.py) -----------------------
 
 
 def _claude_code_post(server, body: dict, session_id: str, timeout: float = 600) -> httpx.Response:

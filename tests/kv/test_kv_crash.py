@@ -16,7 +16,7 @@ from engine.engine import Engine
 from engine.kv.warm import WarmTier
 from engine.settings import Settings
 from tests.conftest import REPO_ROOT, run_cli
-from tests.kv_writer_child import SESSIONS, request
+from tests.kv.kv_writer_child import SESSIONS, request
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_kill_9_during_writes_leaves_a_clean_cache(data_dir, tmp_path, tiny_mode
         child = subprocess.Popen(
             [
                 sys.executable,
-                str(REPO_ROOT / "tests" / "kv_writer_child.py"),
+                str(REPO_ROOT / "tests" / "kv" / "kv_writer_child.py"),
                 str(data_dir),
                 str(cache_dir),
                 str(tiny_model_dir),
@@ -79,7 +79,7 @@ import engine
 engine.setup_process()
 from engine.engine import Engine
 from engine.settings import Settings
-from tests.kv_writer_child import request
+from tests.kv.kv_writer_child import request
 with Engine(Settings(data_dir=sys.argv[1], agent_cache_dir=sys.argv[2])) as eng:
     sources = [eng.generate(request("full", turns)).cache.source for turns in (1, 2, 3)]
     eng.flush()

@@ -16,6 +16,8 @@ from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 from engine.settings import Settings
 from tests.conftest import ask
 
+pytestmark = pytest.mark.model
+
 PROMPTS = [
     "What is the capital of France?",
     "Name three colours.",

@@ -37,11 +37,13 @@ def probe(env_extra: dict) -> str:
 
 @linux_cpu
 @pytest.mark.skipif(not HAVE_OPENBLAS, reason="OpenBLAS is not installed (make setup installs it)")
+@pytest.mark.slow
 def test_openblas_is_loaded_before_mlx():
     assert probe({}) == "openblas True"
 
 
 @linux_cpu
+@pytest.mark.slow
 def test_without_openblas_the_reference_blas_is_reported():
     assert probe({"AGENT_MEMORY_NO_OPENBLAS": "1"}) == "reference False"
 
@@ -84,6 +86,7 @@ PARK_PROBE = (
 @linux_cpu
 @pytest.mark.skipif(not HAVE_OPENBLAS, reason="OpenBLAS is not installed (make setup installs it)")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no worker threads on one core")
+@pytest.mark.slow
 def test_parked_openblas_workers_stop_and_come_back_for_the_next_call():
     result = subprocess.run([sys.executable, "-c", PARK_PROBE], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr

@@ -4,10 +4,10 @@ Every request is forwarded to the upstream server and written to OUT/NNN.json (m
 without credentials or connection details, JSON body); the response streams back untouched, so the
 client works as usual.
 
-    python -m tests.record_requests --upstream http://127.0.0.1:8000 --port 8765 --out /tmp/recorded
+    python -m tests.api.record_requests --upstream http://127.0.0.1:8000 --port 8765 --out /tmp/recorded
     ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_API_KEY=x claude -p "Say hello"
-    python -m tests.record_requests --scrub /tmp/recorded/002.json --replace /home/me/project=/home/user/project \
-        > tests/fixtures/claude_code_request.json
+    python -m tests.api.record_requests --scrub /tmp/recorded/002.json --replace /home/me/project=/home/user/project \
+        > tests/api/fixtures/claude_code_request.json
 
 `--scrub` replaces ids (UUIDs, long hex strings) with fixed stand-ins and applies each --replace, so a
 recording names no machine, user or session.

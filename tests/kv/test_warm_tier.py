@@ -123,6 +123,7 @@ def next_tokens(rng: random.Random, expected: dict, key: tuple, prefixes: list[l
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.slow
 def test_random_writes_forgets_and_evictions_keep_the_tier_intact(tmp_path, seed):
     rng = random.Random(seed)
     root = tmp_path / "kv"

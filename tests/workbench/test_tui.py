@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Input, Label, ListView, Static
 from engine.events import TurnFinished
 from engine.kv.stats import StoredBlock
 from engine.settings import Settings
-from tests.tui_frozen import CLAUDE, CODEX, FrozenSource
+from tests.workbench.tui_frozen import CLAUDE, CODEX, FrozenSource
 from workbench.tui.agent_tree import lineage_lines, tree_lines
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.block_map import blocks_per_cell, scaled_cells
@@ -443,6 +443,7 @@ def test_agents_are_grouped_by_origin():
     assert [group for group, _ in grouped(rows)] == [WORKBENCH, GROUP_CLAUDE_CODE, GROUP_CODEX, GROUP_SDK]
 
 
+@pytest.mark.slow
 def test_typing_in_the_agent_list_filters_it_by_name_or_origin():
     async def scenario():
         app = WorkbenchApp(FrozenSource(), initial_agent="alice")
@@ -488,6 +489,7 @@ def test_memory_panels_count_turns_evictions_and_blocks():
     assert scaled_cells(["warm"], 1, pinned=True) == "[cyan]▣[/]"
 
 
+@pytest.mark.slow
 def test_screenshot_is_saved_where_there_is_no_downloads_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_DOWNLOAD_DIR", raising=False)
@@ -506,6 +508,7 @@ def test_screenshot_is_saved_where_there_is_no_downloads_folder(tmp_path, monkey
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_function_keys_switch_screens_and_escape_goes_back_to_the_conversation():
     async def scenario():
         app = WorkbenchApp(FrozenSource())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 WEATHER = {
@@ -19,6 +21,7 @@ WEATHER = {
 }
 
 
+@pytest.mark.slow
 def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
     jobs = tmp_path / "jobs.jsonl"
     lines = [

@@ -1,6 +1,6 @@
 """Child process for the crash test: takes turns for four agents forever, writing KV as it goes.
 
-Usage: python tests/kv_writer_child.py DATA_DIR CACHE_DIR MODEL_DIR
+Usage: python tests/kv/kv_writer_child.py DATA_DIR CACHE_DIR MODEL_DIR
 Prints "turn <session> <n>" after each finished turn. The parent kills it with SIGKILL at random.
 """
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from engine.kv.policy import AgentPolicy
 from engine.kv.warm import WarmTier
 from engine.requests import ChatMessage
 from tests.conftest import run_cli
-from tests.test_kv_memory import engine_for, greedy, history
-from tests.test_warm_tier import FINGERPRINTS, snapshot, write_job
+from tests.kv.test_kv_memory import engine_for, greedy, history
+from tests.kv.test_warm_tier import FINGERPRINTS, snapshot, write_job
 
 MODEL = FINGERPRINTS[0]
 
@@ -63,6 +65,7 @@ def hot_agents(engine) -> set[str]:
     return set(engine.kv_overview(sessions=False).hot.sessions)
 
 
+@pytest.mark.model
 def test_retention_expires_an_idle_agents_caches(data_dir, tmp_path):
     engine = engine_for(data_dir, tmp_path / "caches")
     try:
@@ -87,6 +90,7 @@ def test_retention_expires_an_idle_agents_caches(data_dir, tmp_path):
         engine.close()
 
 
+@pytest.mark.model
 def test_a_pinned_agent_is_evicted_last_and_a_large_one_does_not_evict_the_others(data_dir, tmp_path):
     engine = engine_for(data_dir, tmp_path / "caches", agent_max_agents_in_memory=2, agent_max_mb=20)
     try:

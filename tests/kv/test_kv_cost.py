@@ -1,11 +1,11 @@
 """Restore or recompute (engine/kv/cost.py): the cheaper way to a warm prompt, from measured speeds;
 and in the engine, a resume whose restore would be slower than recomputing recomputes, with the same
-answer, and says so in the turn's cache report (tests/test_cli.py checks `chat --json`)."""
+answer, and says so in the turn's cache report (tests/workbench/test_cli.py checks `chat --json`)."""
 
 from __future__ import annotations
 
 from engine.kv.cost import CostModel
-from tests.test_kv_memory import cold_engine, engine_for, greedy, next_turn, stored_turn  # noqa: F401, F811 - a fixture
+from tests.kv.test_kv_memory import cold_engine, engine_for, greedy, next_turn, stored_turn  # noqa: F401, F811 - a fixture
 
 
 def test_nothing_is_planned_before_both_speeds_are_measured():

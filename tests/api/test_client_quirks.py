@@ -12,7 +12,7 @@ from api.sessions import session_id_from
 from api.system_turns import fit_system_turns, join_same_role_turns
 from api.volatile import drop_volatile_lines
 from engine.requests import ChatMessage, ToolCall
-from tests.recorded_clients import claude_code_request
+from tests.api.recorded_clients import claude_code_request
 
 BILLING = "x-anthropic-billing-header: cc_version=2.1.197.1c0; cc_entrypoint=sdk-cli;"
 

@@ -109,6 +109,7 @@ def hold_in_another_process(root, session_id: str) -> subprocess.Popen:
     return child
 
 
+@pytest.mark.slow
 def test_the_turn_lock_keeps_out_other_processes_and_is_reentrant_within_one(tmp_path):
     store = SessionStore(tmp_path)
     child = hold_in_another_process(tmp_path, "x")

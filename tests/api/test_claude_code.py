@@ -16,8 +16,8 @@ from pathlib import Path
 import anthropic
 import pytest
 
+from tests.api.test_access_log import LINE
 from tests.conftest import API_KEY, REPO_ROOT, ServerProcess
-from tests.test_access_log import LINE
 
 pytestmark = pytest.mark.slow
 

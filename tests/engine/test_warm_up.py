@@ -13,6 +13,8 @@ from engine.kv.stats import TierHits
 from engine.settings import Settings
 from tests.conftest import ask
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture
 def warm_up_at_load():

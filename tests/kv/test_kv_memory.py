@@ -393,6 +393,7 @@ def test_cache_of_another_model_is_never_loaded(data_dir, tmp_path, tiny_model_d
         other.close()
 
 
+@pytest.mark.model
 def test_unusable_cache_dir_serves_hot_only(data_dir, tmp_path, caplog):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache dir should be")
@@ -436,6 +437,7 @@ sys.stdin.readline()
 """
 
 
+@pytest.mark.slow
 def test_a_read_only_process_takes_over_once_the_owner_is_gone(tmp_path):
     cache_dir = tmp_path / "kv"
     owner = subprocess.Popen(
@@ -555,6 +557,7 @@ def test_session_stored_under_another_kv_encoding_is_recomputed(data_dir, tmp_pa
     assert resumed.cache.source == "cold"
 
 
+@pytest.mark.model
 def test_quantized_kv_is_refused_for_sliding_window_models(data_dir):
     from engine.errors import ModelLoadError
 
@@ -562,6 +565,7 @@ def test_quantized_kv_is_refused_for_sliding_window_models(data_dir):
         Engine(Settings(data_dir=data_dir, mlx_model_id="gemma3-270m", kv_bits=8)).start()
 
 
+@pytest.mark.model
 def test_caches_are_restored_in_the_dtype_a_quantized_model_computes():
     """On a GPU a GGUF model is loaded 4-bit with float16 scales: its first parameter is packed uint32
     weights, but its caches, and so restored ones, are float16 (restoring in uint32 gave garbage)."""
@@ -584,6 +588,7 @@ def test_caches_are_restored_in_the_dtype_a_quantized_model_computes():
     assert _kv_bytes_per_token(TINY_LLAMA, model) == per_token
 
 
+@pytest.mark.model
 def test_bfloat16_caches_are_stored_as_their_own_bits(tmp_path):
     """A bfloat16 model (a hub model on a GPU) keeps its caches exactly on disk, in as many bytes as
     float16, which would flush its small values to zero and its large ones to infinity."""
@@ -616,6 +621,7 @@ def test_bfloat16_caches_are_stored_as_their_own_bits(tmp_path):
         memory.close()
 
 
+@pytest.mark.model
 def test_a_stopped_turn_leaves_the_cache_as_it_was_before_it(data_dir, tmp_path):
     from engine.agents_view import has_cache
     from engine.events import TurnChunk

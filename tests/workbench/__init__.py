@@ -1,0 +1,1 @@
+"""Workbench tests: the `agent-memory` CLI in subprocesses and the TUI (pilot runs and snapshots)."""
