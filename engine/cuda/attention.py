@@ -14,13 +14,13 @@ called `enable_on_this_thread()` (the engine thread) and leaves everything else 
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import mlx.core as mx
-from mlx_lm.models import base
 
-_mlx_attention = base.scaled_dot_product_attention
+from engine.mlx_lm_ext.attention import MLX_LM_ATTENTION, route_attention
+
+_mlx_attention = MLX_LM_ATTENTION
 _thread_state = threading.local()
 
 
@@ -31,10 +31,7 @@ def enable_on_this_thread(full_step: int | None) -> None:
 
 def install(model) -> None:
     """Route the attention of every module `model` is built from through `dispatch`."""
-    for name in {type(module).__module__ for _, module in model.named_modules()}:
-        module = sys.modules.get(name)
-        if getattr(module, "scaled_dot_product_attention", None) is _mlx_attention:
-            module.scaled_dot_product_attention = dispatch
+    route_attention(model, dispatch)
 
 
 def dispatch(queries, keys, values, cache, scale: float, mask, sinks=None):
