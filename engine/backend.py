@@ -130,10 +130,6 @@ def current_backend() -> Backend:
         from engine.cpu import CpuBackend
 
         return CpuBackend()
-    if installed_backend() == "cuda":
-        from engine.cuda import CudaBackend
-
-        return CudaBackend()
     backend = Backend()
     backend.name = installed_backend()
     return backend

@@ -58,11 +58,6 @@ class Settings(BaseSettings):
         default="numpy",
         description="CPU backend: attention softmax in numpy (vectorised exp, faster) or in MLX's own kernel.",
     )
-    mlx_gpu_attention: Literal["auto", "fused"] = Field(
-        default="auto",
-        description="CUDA backend: attention of prompt chunks shorter than a prefill step by matmuls (auto: "
-        "no cuDNN graph built per new length) or always by MLX's fused kernels.",
-    )
     agent_cache_dir: Path | None = Field(default=None, description="Warm KV tier on disk; default <data_dir>/caches.")
     agent_max_agents_in_memory: int = Field(
         default=32, ge=1, description="Agents resident in the hot tier (the byte budget usually binds first)."

@@ -5,11 +5,10 @@ attention plans). Lengths are met in the order given; lengths near ones already 
 cost is per exact length. One JSON line per length, then a summary line.
 
 With `--history N` each prompt is a new turn after the same N-token history (its cache is computed
-once and cut back after every turn), as when an agent resumes. With `--attention matmul` attention of
-fewer queries than a prefill step goes through engine/cuda/attention.py, as in the engine on CUDA.
+once and cut back after every turn), as when an agent resumes.
 
     python bench/gpu/shapes.py --model DIR [--lengths 519,1000,1500,2048,3000,1001,1502,2600]
-        [--history 2600 --lengths 40,75,120,260,700,1500,41,76] [--attention matmul]
+        [--history 2600 --lengths 40,75,120,260,700,1500,41,76]
 """
 
 from __future__ import annotations
@@ -69,16 +68,10 @@ def main() -> None:
     parser.add_argument("--lengths", default="519,1000,1500,2048,3000,1001,1502,2600")
     parser.add_argument("--step", type=int, default=2048, help="prefill step (the engine's on GPUs)")
     parser.add_argument("--history", type=int, default=0, help="tokens already in the cache before each prompt")
-    parser.add_argument("--attention", choices=("mlx", "matmul"), default="mlx")
     args = parser.parse_args()
     from mlx_lm import load
 
     model, _ = load(args.model)
-    if args.attention == "matmul":
-        from engine.cuda import attention
-
-        attention.install(model)
-        attention.enable_on_this_thread(args.step)
     cache = history_cache(model, args.history, args.step)
     rows = []
     for index, length in enumerate(int(n) for n in args.lengths.split(",")):
@@ -91,7 +84,6 @@ def main() -> None:
     summary = {
         "env": {k: v for k, v in os.environ.items() if k.startswith("MLX_")},
         "history": args.history,
-        "attention": args.attention,
         "new_shape_extra_s": extra,
         "again_s_total": round(sum(row["again_s"] for row in rows), 4),
     }

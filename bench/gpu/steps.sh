@@ -3,8 +3,8 @@
 #
 #   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
 #
-# Steps: info build gen_bf16 gen_q4 resume resume32 agents agents_fused restore_paths shapes shapes_resume
-# first_turn torch. Each
+# Steps: info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes shapes_resume first_turn
+# torch. Each
 # step's stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per
 # start/end to $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
 # warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
@@ -103,12 +103,6 @@ for step in "$@"; do
     # shellcheck disable=SC2086
     run_step agents 240 env SEMANTIC_MLX_MODEL_ID="$M8B" "$PY" bench/agents.py --json $AGENT_ARGS
     ;;
-  agents_fused)
-    # Ours alone with MLX's fused attention for every prefill chunk (SEMANTIC_MLX_GPU_ATTENTION=fused)
-    # shellcheck disable=SC2086
-    run_step agents_fused 150 env SEMANTIC_MLX_MODEL_ID="$M8B" SEMANTIC_MLX_GPU_ATTENTION=fused \
-      "$PY" bench/agents.py --only ours --json $AGENT_ARGS
-    ;;
   restore_paths)
     run_step restore_paths 150 "$PY" bench/gpu/restore_paths.py --dir "$WORK/restore" --tokens "$RPL" --json
     ;;
@@ -121,19 +115,16 @@ for step in "$@"; do
       bench/gpu/shapes.py --model $M8B && MLX_USE_CUDA_GRAPHS=0 $PY bench/gpu/shapes.py --model $M8B"
     ;;
   shapes_resume)
-    # New turns after a 2,600-token history, as agents resume: MLX's attention, then engine/cuda/attention.py;
-    # then whole prompts with the latter
-    lengths=40,75,120,260,700,1500,41,76
-    run_step shapes_resume 150 bash -c "$PY bench/gpu/shapes.py --model $M8B --history 2600 --lengths $lengths && \
-      $PY bench/gpu/shapes.py --model $M8B --history 2600 --lengths $lengths --attention matmul && \
-      $PY bench/gpu/shapes.py --model $M8B --attention matmul"
+    # New turns of new lengths after one 2,600-token history, as agents resume
+    run_step shapes_resume 90 "$PY" bench/gpu/shapes.py --model "$M8B" --history 2600 \
+      --lengths 40,75,120,260,700,1500,41,76
     ;;
   torch)
     # shellcheck disable=SC2086
     run_step torch 150 "$PY" bench/gpu/torch_anchor.py $TORCH_ARGS
     ;;
   *)
-    steps="info build gen_bf16 gen_q4 resume resume32 agents agents_fused restore_paths shapes shapes_resume first_turn torch"
+    steps="info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes shapes_resume first_turn torch"
     echo "== unknown step $step (steps: $steps)" | tee -a "$log"
     ;;
   esac

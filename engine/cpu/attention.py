@@ -14,13 +14,13 @@ everything else: quantized caches, attention sinks, other dtypes or devices, and
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
-
-from engine.mlx_lm_ext.attention import MLX_LM_ATTENTION, route_attention
+from mlx_lm.models import base
 
 # Below this many scores (batch x heads x queries x keys) MLX's own kernel is about as fast. (The
 # per-layer synchronisation costs little: on the CPU, `mx.async_eval` of a step runs mostly inline.)
@@ -32,7 +32,7 @@ SLAB_SCORES = 1 << 21
 # real score that its weight is exactly 0, near enough to 0 that subtracting a row's max cannot overflow.
 MASKED = np.float32(-1e30)
 
-_mlx_attention = MLX_LM_ATTENTION
+_mlx_attention = base.scaled_dot_product_attention
 _thread_state = threading.local()
 
 
@@ -42,7 +42,10 @@ def enable_on_this_thread(enabled: bool = True) -> None:
 
 def install(model) -> None:
     """Route the attention of every module `model` is built from through `dispatch`."""
-    route_attention(model, dispatch)
+    for name in {type(module).__module__ for _, module in model.named_modules()}:
+        module = sys.modules.get(name)
+        if getattr(module, "scaled_dot_product_attention", None) is _mlx_attention:
+            module.scaled_dot_product_attention = dispatch
 
 
 def dispatch(queries, keys, values, cache, scale: float, mask, sinks=None):

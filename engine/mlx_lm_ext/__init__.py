@@ -1,7 +1,6 @@
 """The one place the engine reaches inside mlx-lm: batch_generator.py subclasses private parts of
-mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention, and
-attention.py lets a backend route a model's attention. The first two are written against the mlx-lm
-version below; under any other the engine runs mlx-lm's own BatchGenerator
+mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention. Both are
+written against the mlx-lm version below; under any other the engine runs mlx-lm's own BatchGenerator
 (correct, with more cache copies, explicit masks and, on the CPU, a slower first token) instead of
 failing on a missing private name. tests/engine/test_batch_generator.py compares the two."""
 
