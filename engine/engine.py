@@ -24,6 +24,7 @@ from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError
 from engine.events import TurnEvent, TurnFinished
 from engine.gguf_import import Progress
 from engine.handle import TurnHandle
+from engine.kv.policy import AgentPolicy
 from engine.kv.stats import HotView, KVOverview, MemoryStats, StoredBlock
 from engine.loader import LoadedModel, ModelInfo
 from engine.model_loading import SwapLoader, load_checked
@@ -301,13 +302,13 @@ class Engine:
         """Store a checked import's cache (engine/kv/agent_transfer.py, ImportPlan); how many blocks were new."""
         return int(self._after_writes(lambda memory: memory.import_agent(plan), 0))
 
-    def set_agent_policy(self, session_id: str, **changes) -> dict:
+    def set_agent_policy(self, session_id: str, **changes) -> AgentPolicy:
         """Change what is kept of an agent's caches: `pinned`, `retention_s` (engine/kv/policy.py); returns
         the policy. Without KV memory there is nothing to keep: EngineError."""
         memory = self.memory
         if memory is None or not memory.enabled:
             raise EngineError("KV memory is off: there are no caches to pin or expire")
-        return self.call(lambda engine: engine.memory.set_policy(session_id, **changes)).as_dict()
+        return self.call(lambda engine: engine.memory.set_policy(session_id, **changes))
 
     def check_integrity(self) -> None:
         """Raise AssertionError if a KV memory invariant is broken (tests call it after each step)."""

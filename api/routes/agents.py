@@ -22,7 +22,6 @@ from engine import agent_ops
 from engine.agents_view import agent_rows, block_counts, has_cache, policy_fields
 from engine.errors import EngineError
 from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
-from engine.kv.policy import AgentPolicy
 from engine.kv.stats import KVOverview
 from engine.sessions import Session, SessionCorrupt, SessionStore
 
@@ -124,7 +123,7 @@ async def update_agent(request, agent_id: str):
     rows = agent_rows([session] if session else [], await kv_overview(engine), engine.model_id)
     row = next((r for r in rows if r["id"] == key), None)
     if row is None:  # its only cache was evicted meanwhile; the policy holds for the next one
-        row = {"id": key, **policy_fields(AgentPolicy(**policy))}
+        row = {"id": key, **policy_fields(policy)}
     return json_response(as_client_sees(request, row, agent_id))
 
 

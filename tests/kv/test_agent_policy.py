@@ -72,7 +72,7 @@ def test_retention_expires_an_idle_agents_caches(data_dir, tmp_path):
         question = "Name three colours of the rainbow, please."
         ask(engine, "brief", question)
         policy = engine.set_agent_policy("brief", retention_s=1)
-        assert policy == {"pinned": False, "retention_s": 1, "keep_until": 0.0}
+        assert policy == AgentPolicy(pinned=False, retention_s=1, keep_until=0.0)
         time.sleep(1.5)
         again = ask(engine, "brief", question)
         assert again.cache.reused_tokens == 0 and again.cache.miss_kind == "expired", again.cache
