@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.kv.stats import HotTotals, WarmStats
+from engine.kv.stats import HotTotals, KVOverview, WarmStats
 
 
 @dataclass(frozen=True, slots=True)
 class Pool:
     hot: HotTotals
     warm: WarmStats
+
+    @classmethod
+    def of(cls, overview: KVOverview) -> Pool:
+        """The pool of an engine's KV overview (in this process)."""
+        return cls(overview.hot.totals, overview.warm)

@@ -126,7 +126,7 @@ class RemoteSource:
             row = response.json() if response.status_code == 200 else None
         if row is not None:  # the same records the local source gives
             row["blocks"] = BlockCounts.from_json(row["blocks"])
-            row["chain"] = [StoredBlock.from_json(block) for block in row["chain"]]
+            row["chain"] = _chain(row["chain"])
         return {"pool": self.pool(), "row": row, "block_tokens": self.block_tokens}
 
     def overview(self) -> dict:
@@ -136,7 +136,7 @@ class RemoteSource:
         for row in rows[:MAX_CHAINS]:
             response = self.client.get(f"/v1/agents/{quote(row['id'], safe='')}")
             found = response.json().get("chain") if response.status_code == 200 else None
-            row["chain"] = [StoredBlock.from_json(block) for block in found or []]
+            row["chain"] = _chain(found or [])
         return {"pool": self.pool(), "rows": rows, "block_tokens": self.block_tokens}
 
     def pool(self) -> Pool:
@@ -273,3 +273,8 @@ def _finished(request_id: str, data: dict) -> TurnFinished:
         ),
         stop_sequence=data.get("stop_sequence"),
     )
+
+
+def _chain(blocks: list[dict]) -> list[StoredBlock]:
+    """An agent's stored chain from the server's JSON, as the local source gives it."""
+    return [StoredBlock.from_json(block) for block in blocks]

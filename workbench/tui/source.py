@@ -85,13 +85,12 @@ class LocalSource:
         if row is not None:
             row["blocks"] = block_counts(overview, agent_id)
             row["chain"] = self.engine.agent_blocks(agent_id)
-        pool = Pool(overview.hot.totals, overview.warm)
-        return {"pool": pool, "row": row, "block_tokens": self.settings.kv_block_tokens}
+        return {"pool": Pool.of(overview), "row": row, "block_tokens": self.settings.kv_block_tokens}
 
     def pool(self) -> Pool:
         """The hot tier (budget, residents, evictions, shared bytes saved) and the warm tier on disk."""
         overview = self.engine.kv_overview(sessions=False)
-        return Pool(overview.hot.totals, overview.warm)
+        return Pool.of(overview)
 
     def overview(self) -> dict:
         """The pool, and every agent's row with its stored block chain: the memory overview's data."""
