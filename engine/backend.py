@@ -73,6 +73,13 @@ class Backend:
     # (engine/warm_up.py), not in its first client's time.
     warm_up_at_load = True
 
+    def default_live_agents(self, settings) -> int:
+        """Idle agents whose caches stay live when SEMANTIC_KV_HOT_LIVE_AGENTS is unset: a batch's worth.
+        Compacting an agent into shared blocks, and joining them again at its next turn, is hundreds of
+        small array operations on the engine thread while the batch waits (tens of ms per agent on a
+        GPU, where many agents finish and resume together); a card's memory has room for them live."""
+        return settings.mlx_max_batch_size
+
     def setup_process(self) -> None:
         """Before MLX is imported and before other threads start (engine.setup_process)."""
         # The engine thread holds the GIL while MLX waits for the GPU; a thread that reads its events
@@ -110,6 +117,13 @@ class Backend:
             return CPU_HOT_BUDGET_BYTES
         weights = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
         return max(MIN_HOT_BUDGET_BYTES, (memory - weights) // 2)
+
+
+def hot_live_agents(settings) -> int:
+    """Idle agents kept live in the hot tier: SEMANTIC_KV_HOT_LIVE_AGENTS, else the backend's default."""
+    if settings.kv_hot_live_agents is not None:
+        return settings.kv_hot_live_agents
+    return current_backend().default_live_agents(settings)
 
 
 def hot_budget_bytes(settings, model) -> int:

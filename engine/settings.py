@@ -74,10 +74,11 @@ class Settings(BaseSettings):
         default="float16",
         description="KV on disk: float16 (half the bytes, exact resume), float32, or int8 (8-bit, lossy).",
     )
-    kv_hot_live_agents: int = Field(
-        default=1,
+    kv_hot_live_agents: int | None = Field(
+        default=None,
         ge=0,
-        description="Most recent idle agents kept as live caches (fastest resume); older ones share blocks.",
+        description="Most recent idle agents kept as live caches (fastest resume); older ones share blocks. "
+        "Unset: the backend's own (1 on the CPU, SEMANTIC_MLX_MAX_BATCH_SIZE on a GPU).",
     )
     kv_bits: Literal[4, 8] | None = Field(
         default=None, description="Quantize the KV cache to 4 or 8 bits (mlx-lm's QuantizedKVCache); unset: off."

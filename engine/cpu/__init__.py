@@ -31,6 +31,10 @@ class CpuBackend(Backend):
     def default_hot_budget_bytes(self, model) -> int:
         return CPU_HOT_BUDGET_BYTES
 
+    def default_live_agents(self, settings) -> int:
+        # System memory is the whole machine's: idle agents share their prefix blocks in it
+        return 1
+
     def blas_name(self) -> str:
         from engine.cpu import blas
 

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.backend import hot_budget_bytes, installed_backend
+from engine.backend import hot_budget_bytes, hot_live_agents, installed_backend
 from engine.cpu.restore import restore_float32
 from engine.kv.agent_file import Manifest
 from engine.kv.agent_transfer import ImportPlan, Target, export_agent
@@ -111,7 +111,7 @@ class KVMemory:
             layout=self.layout,
             block_tokens=self.block_tokens,
             namer=lambda entry: block_names(entry.tokens, self.root_of(entry.tenant), self.block_tokens),
-            live_agents=settings.kv_hot_live_agents,
+            live_agents=hot_live_agents(settings),
             kept=lambda session_id: self.policy(session_id).kept(time.time()),
             agent_max_bytes=settings.agent_max_mb * 1024 * 1024 if settings.agent_max_mb else None,
         )

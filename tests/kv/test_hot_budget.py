@@ -7,7 +7,14 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 
-from engine.backend import CPU_HOT_BUDGET_BYTES, MIN_HOT_BUDGET_BYTES, Backend, current_backend, hot_budget_bytes
+from engine.backend import (
+    CPU_HOT_BUDGET_BYTES,
+    MIN_HOT_BUDGET_BYTES,
+    Backend,
+    current_backend,
+    hot_budget_bytes,
+    hot_live_agents,
+)
 from engine.settings import Settings
 from tests.conftest import TINY_LLAMA
 
@@ -57,3 +64,18 @@ def test_a_gpu_gets_half_the_memory_its_weights_leave(model, monkeypatch, device
 
 def test_the_engines_hot_pool_gets_the_resolved_budget(tiny_engine):
     assert tiny_engine.memory.hot.budget_bytes == current_backend().default_hot_budget_bytes(tiny_engine.memory.model)
+
+
+def test_live_agents_are_the_setting_else_the_backends(tmp_path):
+    assert hot_live_agents(Settings(data_dir=tmp_path, kv_hot_live_agents=0)) == 0
+    assert hot_live_agents(Settings(data_dir=tmp_path, kv_hot_live_agents=5)) == 5
+    unset = Settings(data_dir=tmp_path, mlx_max_batch_size=12)
+    assert hot_live_agents(unset) == current_backend().default_live_agents(unset)
+    # A GPU keeps a batch's worth live; the CPU one (its blocks shared in system memory)
+    assert Backend().default_live_agents(unset) == 12
+    if current_backend().name == "cpu":
+        assert hot_live_agents(unset) == 1
+
+
+def test_the_engines_hot_pool_gets_the_resolved_live_agents(tiny_engine):
+    assert tiny_engine.memory.hot.live_agents == hot_live_agents(tiny_engine.settings)
