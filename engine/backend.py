@@ -69,6 +69,9 @@ class Backend:
     inline_first_token = False
     # Prompt tokens per forward pass (mlx-lm's default): long enough to keep a GPU busy.
     prefill_step_size = 2048
+    # Short prompt chunks read their keys up to a whole number of cache steps, so that attention
+    # plans built per key length are reused (engine/mlx_lm_ext/prefill_keys.py).
+    padded_prefill_keys = True
     # Kernels are built the first time a shape meets them: a model's first turns run at load
     # (engine/warm_up.py), not in its first client's time.
     warm_up_at_load = True

@@ -64,6 +64,7 @@ class BatchScheduler:
         self._new_generator = lambda: make_batch_generator(
             loaded.model,
             inline_first_token=current_backend().inline_first_token,
+            padded_prefill_keys=current_backend().padded_prefill_keys,
             max_tokens=1,
             completion_batch_size=max_batch_size,
             prefill_batch_size=max_batch_size,

@@ -1,11 +1,13 @@
 """The one place the engine reaches inside mlx-lm: batch_generator.py subclasses private parts of
-mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention. Both are
+mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention and
+prefill_keys.py pads the keys of short prompt chunks to whole cache steps (GPU backends). All are
 written against the mlx-lm version below; under any other the engine runs mlx-lm's own BatchGenerator
 (correct, with more cache copies, explicit masks and, on the CPU, a slower first token) instead of
 failing on a missing private name. tests/engine/test_batch_generator.py compares the two."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from importlib import metadata
@@ -15,13 +17,20 @@ log = logging.getLogger(__name__)
 WRITTEN_FOR = "0.32."  # mlx-lm releases whose BatchGenerator internals batch_generator.py knows
 
 
-def make_batch_generator(model, *, inline_first_token: bool, **kwargs):
+def make_batch_generator(model, *, inline_first_token: bool, padded_prefill_keys: bool = False, **kwargs):
     """A BatchGenerator for `model` (mlx-lm's keyword arguments): ours where this mlx-lm is one we know."""
     lean = _lean_class()
     if lean is None:
         from mlx_lm.generate import BatchGenerator
 
         return BatchGenerator(model, **kwargs)
+    import mlx.core as mx
+
+    from engine.mlx_lm_ext import prefill_keys
+
+    stream = kwargs.get("stream")
+    with mx.stream(stream) if stream is not None else contextlib.nullcontext():
+        prefill_keys.enable(model, padded_prefill_keys)
     return lean(model, inline_first_token=inline_first_token, **kwargs)
 
 

@@ -1,0 +1,112 @@
+"""Prompt chunks of batch caches read their keys up to a whole number of 256-token steps (GPU backends).
+
+MLX's CUDA backend plans cuDNN attention for each exact query shape, key shape and key strides, and a
+resumed agent's chunk nearly always meets a key length it has not met (its history grew since): each
+such turn paid a new plan, tens to hundreds of milliseconds while the whole batch waited, for an
+attention that then takes a few. Here a chunk of several tokens reads the keys up to the next multiple
+of 256, from a buffer grown in whole steps of 256, with an explicit mask that hides the positions past
+its tokens: key lengths repeat, and so do the plans. The hidden positions hold zeros or tokens cut off
+earlier, finite either way, and the mask gives them no weight.
+
+Only chunks short next to the keys they read take this path: a long first prompt keeps the causal
+kernel, which skips the masked half of its scores. And only models whose attention takes the cache's
+own mask: `safe_for` checks a model once on a short prompt, both ways.
+"""
+
+from __future__ import annotations
+
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+STEP = 256
+# A chunk takes this path when the keys it reads are at least this many times its own tokens.
+KEYS_PER_QUERY = 4
+
+_mlx_lm_update_and_fetch = BatchKVCache.update_and_fetch
+_enabled = False
+
+
+def _padded_end(end: int) -> int:
+    return -(-end // STEP) * STEP
+
+
+def _applies(start: int, tokens: int) -> bool:
+    """Whether a chunk of `tokens` after `start` cached tokens reads padded keys."""
+    return _enabled and tokens > 1 and tokens * KEYS_PER_QUERY <= start + tokens
+
+
+def update_and_fetch(self, keys, values):
+    import mlx.core as mx
+
+    start, tokens = self._idx, keys.shape[2]
+    if not _applies(start, tokens):
+        return _mlx_lm_update_and_fetch(self, keys, values)
+    end = start + tokens
+    padded = _padded_end(end)
+    if self.keys is None or self.keys.shape[2] < padded:
+        batch, heads, _, key_dim = keys.shape
+        more_keys = mx.zeros((batch, heads, padded - start, key_dim), keys.dtype)
+        more_values = mx.zeros((batch, heads, padded - start, values.shape[3]), values.dtype)
+        if self.keys is None:
+            self.keys, self.values = more_keys, more_values
+        else:
+            self.keys = mx.concatenate([self.keys[..., :start, :], more_keys], axis=2)
+            self.values = mx.concatenate([self.values[..., :start, :], more_values], axis=2)
+    self.offset = self.offset + tokens
+    self._idx = end
+    self.keys[..., start:end, :] = keys
+    self.values[..., start:end, :] = values
+    return self.keys[..., :padded, :], self.values[..., :padded, :]
+
+
+def padded_mask(cache: BatchKVCache, tokens: int, **kwargs):
+    """The chunk's mask over the padded keys (None: this chunk reads its keys exactly)."""
+    import mlx.core as mx
+    from mlx_lm.models.base import create_causal_mask
+
+    if kwargs.get("window_size") is not None or not _applies(cache._idx, tokens):
+        return None
+    end = cache._idx + tokens
+    mask = create_causal_mask(tokens, offset=cache._idx, left_padding=cache.left_padding)
+    hidden = _padded_end(end) - end
+    if hidden:
+        mask = mx.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, hidden)], constant_values=False)
+    return mask
+
+
+def install() -> None:
+    BatchKVCache.update_and_fetch = update_and_fetch
+
+
+def enable(model, wanted: bool) -> bool:
+    """Padded keys for the prompt chunks of `model` where `wanted` (the backend's choice) and the model
+    is safe for them; whether they are on."""
+    global _enabled
+    _enabled = False
+    _enabled = wanted and safe_for(model)
+    return _enabled
+
+
+def safe_for(model) -> bool:
+    """Whether `model` computes the same logits for a short chunk after a prompt either way (its
+    attention takes the cache's mask); False for models with caches other than plain KV ones."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    global _enabled
+    if not all(type(cache) is KVCache for cache in make_prompt_cache(model)):
+        return False
+    prompt, chunk = mx.array([list(range(1, 41))]), mx.array([list(range(41, 49))])
+    was = _enabled
+    outputs = []
+    try:
+        for enabled in (False, True):
+            _enabled = enabled
+            caches = [BatchKVCache([0]) for _ in make_prompt_cache(model)]
+            model(prompt, cache=caches)
+            outputs.append(model(chunk, cache=caches).astype(mx.float32))
+        mx.eval(outputs)
+        return bool(mx.allclose(outputs[0], outputs[1], rtol=0.02, atol=0.02).item())
+    except Exception:  # noqa: BLE001 - a model built otherwise keeps exact key lengths
+        return False
+    finally:
+        _enabled = was
