@@ -122,6 +122,14 @@ class Backend:
         return max(MIN_HOT_BUDGET_BYTES, (memory - weights) // 2)
 
 
+def padded_prefill_keys(settings) -> bool:
+    """Whether short prompt chunks read padded keys: SEMANTIC_MLX_PADDED_PREFILL_KEYS, else the backend's
+    choice."""
+    if settings.mlx_padded_prefill_keys is not None:
+        return settings.mlx_padded_prefill_keys
+    return current_backend().padded_prefill_keys
+
+
 def hot_live_agents(settings) -> int:
     """Idle agents kept live in the hot tier: SEMANTIC_KV_HOT_LIVE_AGENTS, else the backend's default."""
     if settings.kv_hot_live_agents is not None:

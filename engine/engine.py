@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.backend import current_backend, prefill_step_size
+from engine.backend import current_backend, padded_prefill_keys, prefill_step_size
 from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError
 from engine.events import TurnEvent, TurnFinished
 from engine.gguf_import import Progress
@@ -469,7 +469,7 @@ class Engine:
         if current_backend().warm_up_at_load and self._scheduler is not None:
             from engine.warm_up import warm_up
 
-            warm_up(loaded, prefill_step_size(self.settings), self._stream)
+            warm_up(loaded, prefill_step_size(self.settings), self._stream, padded_prefill_keys(self.settings))
         self._publish()
 
     def _install_scheduler(self, loaded: LoadedModel) -> None:
@@ -481,7 +481,14 @@ class Engine:
         self._scheduler = None
         if self.settings.mlx_max_batch_size > 1 and can_batch(loaded.model, self.settings.kv_bits):
             step = prefill_step_size(self.settings)
-            self._scheduler = BatchScheduler(loaded, self.memory, self.settings.mlx_max_batch_size, step, self._stream)
+            self._scheduler = BatchScheduler(
+                loaded,
+                self.memory,
+                self.settings.mlx_max_batch_size,
+                step,
+                self._stream,
+                padded_prefill_keys(self.settings),
+            )
             self._scheduler.waiting.extend(waiting)
         else:
             for handle in waiting:  # requests accepted for the old model run one at a time now

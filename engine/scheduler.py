@@ -51,7 +51,15 @@ MIN_PREFILL_CHUNK = 64  # tokens per prompt per step, however many prompts share
 
 
 class BatchScheduler:
-    def __init__(self, loaded: LoadedModel, memory, max_batch_size: int, prefill_step_size: int, stream):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        memory,
+        max_batch_size: int,
+        prefill_step_size: int,
+        stream,
+        padded_prefill_keys: bool | None = None,
+    ):
         from engine.backend import current_backend
         from engine.mlx_lm_ext import make_batch_generator
 
@@ -64,7 +72,9 @@ class BatchScheduler:
         self._new_generator = lambda: make_batch_generator(
             loaded.model,
             inline_first_token=current_backend().inline_first_token,
-            padded_prefill_keys=current_backend().padded_prefill_keys,
+            padded_prefill_keys=current_backend().padded_prefill_keys
+            if padded_prefill_keys is None
+            else padded_prefill_keys,
             max_tokens=1,
             completion_batch_size=max_batch_size,
             prefill_batch_size=max_batch_size,

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, le=3600, description="Seconds running requests get to finish on SIGTERM/SIGINT."
     )
+    mlx_padded_prefill_keys: bool | None = Field(
+        default=None,
+        description="Short prompt chunks read their keys up to whole 256-token steps under a mask, so attention "
+        "plans built per key length are reused (engine/mlx_lm_ext/prefill_keys.py). Unset: the backend's "
+        "choice (on for GPUs, off on the CPU).",
+    )
     mlx_prefill_step_size: int | None = Field(
         default=None,
         ge=16,

@@ -25,7 +25,7 @@ EXTRA_PROMPT_TOKENS = 100
 FILLER = "Lighthouses guide ships along rocky coasts at night. "
 
 
-def warm_up(loaded, prefill_step: int, stream) -> float:
+def warm_up(loaded, prefill_step: int, stream, padded_prefill_keys: bool | None = None) -> float:
     """Run the warm-up turns on the engine thread; returns the seconds they took."""
     from engine.events import TurnFailed
     from engine.scheduler import BatchScheduler
@@ -37,7 +37,7 @@ def warm_up(loaded, prefill_step: int, stream) -> float:
         _request(loaded, min(32, longest), SamplingParams()),
     ]
     handles = [TurnHandle(request) for request in requests]
-    scheduler = BatchScheduler(loaded, None, len(handles), prefill_step, stream)
+    scheduler = BatchScheduler(loaded, None, len(handles), prefill_step, stream, padded_prefill_keys)
     try:
         scheduler.waiting.extend(handles)
         while scheduler.busy:
