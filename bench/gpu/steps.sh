@@ -3,8 +3,8 @@
 #
 #   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
 #
-# Steps: info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes shapes_resume first_turn
-# torch. Each
+# Steps: info build gen_bf16 gen_q4 resume resume32 agents agents_keys restore_paths shapes shapes_resume
+# first_turn torch. Each
 # step's stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per
 # start/end to $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
 # warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
@@ -103,6 +103,12 @@ for step in "$@"; do
     # shellcheck disable=SC2086
     run_step agents 240 env SEMANTIC_MLX_MODEL_ID="$M8B" "$PY" bench/agents.py --json $AGENT_ARGS
     ;;
+  agents_keys)
+    # Ours alone with padded prefill keys on, then off, each with its debug log and bench/timeline.py
+    run_step agents_keys 300 bash -c "for keys in true false; do SEMANTIC_MLX_PADDED_PREFILL_KEYS=\$keys \
+      SEMANTIC_MLX_MODEL_ID=$M8B $PY bench/agents.py --json --only ours --server-logs $OUT/keys-\$keys \
+      --server-log-level debug $AGENT_ARGS && $PY bench/timeline.py --json $OUT/keys-\$keys/agent-memory.log; done"
+    ;;
   restore_paths)
     run_step restore_paths 150 "$PY" bench/gpu/restore_paths.py --dir "$WORK/restore" --tokens "$RPL" --json
     ;;
@@ -124,7 +130,8 @@ for step in "$@"; do
     run_step torch 150 "$PY" bench/gpu/torch_anchor.py $TORCH_ARGS
     ;;
   *)
-    steps="info build gen_bf16 gen_q4 resume resume32 agents restore_paths shapes shapes_resume first_turn torch"
+    steps="info build gen_bf16 gen_q4 resume resume32 agents agents_keys restore_paths shapes shapes_resume"
+    steps="$steps first_turn torch"
     echo "== unknown step $step (steps: $steps)" | tee -a "$log"
     ;;
   esac
