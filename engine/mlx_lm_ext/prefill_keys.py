@@ -10,7 +10,7 @@ earlier, finite either way, and the mask gives them no weight.
 
 Only chunks short next to the keys they read take this path: a long first prompt keeps the causal
 kernel, which skips the masked half of its scores. And only models whose attention takes the cache's
-own mask: `safe_for` checks a model once on a short prompt, both ways.
+own mask: `safe_for` checks the model on a short prompt, both ways, whenever a generator is made.
 """
 
 from __future__ import annotations
