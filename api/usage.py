@@ -53,25 +53,9 @@ def turn_summary(finished: TurnFinished) -> dict:
     return {
         "finish_reason": finished.finish_reason,
         "stop_sequence": finished.stop_sequence,
-        "usage": {
-            "prompt_tokens": finished.usage.prompt_tokens,
-            "completion_tokens": finished.usage.completion_tokens,
-            "cached_tokens": finished.usage.cached_tokens,
-        },
-        "cache": {
-            "source": finished.cache.source,
-            "reused_tokens": finished.cache.reused_tokens,
-            "restore_s": round(finished.cache.restore_s, 4),
-            "decision": finished.cache.decision,
-            "estimate_s": round(finished.cache.estimate_s, 4),
-            "miss_reason": finished.cache.miss_reason,
-        },
-        "timing": {
-            "ttft_s": round(finished.timing.ttft_s, 4),
-            "prefill_tokens_per_s": round(finished.timing.prefill_tokens_per_s, 2),
-            "decode_tokens_per_s": round(finished.timing.decode_tokens_per_s, 2),
-            "total_s": round(finished.timing.total_s, 4),
-        },
+        "usage": finished.usage.to_json(),
+        "cache": finished.cache.to_json(),
+        "timing": finished.timing.to_json(),
         # The values the turn sampled with (those the request left unset are the model's defaults)
         "sampling": finished.sampling.values() if finished.sampling is not None else None,
     }

@@ -16,6 +16,13 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0
 
+    def to_json(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+        }
+
 
 @dataclass(frozen=True)
 class CacheReport:
@@ -30,6 +37,17 @@ class CacheReport:
     miss_reason: str | None = None
     miss_kind: str | None = None
 
+    def to_json(self) -> dict:
+        """What `chat --json`, `batch` and the agent API show of it (the miss's kind is for metrics)."""
+        return {
+            "source": self.source,
+            "reused_tokens": self.reused_tokens,
+            "restore_s": round(self.restore_s, 4),
+            "decision": self.decision,
+            "estimate_s": round(self.estimate_s, 4),
+            "miss_reason": self.miss_reason,
+        }
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -37,6 +55,14 @@ class Timing:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     total_s: float
+
+    def to_json(self) -> dict:
+        return {
+            "ttft_s": round(self.ttft_s, 4),
+            "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 2),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 2),
+            "total_s": round(self.total_s, 4),
+        }
 
 
 @dataclass(frozen=True)

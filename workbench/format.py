@@ -23,27 +23,13 @@ def json_result(session_id: str, finished: TurnFinished) -> dict:
         "session": session_id,
         "text": finished.text,
         "finish_reason": finished.finish_reason,
-        "usage": {
-            "prompt_tokens": finished.usage.prompt_tokens,
-            "completion_tokens": finished.usage.completion_tokens,
-            "cached_tokens": finished.usage.cached_tokens,
-        },
-        "cache": {
-            "source": finished.cache.source,
-            "reused_tokens": finished.cache.reused_tokens,
-            "decision": finished.cache.decision,
-            "estimate_s": round(finished.cache.estimate_s, 4),
-            "miss_reason": finished.cache.miss_reason,
-        },
+        "usage": finished.usage.to_json(),
+        "cache": finished.cache.to_json(),
         **(
             {"tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in finished.tool_calls]}
             if finished.tool_calls
             else {}
         ),
-        "timing": {
-            "ttft_s": round(finished.timing.ttft_s, 4),
-            "prefill_tokens_per_s": round(finished.timing.prefill_tokens_per_s, 2),
-            "decode_tokens_per_s": round(finished.timing.decode_tokens_per_s, 2),
-        },
+        "timing": finished.timing.to_json(),
         "sampling": finished.sampling.values() if finished.sampling is not None else None,
     }

@@ -46,6 +46,8 @@ def test_session_continues_in_a_new_process(cli_data_dir):
     assert one["session"] == "alice" and "Paris" in one["text"]
     assert set(one) == {"session", "text", "finish_reason", "usage", "cache", "timing", "sampling"}
     # A fresh process has measured nothing yet: no estimate, and a cold turn recomputes.
+    # restore_s: the time it took to find nothing
+    assert one["cache"].pop("restore_s") < 1.0
     assert one["cache"] == {
         "source": "cold",
         "reused_tokens": 0,
@@ -53,6 +55,8 @@ def test_session_continues_in_a_new_process(cli_data_dir):
         "estimate_s": 0.0,
         "miss_reason": "new agent: nothing cached yet",
     }
+    assert set(one["timing"]) == {"ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s", "total_s"}
+    assert one["timing"]["total_s"] >= one["timing"]["ttft_s"] > 0
     assert one["usage"]["cached_tokens"] == 0
 
     second = run_cli("chat", "-s", "alice", "-t", "0", "--json", "And of Italy?", data_dir=cli_data_dir)
@@ -62,6 +66,7 @@ def test_session_continues_in_a_new_process(cli_data_dir):
     # The second prompt carries the whole first exchange, read back from disk in this new process.
     assert two["usage"]["prompt_tokens"] > one["usage"]["prompt_tokens"] + one["usage"]["completion_tokens"]
     assert two["cache"]["source"] == "warm" and two["cache"]["decision"] == "restore"
+    assert 0 < two["cache"]["restore_s"] < two["timing"]["ttft_s"]
     assert two["cache"]["miss_reason"] is None  # everything the agent had stored was reused
     assert two["usage"]["cached_tokens"] == two["cache"]["reused_tokens"] > one["usage"]["prompt_tokens"]
 
