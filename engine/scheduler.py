@@ -58,7 +58,7 @@ class BatchScheduler:
         max_batch_size: int,
         prefill_step_size: int,
         stream,
-        padded_prefill_keys: bool | None = None,
+        padded_prefill_keys: bool,
     ):
         from engine.backend import current_backend
         from engine.mlx_lm_ext import make_batch_generator
@@ -72,9 +72,7 @@ class BatchScheduler:
         self._new_generator = lambda: make_batch_generator(
             loaded.model,
             inline_first_token=current_backend().inline_first_token,
-            padded_prefill_keys=current_backend().padded_prefill_keys
-            if padded_prefill_keys is None
-            else padded_prefill_keys,
+            padded_prefill_keys=padded_prefill_keys,
             max_tokens=1,
             completion_batch_size=max_batch_size,
             prefill_batch_size=max_batch_size,

@@ -25,7 +25,7 @@ EXTRA_PROMPT_TOKENS = 100
 FILLER = "Lighthouses guide ships along rocky coasts at night. "
 
 
-def warm_up(loaded, prefill_step: int, stream, padded_prefill_keys: bool | None = None) -> float:
+def warm_up(loaded, prefill_step: int, stream, padded_prefill_keys: bool) -> float:
     """Run the warm-up turns on the engine thread; returns the seconds they took."""
     from engine.events import TurnFailed
     from engine.scheduler import BatchScheduler

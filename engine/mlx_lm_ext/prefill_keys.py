@@ -81,7 +81,6 @@ def enable(model, wanted: bool) -> bool:
     """Padded keys for the prompt chunks of `model` where `wanted` (SEMANTIC_MLX_PADDED_PREFILL_KEYS, else
     the backend's choice) and the model is safe for them; whether they are on."""
     global _enabled
-    _enabled = False
     _enabled = wanted and safe_for(model)
     return _enabled
 
