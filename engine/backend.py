@@ -72,6 +72,9 @@ class Backend:
     # Short prompt chunks read their keys up to a whole number of cache steps, so that attention
     # plans built per key length are reused (engine/mlx_lm_ext/prefill_keys.py).
     padded_prefill_keys = True
+    # A left-padded batch's decode steps attend row by row, each row taking the fused kernel that an
+    # array mask rules out (engine/mlx_lm_ext/decode_rows.py).
+    decode_rows = True
     # Kernels are built the first time a shape meets them: a model's first turns run at load
     # (engine/warm_up.py), not in its first client's time.
     warm_up_at_load = True
@@ -122,12 +125,20 @@ class Backend:
         return max(MIN_HOT_BUDGET_BYTES, (memory - weights) // 2)
 
 
-def padded_prefill_keys(settings) -> bool:
-    """Whether short prompt chunks read padded keys: SEMANTIC_MLX_PADDED_PREFILL_KEYS, else the backend's
-    choice."""
-    if settings.mlx_padded_prefill_keys is not None:
-        return settings.mlx_padded_prefill_keys
-    return current_backend().padded_prefill_keys
+def attention_paths(settings):
+    """The attention paths batch generators take: SEMANTIC_MLX_PADDED_PREFILL_KEYS and
+    SEMANTIC_MLX_DECODE_ROWS, else the backend's choices."""
+    from engine.mlx_lm_ext import AttentionPaths
+
+    backend = current_backend()
+    return AttentionPaths(
+        padded_prefill_keys=_setting_or(settings.mlx_padded_prefill_keys, backend.padded_prefill_keys),
+        decode_rows=_setting_or(settings.mlx_decode_rows, backend.decode_rows),
+    )
+
+
+def _setting_or(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
 
 
 def hot_live_agents(settings) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.backend import current_backend, padded_prefill_keys, prefill_step_size
+from engine.backend import attention_paths, current_backend, prefill_step_size
 from engine.errors import EngineBusy, EngineClosed, EngineError, ModelLoadError
 from engine.events import TurnEvent, TurnFinished
 from engine.gguf_import import Progress
@@ -469,7 +469,7 @@ class Engine:
         if current_backend().warm_up_at_load and self._scheduler is not None:
             from engine.warm_up import warm_up
 
-            warm_up(loaded, prefill_step_size(self.settings), self._stream, padded_prefill_keys(self.settings))
+            warm_up(loaded, prefill_step_size(self.settings), self._stream, attention_paths(self.settings))
         self._publish()
 
     def _install_scheduler(self, loaded: LoadedModel) -> None:
@@ -487,7 +487,7 @@ class Engine:
                 self.settings.mlx_max_batch_size,
                 step,
                 self._stream,
-                padded_prefill_keys(self.settings),
+                attention_paths(self.settings),
             )
             self._scheduler.waiting.extend(waiting)
         else:

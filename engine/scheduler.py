@@ -21,6 +21,7 @@ from engine.errors import RequestError
 from engine.handle import TurnHandle
 from engine.kv.blocks import common_prefix_length
 from engine.loader import LoadedModel
+from engine.mlx_lm_ext import AttentionPaths
 from engine.prompt import render_prompt
 from engine.sampling import SeededSampler, repair_random_state, request_sampler
 from engine.turn import Turn, guarded, prepare_turn
@@ -58,7 +59,7 @@ class BatchScheduler:
         max_batch_size: int,
         prefill_step_size: int,
         stream,
-        padded_prefill_keys: bool,
+        attention: AttentionPaths,
     ):
         from engine.backend import current_backend
         from engine.mlx_lm_ext import make_batch_generator
@@ -72,7 +73,7 @@ class BatchScheduler:
         self._new_generator = lambda: make_batch_generator(
             loaded.model,
             inline_first_token=current_backend().inline_first_token,
-            padded_prefill_keys=padded_prefill_keys,
+            attention=attention,
             max_tokens=1,
             completion_batch_size=max_batch_size,
             prefill_batch_size=max_batch_size,

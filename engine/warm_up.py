@@ -15,6 +15,7 @@ import logging
 import time
 
 from engine.handle import TurnHandle
+from engine.mlx_lm_ext import AttentionPaths
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ EXTRA_PROMPT_TOKENS = 100
 FILLER = "Lighthouses guide ships along rocky coasts at night. "
 
 
-def warm_up(loaded, prefill_step: int, stream, padded_prefill_keys: bool) -> float:
+def warm_up(loaded, prefill_step: int, stream, attention: AttentionPaths) -> float:
     """Run the warm-up turns on the engine thread; returns the seconds they took."""
     from engine.events import TurnFailed
     from engine.scheduler import BatchScheduler
@@ -37,7 +38,7 @@ def warm_up(loaded, prefill_step: int, stream, padded_prefill_keys: bool) -> flo
         _request(loaded, min(32, longest), SamplingParams()),
     ]
     handles = [TurnHandle(request) for request in requests]
-    scheduler = BatchScheduler(loaded, None, len(handles), prefill_step, stream, padded_prefill_keys)
+    scheduler = BatchScheduler(loaded, None, len(handles), prefill_step, stream, attention)
     try:
         scheduler.waiting.extend(handles)
         while scheduler.busy:

@@ -3,8 +3,8 @@
 #
 #   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
 #
-# Steps: info build gen_bf16 gen_q4 resume resume32 agents agents_keys restore_paths shapes shapes_resume
-# first_turn torch. Each
+# Steps: info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows decode_steps restore_paths
+# shapes shapes_resume first_turn torch. Each
 # step's stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per
 # start/end to $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
 # warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
@@ -109,6 +109,15 @@ for step in "$@"; do
       SEMANTIC_MLX_MODEL_ID=$M8B $PY bench/agents.py --json --only ours --server-logs $OUT/keys-\$keys \
       --server-log-level debug $AGENT_ARGS && $PY bench/timeline.py --json $OUT/keys-\$keys/agent-memory.log; done"
     ;;
+  agents_rows)
+    # Ours alone with row-by-row decode attention off (the agents step runs it on), with its timeline
+    run_step agents_rows 150 bash -c "SEMANTIC_MLX_DECODE_ROWS=false SEMANTIC_MLX_MODEL_ID=$M8B $PY bench/agents.py \
+      --json --only ours --server-logs $OUT/rows-false --server-log-level debug $AGENT_ARGS \
+      && $PY bench/timeline.py --json $OUT/rows-false/agent-memory.log"
+    ;;
+  decode_steps)
+    run_step decode_steps 90 "$PY" bench/gpu/decode_steps.py --model "$M8B"
+    ;;
   restore_paths)
     run_step restore_paths 150 "$PY" bench/gpu/restore_paths.py --dir "$WORK/restore" --tokens "$RPL" --json
     ;;
@@ -130,7 +139,8 @@ for step in "$@"; do
     run_step torch 150 "$PY" bench/gpu/torch_anchor.py $TORCH_ARGS
     ;;
   *)
-    steps="info build gen_bf16 gen_q4 resume resume32 agents agents_keys restore_paths shapes shapes_resume"
+    steps="info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows decode_steps restore_paths"
+    steps="$steps shapes shapes_resume"
     steps="$steps first_turn torch"
     echo "== unknown step $step (steps: $steps)" | tee -a "$log"
     ;;

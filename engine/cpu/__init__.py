@@ -23,6 +23,7 @@ class CpuBackend(Backend):
     warm_up_at_load = False
     # MLX's CPU attention builds nothing per shape: exact key lengths read the fewest keys.
     padded_prefill_keys = False
+    decode_rows = False
 
     def setup_process(self) -> None:
         from engine.cpu import blas, heap

@@ -1,6 +1,7 @@
 """The one place the engine reaches inside mlx-lm: batch_generator.py subclasses private parts of
-mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention and
-prefill_keys.py pads the keys of short prompt chunks to whole cache steps (GPU backends). All are
+mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention,
+prefill_keys.py pads the keys of short prompt chunks to whole cache steps and decode_rows.py splits a
+padded batch's decode attention by row (both for GPU backends: AttentionPaths). All are
 written against the mlx-lm version below; under any other the engine runs mlx-lm's own BatchGenerator
 (correct, with more cache copies, explicit masks and, on the CPU, a slower first token) instead of
 failing on a missing private name. tests/engine/test_batch_generator.py compares the two."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from dataclasses import dataclass
 from importlib import metadata
 
 log = logging.getLogger(__name__)
@@ -17,7 +19,16 @@ log = logging.getLogger(__name__)
 WRITTEN_FOR = "0.32."  # mlx-lm releases whose BatchGenerator internals batch_generator.py knows
 
 
-def make_batch_generator(model, *, inline_first_token: bool, padded_prefill_keys: bool = False, **kwargs):
+@dataclass(frozen=True)
+class AttentionPaths:
+    """Which of the attention paths for GPU backends a batch generator takes (for models that pass the
+    check of each): prefill_keys.py and decode_rows.py."""
+
+    padded_prefill_keys: bool = False
+    decode_rows: bool = False
+
+
+def make_batch_generator(model, *, inline_first_token: bool, attention: AttentionPaths = AttentionPaths(), **kwargs):
     """A BatchGenerator for `model` (mlx-lm's keyword arguments): ours where this mlx-lm is one we know."""
     lean = _lean_class()
     if lean is None:
@@ -26,11 +37,12 @@ def make_batch_generator(model, *, inline_first_token: bool, padded_prefill_keys
         return BatchGenerator(model, **kwargs)
     import mlx.core as mx
 
-    from engine.mlx_lm_ext import prefill_keys
+    from engine.mlx_lm_ext import decode_rows, prefill_keys
 
     stream = kwargs.get("stream")
     with mx.stream(stream) if stream is not None else contextlib.nullcontext():
-        prefill_keys.enable(model, padded_prefill_keys)
+        prefill_keys.enable(model, attention.padded_prefill_keys)
+        decode_rows.enable(model, attention.decode_rows)
     return lean(model, inline_first_token=inline_first_token, **kwargs)
 
 

@@ -9,7 +9,7 @@ import pytest
 from mlx_lm.models import llama
 from mlx_lm.models.cache import BatchKVCache
 
-from engine.backend import Backend, current_backend, padded_prefill_keys
+from engine.backend import Backend, attention_paths, current_backend
 from engine.mlx_lm_ext import masks, prefill_keys
 from engine.settings import Settings
 from tests.conftest import TINY_LLAMA
@@ -91,9 +91,10 @@ def test_a_model_that_builds_its_own_mask_is_refused(model, padded, monkeypatch)
 
 
 def test_the_setting_wins_over_the_backends_choice(tmp_path):
-    assert padded_prefill_keys(Settings(data_dir=tmp_path, mlx_padded_prefill_keys=True))
-    assert not padded_prefill_keys(Settings(data_dir=tmp_path, mlx_padded_prefill_keys=False))
-    assert padded_prefill_keys(Settings(data_dir=tmp_path)) == current_backend().padded_prefill_keys
+    padded = lambda **kwargs: attention_paths(Settings(data_dir=tmp_path, **kwargs)).padded_prefill_keys  # noqa: E731
+    assert padded(mlx_padded_prefill_keys=True)
+    assert not padded(mlx_padded_prefill_keys=False)
+    assert padded() == current_backend().padded_prefill_keys
     # GPUs pad, the CPU (whose attention plans nothing per shape) reads exact lengths
     assert Backend.padded_prefill_keys
     if current_backend().name == "cpu":

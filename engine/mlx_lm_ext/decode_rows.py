@@ -1,0 +1,106 @@
+"""Decode steps of a left-padded batch attend row by row, each row over its own keys only (GPU backends).
+
+A batch of agents with histories of different lengths is left-padded, and mlx-lm hides the padding
+with a boolean mask. MLX's CUDA backend has a fused attention kernel for one query token and for
+cuDNN, but neither takes an array mask: every decode step of such a batch ran the unfused attention
+(scores materialised, the grouped keys and values broadcast, a softmax, another matmul) in every
+layer, while a batch without padding runs the fused kernel. Here the decode step's attention runs
+once per row instead, on that row's keys from its first real token: no mask, so each row takes the
+fused kernel; its keys are a view of the batch's cache, not a copy.
+
+The row split needs each row's padding on the host; `masks._make_mask` reads it there for every
+step already. Only models whose attention passes the cache's mask straight to MLX's fused attention
+take this path: `safe_for` checks the model on a left-padded batch, both ways, whenever a generator is
+made. The CPU has no fused kernel to gain (it runs the unfused attention either way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+_enabled = False
+_mlx_sdpa = None  # MLX's own mx.fast.scaled_dot_product_attention, once install() has wrapped it
+
+
+@dataclass(frozen=True)
+class RowPadding:
+    """The mask of a decode step that attends row by row: each row's left padding (from the host)."""
+
+    left_padding: tuple[int, ...]
+
+
+def row_mask(tokens: int, left_padding: list[int], **kwargs) -> RowPadding | None:
+    """The mask for this step if it attends row by row (one token, padded rows, no window), else None."""
+    if not _enabled or tokens != 1 or kwargs.get("window_size") is not None or not any(left_padding):
+        return None
+    return RowPadding(tuple(left_padding))
+
+
+def scaled_dot_product_attention(queries, keys, values, *, scale, mask=None, **kwargs):
+    """MLX's fused attention; a RowPadding mask runs it once per row over the row's own keys."""
+    if not isinstance(mask, RowPadding):
+        return _mlx_sdpa(queries, keys, values, scale=scale, mask=mask, **kwargs)
+    import mlx.core as mx
+
+    rows = []
+    for row, start in enumerate(mask.left_padding):
+        rows.append(
+            _mlx_sdpa(
+                queries[row : row + 1],
+                keys[row : row + 1, :, start:],
+                values[row : row + 1, :, start:],
+                scale=scale,
+                mask=None,
+                **kwargs,
+            )
+        )
+    return mx.concatenate(rows, axis=0)
+
+
+def install() -> None:
+    """Wrap MLX's fused attention (the models call it through `mx.fast`) once per process."""
+    import mlx.core as mx
+
+    global _mlx_sdpa
+    if _mlx_sdpa is None:
+        _mlx_sdpa = mx.fast.scaled_dot_product_attention
+        mx.fast.scaled_dot_product_attention = scaled_dot_product_attention
+
+
+def enable(model, wanted: bool) -> bool:
+    """Row-by-row decode attention for `model` where `wanted` (SEMANTIC_MLX_DECODE_ROWS, else the
+    backend's choice) and the model is safe for it; whether it is on."""
+    global _enabled
+    _enabled = wanted and safe_for(model)
+    return _enabled
+
+
+def safe_for(model) -> bool:
+    """Whether `model` computes the same logits for a decode step of a left-padded batch either way (its
+    attention hands the cache's mask to MLX's fused attention); False for models with caches other than
+    plain KV ones."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    global _enabled
+    if not all(type(cache) is KVCache for cache in make_prompt_cache(model)):
+        return False
+    prompt = mx.array([[0, 0, 0, *range(1, 38)], list(range(41, 81))])
+    step = mx.array([[7], [9]])
+    was = _enabled
+    outputs = []
+    try:
+        for enabled in (False, True):
+            _enabled = False
+            caches = [BatchKVCache([3, 0]) for _ in make_prompt_cache(model)]
+            model(prompt, cache=caches)
+            _enabled = enabled
+            outputs.append(model(step, cache=caches).astype(mx.float32))
+        mx.eval(outputs)
+        return bool(mx.allclose(outputs[0], outputs[1], rtol=0.02, atol=0.02).item())
+    except Exception:  # noqa: BLE001 - a model built otherwise keeps the masked attention
+        return False
+    finally:
+        _enabled = was
