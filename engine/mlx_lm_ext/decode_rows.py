@@ -6,7 +6,8 @@ cuDNN, but neither takes an array mask: every decode step of such a batch ran th
 (scores materialised, the grouped keys and values broadcast, a softmax, another matmul) in every
 layer, while a batch without padding runs the fused kernel. Here the decode step's attention runs
 once per row instead, on that row's keys from its first real token: no mask, so each row takes the
-fused kernel; its keys are a view of the batch's cache, not a copy.
+fused kernel; its keys are a view of the batch's cache, not a copy. Neighbouring rows with the same
+padding share a call.
 
 The row split needs each row's padding on the host; `masks._make_mask` reads it there for every
 step already. Only models whose attention passes the cache's mask straight to MLX's fused attention
@@ -44,19 +45,30 @@ def scaled_dot_product_attention(queries, keys, values, *, scale, mask=None, **k
         return _mlx_sdpa(queries, keys, values, scale=scale, mask=mask, **kwargs)
     import mlx.core as mx
 
-    rows = []
-    for row, start in enumerate(mask.left_padding):
-        rows.append(
+    parts = []
+    for first, end, start in _runs(mask.left_padding):
+        parts.append(
             _mlx_sdpa(
-                queries[row : row + 1],
-                keys[row : row + 1, :, start:],
-                values[row : row + 1, :, start:],
+                queries[first:end],
+                keys[first:end, :, start:],
+                values[first:end, :, start:],
                 scale=scale,
                 mask=None,
                 **kwargs,
             )
         )
-    return mx.concatenate(rows, axis=0)
+    return mx.concatenate(parts, axis=0)
+
+
+def _runs(left_padding: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(first row, end row, padding) of each run of neighbouring rows with the same padding: one call each."""
+    runs = []
+    first = 0
+    for row in range(1, len(left_padding) + 1):
+        if row == len(left_padding) or left_padding[row] != left_padding[first]:
+            runs.append((first, row, left_padding[first]))
+            first = row
+    return runs
 
 
 def install() -> None:

@@ -75,6 +75,19 @@ def test_padded_decode_steps_attend_row_by_row_and_compute_the_same_logits(model
     ]
 
 
+def test_neighbouring_rows_with_the_same_padding_share_a_call(model, attended):
+    outputs = []
+    for enabled in (False, True):
+        decode_rows._enabled = enabled
+        caches = [BatchKVCache([2, 2, 0]) for _ in model.layers]
+        prompt = [[0, 0, *range(1, 19)], [0, 0, *range(21, 39)], list(range(41, 61))]
+        model(mx.array(prompt), cache=caches)
+        attended.clear()
+        outputs.append(model(mx.array([[4], [5], [6]]), cache=caches))
+    assert mx.allclose(outputs[0], outputs[1], atol=1e-4, rtol=1e-4).item()
+    assert attended == [(2, 19, False), (1, 21, False)] * len(model.layers)
+
+
 def test_an_unpadded_batch_keeps_the_fused_attention_without_a_mask(model, attended):
     decode_rows._enabled = True
     caches = [BatchKVCache([0, 0]) for _ in model.layers]
