@@ -153,7 +153,9 @@ def tiny_model_dir(default_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tiny_model_dir, data_dir) -> Engine:
+def tiny_engine(tiny_model_dir, data_dir, default_engine) -> Engine:
+    """The tiny model in the same data dir. The default engine starts first whatever order tests ask in,
+    so that it owns the cache dir and this one reads it only (tests rely on which one writes)."""
     with Engine(Settings(data_dir=data_dir, mlx_model_id=str(tiny_model_dir))) as running:
         yield running
 
