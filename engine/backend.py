@@ -69,12 +69,9 @@ class Backend:
     inline_first_token = False
     # Prompt tokens per forward pass (mlx-lm's default): long enough to keep a GPU busy.
     prefill_step_size = 2048
-    # Short prompt chunks read their keys up to a whole number of cache steps, so that attention
-    # plans built per key length are reused (engine/mlx_lm_ext/prefill_keys.py).
-    padded_prefill_keys = True
-    # A left-padded batch's decode steps attend row by row, each row taking the fused kernel that an
-    # array mask rules out (engine/mlx_lm_ext/decode_rows.py).
-    decode_rows = True
+    # The attention paths of engine/mlx_lm_ext/ that work around MLX's CUDA backend (CudaBackend)
+    padded_prefill_keys = False
+    decode_rows = False
     # Kernels are built the first time a shape meets them: a model's first turns run at load
     # (engine/warm_up.py), not in its first client's time.
     warm_up_at_load = True
@@ -160,12 +157,28 @@ def prefill_step_size(settings) -> int:
     return settings.mlx_prefill_step_size or current_backend().prefill_step_size
 
 
+class CudaBackend(Backend):
+    """NVIDIA GPUs: MLX's CUDA backend plans cuDNN attention per exact shape, and its fused kernels for
+    one query take no array mask (Metal's take one and plan nothing per length)."""
+
+    name = "cuda"
+    # Short prompt chunks read their keys up to a whole number of cache steps, so that attention
+    # plans built per key length are reused (engine/mlx_lm_ext/prefill_keys.py).
+    padded_prefill_keys = True
+    # A left-padded batch's decode steps attend row by row, each row taking the fused kernel that an
+    # array mask rules out (engine/mlx_lm_ext/decode_rows.py).
+    decode_rows = True
+
+
 @lru_cache(maxsize=1)
 def current_backend() -> Backend:
-    if installed_backend() == "cpu":
+    name = installed_backend()
+    if name == "cpu":
         from engine.cpu import CpuBackend
 
         return CpuBackend()
+    if name == "cuda":
+        return CudaBackend()
     backend = Backend()
-    backend.name = installed_backend()
+    backend.name = name
     return backend

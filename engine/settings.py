@@ -51,13 +51,13 @@ class Settings(BaseSettings):
         default=None,
         description="Short prompt chunks read their keys up to whole 256-token steps under a mask, so attention "
         "plans built per key length are reused (engine/mlx_lm_ext/prefill_keys.py). Unset: the backend's "
-        "choice (on for GPUs, off on the CPU).",
+        "choice (on with CUDA, off on Metal and the CPU).",
     )
     mlx_decode_rows: bool | None = Field(
         default=None,
         description="Decode steps of a left-padded batch attend row by row, each row over its own keys, so each "
         "takes MLX's fused attention instead of a masked one (engine/mlx_lm_ext/decode_rows.py). Unset: the "
-        "backend's choice (on for GPUs, off on the CPU).",
+        "backend's choice (on with CUDA, off on Metal and the CPU).",
     )
     mlx_prefill_step_size: int | None = Field(
         default=None,

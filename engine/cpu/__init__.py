@@ -21,9 +21,6 @@ class CpuBackend(Backend):
     # A forward pass at load made no measurable difference to a fresh process's first turns here, and a
     # CPU prefill of a whole step is not free.
     warm_up_at_load = False
-    # MLX's CPU attention builds nothing per shape: exact key lengths read the fewest keys.
-    padded_prefill_keys = False
-    decode_rows = False
 
     def setup_process(self) -> None:
         from engine.cpu import blas, heap

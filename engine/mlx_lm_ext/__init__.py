@@ -1,7 +1,7 @@
 """The one place the engine reaches inside mlx-lm: batch_generator.py subclasses private parts of
 mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention,
 prefill_keys.py pads the keys of short prompt chunks to whole cache steps and decode_rows.py splits a
-padded batch's decode attention by row (both for GPU backends: AttentionPaths). All are
+padded batch's decode attention by row (both for MLX's CUDA backend: AttentionPaths). All are
 written against the mlx-lm version below; under any other the engine runs mlx-lm's own BatchGenerator
 (correct, with more cache copies, explicit masks and, on the CPU, a slower first token) instead of
 failing on a missing private name. tests/engine/test_batch_generator.py compares the two."""
@@ -21,7 +21,7 @@ WRITTEN_FOR = "0.32."  # mlx-lm releases whose BatchGenerator internals batch_ge
 
 @dataclass(frozen=True)
 class AttentionPaths:
-    """Which of the attention paths for GPU backends a batch generator takes (for models that pass the
+    """Which of the attention paths for MLX's CUDA backend a batch generator takes (for models that pass the
     check of each): prefill_keys.py and decode_rows.py."""
 
     padded_prefill_keys: bool = False

@@ -1,4 +1,4 @@
-"""Decode steps of a left-padded batch attend row by row, each row over its own keys only (GPU backends).
+"""Decode steps of a left-padded batch attend row by row, each row over its own keys only (CUDA).
 
 A batch of agents with histories of different lengths is left-padded, and mlx-lm hides the padding
 with a boolean mask. MLX's CUDA backend has a fused attention kernel for one query token and for
@@ -12,7 +12,8 @@ padding share a call.
 The row split needs each row's padding on the host; `masks._make_mask` reads it there for every
 step already. Only models whose attention passes the cache's mask straight to MLX's fused attention
 take this path: `safe_for` checks the model on a left-padded batch, both ways, whenever a generator is
-made. The CPU has no fused kernel to gain (it runs the unfused attention either way).
+made. Metal's fused kernel takes the mask, and the CPU runs the unfused attention either way: both
+keep the mask.
 """
 
 from __future__ import annotations

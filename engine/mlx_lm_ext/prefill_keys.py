@@ -1,4 +1,4 @@
-"""Prompt chunks of batch caches read their keys up to a whole number of 256-token steps (GPU backends).
+"""Prompt chunks of batch caches read their keys up to a whole number of 256-token steps (CUDA).
 
 MLX's CUDA backend plans cuDNN attention for each exact query shape, key shape and key strides, and a
 resumed agent's chunk nearly always meets a key length it has not met (its history grew since): each

@@ -10,7 +10,7 @@ import pytest
 from mlx_lm.models import llama
 from mlx_lm.models.cache import BatchKVCache
 
-from engine.backend import Backend, attention_paths, current_backend
+from engine.backend import Backend, CudaBackend, attention_paths, current_backend
 from engine.mlx_lm_ext import decode_rows, masks
 from engine.settings import Settings
 from tests.conftest import TINY_LLAMA
@@ -132,7 +132,8 @@ def test_the_setting_wins_over_the_backends_choice(tmp_path):
     assert rows(mlx_decode_rows=True)
     assert not rows(mlx_decode_rows=False)
     assert rows() == current_backend().decode_rows
-    # GPUs split the rows; the CPU, whose attention is the unfused one either way, keeps the mask
-    assert Backend.decode_rows
-    if current_backend().name == "cpu":
+    # CUDA splits the rows; Metal's fused kernel takes the mask, and the CPU's attention is the unfused
+    # one either way
+    assert CudaBackend.decode_rows and not Backend.decode_rows
+    if current_backend().name != "cuda":
         assert not current_backend().decode_rows

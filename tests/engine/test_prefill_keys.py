@@ -9,7 +9,7 @@ import pytest
 from mlx_lm.models import llama
 from mlx_lm.models.cache import BatchKVCache
 
-from engine.backend import Backend, attention_paths, current_backend
+from engine.backend import Backend, CudaBackend, attention_paths, current_backend
 from engine.mlx_lm_ext import masks, prefill_keys
 from engine.settings import Settings
 from tests.conftest import TINY_LLAMA
@@ -95,7 +95,7 @@ def test_the_setting_wins_over_the_backends_choice(tmp_path):
     assert padded(mlx_padded_prefill_keys=True)
     assert not padded(mlx_padded_prefill_keys=False)
     assert padded() == current_backend().padded_prefill_keys
-    # GPUs pad, the CPU (whose attention plans nothing per shape) reads exact lengths
-    assert Backend.padded_prefill_keys
-    if current_backend().name == "cpu":
+    # CUDA pads; Metal and the CPU, whose attention plans nothing per key length, read exact lengths
+    assert CudaBackend.padded_prefill_keys and not Backend.padded_prefill_keys
+    if current_backend().name != "cuda":
         assert not current_backend().padded_prefill_keys
