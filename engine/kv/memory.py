@@ -43,7 +43,7 @@ from engine.kv.recent_ids import RecentIds
 from engine.kv.restore import restore_by_block
 from engine.kv.shared import shared_tier
 from engine.kv.stats import HotSession, HotTotals, HotView, MemoryStats, TierHits
-from engine.kv.tier import MissingBlock, SessionSnapshot, WriteJob
+from engine.kv.tier import EncodedRange, MissingBlock, SessionSnapshot, WriteJob
 from engine.kv.warm import WarmTier
 from engine.kv.writer import WarmWriter
 
@@ -444,25 +444,22 @@ class KVMemory:
         root = self.root_of(tenant)
         names = block_names(tokens, root, self.block_tokens)
         stored = self.warm.match(self.fingerprint, names).blocks
-        new_blocks = {}
-        full_layers = self.layout.full_layers
-        for index in range(stored, len(names)):
-            start, end = index * self.block_tokens, (index + 1) * self.block_tokens
-            new_blocks[names[index]] = {
-                layer: encode_for_disk(*full_layer_slice(cache[layer], start, end), self.disk_dtype)
-                for layer in full_layers
-            }
-        covered = len(names) * self.block_tokens
-        tail = {
-            layer: encode_for_disk(*full_layer_slice(cache[layer], covered, len(tokens)), self.disk_dtype)
-            for layer in full_layers
-        }
+        # The new blocks and the tail: tokens from the first block not stored to the end
+        first = stored * self.block_tokens
+        encoded = EncodedRange(
+            names[stored:],
+            self.block_tokens,
+            {
+                layer: encode_for_disk(*full_layer_slice(cache[layer], first, len(tokens)), self.disk_dtype)
+                for layer in self.layout.full_layers
+            },
+        )
         windows = {
             layer: encode_for_disk(*sliding_window_snapshot(cache[layer]), self.disk_dtype)
             for layer in self.layout.sliding_layers
         }
-        snapshot = SessionSnapshot(session_id, tokens, names, tail, windows, root, self.layout_text, self.block_tokens)
-        return WriteJob(self.fingerprint, snapshot, new_blocks)
+        snapshot = SessionSnapshot(session_id, tokens, names, {}, windows, root, self.layout_text, self.block_tokens)
+        return WriteJob(self.fingerprint, snapshot, encoded=encoded)
 
     def abandon(self, session_id: str | None, tenant: str = "") -> None:
         """A request failed mid-way: its cache state is unknown, so it is not kept."""

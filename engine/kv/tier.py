@@ -55,20 +55,45 @@ class SessionSnapshot:
 
 
 @dataclass
+class EncodedRange:
+    """The full layers' disk parts of a turn's new tokens, encoded as one range per layer: the new blocks
+    in order, then the tail, cut apart on the writer thread (one encoding per layer, not per block and
+    layer, is queued on the engine thread)."""
+
+    names: list[str]  # the new blocks, each `block_tokens` long, from the range's first token
+    block_tokens: int
+    layers: Layers  # (heads, tokens, ...) parts: the token axis is 1
+
+
+def _token_range(layers: Layers, first: int, end: int | None) -> Layers:
+    return {layer: {name: part[:, first:end] for name, part in parts.items()} for layer, parts in layers.items()}
+
+
+@dataclass
 class WriteJob:
     fingerprint: str
     snapshot: SessionSnapshot | None  # None: blocks only (a request without a session)
     # Blocks not yet stored: name -> layers
     blocks: dict[str, Layers] = field(default_factory=dict)
+    # More new blocks, and the snapshot's tail, still as one range per layer
+    encoded: EncodedRange | None = None
 
     def on_host(self) -> WriteJob:
-        """The job with every part in numpy (waiting for parts still computing on the device)."""
+        """The job with every part in numpy (waiting for parts still computing on the device) and its
+        encoded range cut into blocks and the snapshot's tail."""
         from engine.kv.codec import parts_on_host
 
-        snapshot = self.snapshot
-        if snapshot is not None:
-            snapshot = replace(snapshot, tail=parts_on_host(snapshot.tail), windows=parts_on_host(snapshot.windows))
         blocks = {name: parts_on_host(layers) for name, layers in self.blocks.items()}
+        snapshot = self.snapshot
+        tail = parts_on_host(snapshot.tail) if snapshot is not None else {}
+        if self.encoded is not None:
+            encoded, size = self.encoded, self.encoded.block_tokens
+            host = parts_on_host(encoded.layers)
+            for index, name in enumerate(encoded.names):
+                blocks[name] = _token_range(host, index * size, (index + 1) * size)
+            tail = _token_range(host, len(encoded.names) * size, None)
+        if snapshot is not None:
+            snapshot = replace(snapshot, tail=tail, windows=parts_on_host(snapshot.windows))
         return WriteJob(self.fingerprint, snapshot, blocks)
 
 
