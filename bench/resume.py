@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_settings import bench_settings  # noqa: E402
+from page_cache import drop_page_cache  # noqa: E402
 
 import engine  # noqa: E402
 
@@ -73,17 +74,6 @@ def request(messages, session_id=None, max_tokens=1) -> GenerationRequest:
     return GenerationRequest(
         messages=messages, session_id=session_id, max_tokens=max_tokens, sampling=SamplingParams(temperature=0.0)
     )
-
-
-def drop_page_cache(paths) -> None:
-    """Make the next read come from the disk, not the page cache (no root needed)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def disk_read_mb_s(directory: Path, size_mb: int = 256, reads: int = 2) -> float:

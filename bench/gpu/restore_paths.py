@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/
+
+from page_cache import drop_page_cache  # noqa: E402
 
 import engine  # noqa: E402
 
@@ -69,16 +71,6 @@ def write_blocks(args, count: int) -> tuple[WarmTier, list[str]]:
         if not tier.index.has_block(name):
             tier.write(WriteJob(FINGERPRINT, None, {name: block_layers(args, index)}))
     return tier, names
-
-
-def drop_page_cache(paths: list[Path]) -> None:
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def tail_of(args, tokens: int) -> dict | None:
