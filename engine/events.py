@@ -5,7 +5,7 @@ The engine thread produces them; consumers read them from a TurnHandle. They car
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from engine.requests import SamplingParams, ToolCall
 
@@ -22,6 +22,10 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Usage:
+        return cls(**_known(cls, data))
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class CacheReport:
             "miss_reason": self.miss_reason,
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> CacheReport:
+        """The report from its JSON (a server's): what it lacks takes the default."""
+        return cls(**_known(cls, data))
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -63,6 +72,15 @@ class Timing:
             "decode_tokens_per_s": round(self.decode_tokens_per_s, 2),
             "total_s": round(self.total_s, 4),
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Timing:
+        return cls(**_known(cls, data))
+
+
+def _known(cls, data: dict) -> dict:
+    """The entries of `data` that are fields of the dataclass `cls` (a newer server may send more)."""
+    return {f.name: data[f.name] for f in fields(cls) if f.name in data}
 
 
 @dataclass(frozen=True)

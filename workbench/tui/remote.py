@@ -254,23 +254,13 @@ class RemoteSource:
 
 
 def _finished(request_id: str, data: dict) -> TurnFinished:
-    usage, cache, timing = data["usage"], data["cache"], data["timing"]
     return TurnFinished(
         request_id=request_id,
         text=data["content"],
         finish_reason=data["finish_reason"],
-        usage=Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["cached_tokens"]),
-        cache=CacheReport(
-            cache["source"],
-            cache["reused_tokens"],
-            cache["restore_s"],
-            cache.get("decision", "recompute"),
-            cache.get("estimate_s", 0.0),
-            cache.get("miss_reason"),
-        ),
-        timing=Timing(
-            timing["ttft_s"], timing["prefill_tokens_per_s"], timing["decode_tokens_per_s"], timing["total_s"]
-        ),
+        usage=Usage.from_json(data["usage"]),
+        cache=CacheReport.from_json(data["cache"]),
+        timing=Timing.from_json(data["timing"]),
         stop_sequence=data.get("stop_sequence"),
     )
 
