@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     from mlx_lm import load
 
-    from engine.mlx_lm_ext import decode_rows, masks
+    from engine.mlx_lm_ext import decode_rows, masks, prefill_keys
 
     masks.install()
     model, _ = load(args.model)
@@ -73,6 +73,7 @@ def main() -> None:
         "batch": args.batch,
         "lengths": spread,
         "safe": decode_rows.safe_for(model),
+        "padded_keys_safe": prefill_keys.safe_for(model),
         "masked_ms": [],
         "rows_ms": [],
     }

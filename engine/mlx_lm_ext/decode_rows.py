@@ -10,20 +10,22 @@ fused kernel; its keys are a view of the batch's cache, not a copy. Neighbouring
 padding share a call.
 
 The row split needs each row's padding on the host; `masks._make_mask` reads it there for every
-step already. Only models whose attention passes the cache's mask straight to MLX's fused attention
-take this path: `safe_for` checks the model on a left-padded batch, both ways, whenever a generator is
+step already. Only models that hand the cache's mask to MLX's fused attention as it is, in every
+layer, take this path: `safe_for` checks the model on a left-padded batch whenever a generator is
 made. Metal's fused kernel takes the mask, and the CPU runs the unfused attention either way: both
 keep the mask.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
+log = logging.getLogger(__name__)
+
 _enabled = False
-_mlx_sdpa = None  # MLX's own mx.fast.scaled_dot_product_attention, once install() has wrapped it
 
 
 @dataclass(frozen=True)
@@ -40,16 +42,14 @@ def row_mask(tokens: int, left_padding: list[int], **kwargs) -> RowPadding | Non
     return RowPadding(tuple(left_padding))
 
 
-def scaled_dot_product_attention(queries, keys, values, *, scale, mask=None, **kwargs):
-    """MLX's fused attention; a RowPadding mask runs it once per row over the row's own keys."""
-    if not isinstance(mask, RowPadding):
-        return _mlx_sdpa(queries, keys, values, scale=scale, mask=mask, **kwargs)
+def by_rows(attend, queries, keys, values, scale, mask: RowPadding, **kwargs):
+    """`attend` (MLX's fused attention) per run of rows with the same padding, over their own keys."""
     import mlx.core as mx
 
     parts = []
     for first, end, start in _runs(mask.left_padding):
         parts.append(
-            _mlx_sdpa(
+            attend(
                 queries[first:end],
                 keys[first:end, :, start:],
                 values[first:end, :, start:],
@@ -72,47 +72,36 @@ def _runs(left_padding: tuple[int, ...]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def install() -> None:
-    """Wrap MLX's fused attention (the models call it through `mx.fast`) once per process."""
-    import mlx.core as mx
-
-    global _mlx_sdpa
-    if _mlx_sdpa is None:
-        _mlx_sdpa = mx.fast.scaled_dot_product_attention
-        mx.fast.scaled_dot_product_attention = scaled_dot_product_attention
-
-
 def enable(model, wanted: bool) -> bool:
     """Row-by-row decode attention for `model` where `wanted` (SEMANTIC_MLX_DECODE_ROWS, else the
     backend's choice) and the model is safe for it; whether it is on."""
     global _enabled
     _enabled = wanted and safe_for(model)
+    if wanted and not _enabled:
+        log.info("decode attention stays masked: the model does not hand the cache's mask to MLX's attention")
     return _enabled
 
 
 def safe_for(model) -> bool:
-    """Whether `model` computes the same logits for a decode step of a left-padded batch either way (its
-    attention hands the cache's mask to MLX's fused attention); False for models with caches other than
-    plain KV ones."""
+    """Whether every layer of `model` hands a left-padded batch's decode mask to MLX's fused attention as
+    it is (and the step computes); False for models with caches other than plain KV ones."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
+    from engine.mlx_lm_ext import attention
+
     global _enabled
-    if not all(type(cache) is KVCache for cache in make_prompt_cache(model)):
+    layers = make_prompt_cache(model)
+    if not all(type(cache) is KVCache for cache in layers):
         return False
-    prompt = mx.array([[0, 0, 0, *range(1, 38)], list(range(41, 81))])
-    step = mx.array([[7], [9]])
     was = _enabled
-    outputs = []
     try:
-        for enabled in (False, True):
-            _enabled = False
-            caches = [BatchKVCache([3, 0]) for _ in make_prompt_cache(model)]
-            model(prompt, cache=caches)
-            _enabled = enabled
-            outputs.append(model(step, cache=caches).astype(mx.float32))
-        mx.eval(outputs)
-        return bool(mx.allclose(outputs[0], outputs[1], rtol=0.02, atol=0.02).item())
+        _enabled = True
+        caches = [BatchKVCache([3, 0]) for _ in layers]
+        model(mx.array([[0, 0, 0, *range(1, 38)], list(range(41, 81))]), cache=caches)
+        with attention.observed() as calls:
+            mx.eval(model(mx.array([[7], [9]]), cache=caches))
+        return len(calls) == len(layers) and all(isinstance(mask, RowPadding) for mask, _ in calls)
     except Exception:  # noqa: BLE001 - a model built otherwise keeps the masked attention
         return False
     finally:

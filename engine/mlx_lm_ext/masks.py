@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from mlx_lm.models.cache import BatchKVCache
 
-from engine.mlx_lm_ext import decode_rows, prefill_keys
+from engine.mlx_lm_ext import attention, decode_rows, prefill_keys
 
 _mlx_lm_make_mask = BatchKVCache.make_mask
 
@@ -35,4 +35,4 @@ def _make_mask(self, N: int, return_array: bool = False, **kwargs):
 def install() -> None:
     BatchKVCache.make_mask = _make_mask
     prefill_keys.install()
-    decode_rows.install()
+    attention.install()

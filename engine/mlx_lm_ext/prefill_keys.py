@@ -10,12 +10,17 @@ earlier, finite either way, and the mask gives them no weight.
 
 Only chunks short next to the keys they read take this path: a long first prompt keeps the causal
 kernel, which skips the masked half of its scores. And only models whose attention takes the cache's
-own mask: `safe_for` checks the model on a short prompt, both ways, whenever a generator is made.
+own mask: `safe_for` checks, whenever a generator is made, that the model hands a short chunk's padded
+keys and mask to MLX's attention as they are.
 """
 
 from __future__ import annotations
 
+import logging
+
 from mlx_lm.models.cache import BatchKVCache, KVCache
+
+log = logging.getLogger(__name__)
 
 STEP = 256
 # A chunk takes this path when the keys it reads are at least this many times its own tokens.
@@ -82,29 +87,33 @@ def enable(model, wanted: bool) -> bool:
     the backend's choice) and the model is safe for them; whether they are on."""
     global _enabled
     _enabled = wanted and safe_for(model)
+    if wanted and not _enabled:
+        log.info("prompt chunks read exact key lengths: the model does not hand the cache's mask to MLX's attention")
     return _enabled
 
 
 def safe_for(model) -> bool:
-    """Whether `model` computes the same logits for a short chunk after a prompt either way (its
-    attention takes the cache's mask); False for models with caches other than plain KV ones."""
+    """Whether every layer of `model` hands a short chunk's padded keys and their mask to MLX's fused
+    attention as they are (and the chunk computes); False for models with caches other than plain KV ones."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
+    from engine.mlx_lm_ext import attention
+
     global _enabled
-    if not all(type(cache) is KVCache for cache in make_prompt_cache(model)):
+    layers = make_prompt_cache(model)
+    if not all(type(cache) is KVCache for cache in layers):
         return False
-    prompt, chunk = mx.array([list(range(1, 41))]), mx.array([list(range(41, 49))])
     was = _enabled
-    outputs = []
     try:
-        for enabled in (False, True):
-            _enabled = enabled
-            caches = [BatchKVCache([0]) for _ in make_prompt_cache(model)]
-            model(prompt, cache=caches)
-            outputs.append(model(chunk, cache=caches).astype(mx.float32))
-        mx.eval(outputs)
-        return bool(mx.allclose(outputs[0], outputs[1], rtol=0.02, atol=0.02).item())
+        _enabled = True
+        caches = [BatchKVCache([0]) for _ in layers]
+        model(mx.array([list(range(1, 41))]), cache=caches)
+        with attention.observed() as calls:
+            mx.eval(model(mx.array([list(range(41, 49))]), cache=caches))
+        return len(calls) == len(layers) and all(
+            isinstance(mask, mx.array) and keys[2] == STEP and mask.shape[-1] == STEP for mask, keys in calls
+        )
     except Exception:  # noqa: BLE001 - a model built otherwise keeps exact key lengths
         return False
     finally:

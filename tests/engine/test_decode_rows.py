@@ -11,7 +11,7 @@ from mlx_lm.models import llama
 from mlx_lm.models.cache import BatchKVCache
 
 from engine.backend import Backend, CudaBackend, attention_paths, current_backend
-from engine.mlx_lm_ext import decode_rows, masks
+from engine.mlx_lm_ext import attention, decode_rows, masks
 from engine.settings import Settings
 from tests.conftest import TINY_LLAMA
 from tests.engine.test_batch_generator import LeanBatchGenerator, run
@@ -30,13 +30,13 @@ def model():
 def attended(monkeypatch):
     """The (queries, keys) shapes of each fused attention call and whether it had a mask, during the test."""
     calls = []
-    real = decode_rows._mlx_sdpa
+    real = attention._mlx_sdpa
 
     def spying(queries, keys, values, *, scale, mask=None, **kwargs):
         calls.append((queries.shape[0], keys.shape[2], mask is not None))
         return real(queries, keys, values, scale=scale, mask=mask, **kwargs)
 
-    monkeypatch.setattr(decode_rows, "_mlx_sdpa", spying)
+    monkeypatch.setattr(attention, "_mlx_sdpa", spying)
     monkeypatch.setattr(decode_rows, "_enabled", decode_rows._enabled)  # restored after the test
     return calls
 
