@@ -33,6 +33,26 @@ def install() -> None:
         mx.fast.scaled_dot_product_attention = scaled_dot_product_attention
 
 
+def hands_over(model, left_padding: list[int], prompt: list[list[int]], step: list[list[int]], accept) -> bool:
+    """Whether every layer of `model` hands MLX's attention what `accept(mask, keys shape)` approves, in
+    the forward pass of `step` after `prompt` on batch caches with `left_padding`; False for models with
+    caches other than plain KV ones, and for one that fails."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
+
+    layers = make_prompt_cache(model)
+    if not all(type(cache) is KVCache for cache in layers):
+        return False
+    try:
+        caches = [BatchKVCache(left_padding) for _ in layers]
+        model(mx.array(prompt), cache=caches)
+        with observed() as calls:
+            mx.eval(model(mx.array(step), cache=caches))
+    except Exception:  # noqa: BLE001 - a model built otherwise: the path stays off
+        return False
+    return len(calls) == len(layers) and all(accept(mask, keys) for mask, keys in calls)
+
+
 @contextlib.contextmanager
 def observed() -> Iterator[list]:
     """The (mask, keys shape) of every attention call inside the block, in order."""

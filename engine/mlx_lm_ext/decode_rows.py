@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mlx_lm.models.cache import BatchKVCache, KVCache
-
 log = logging.getLogger(__name__)
 
 _enabled = False
@@ -84,25 +82,13 @@ def enable(model, wanted: bool) -> bool:
 
 def safe_for(model) -> bool:
     """Whether every layer of `model` hands a left-padded batch's decode mask to MLX's fused attention as
-    it is (and the step computes); False for models with caches other than plain KV ones."""
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
-
+    it is (and the step computes)."""
     from engine.mlx_lm_ext import attention
 
     global _enabled
-    layers = make_prompt_cache(model)
-    if not all(type(cache) is KVCache for cache in layers):
-        return False
-    was = _enabled
+    was, _enabled = _enabled, True
     try:
-        _enabled = True
-        caches = [BatchKVCache([3, 0]) for _ in layers]
-        model(mx.array([[0, 0, 0, *range(1, 38)], list(range(41, 81))]), cache=caches)
-        with attention.observed() as calls:
-            mx.eval(model(mx.array([[7], [9]]), cache=caches))
-        return len(calls) == len(layers) and all(isinstance(mask, RowPadding) for mask, _ in calls)
-    except Exception:  # noqa: BLE001 - a model built otherwise keeps the masked attention
-        return False
+        prompt = [[0, 0, 0, *range(1, 38)], list(range(41, 81))]
+        return attention.hands_over(model, [3, 0], prompt, [[7], [9]], lambda mask, _: isinstance(mask, RowPadding))
     finally:
         _enabled = was

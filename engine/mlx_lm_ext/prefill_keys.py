@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from mlx_lm.models.cache import BatchKVCache, KVCache
+from mlx_lm.models.cache import BatchKVCache
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +94,17 @@ def enable(model, wanted: bool) -> bool:
 
 def safe_for(model) -> bool:
     """Whether every layer of `model` hands a short chunk's padded keys and their mask to MLX's fused
-    attention as they are (and the chunk computes); False for models with caches other than plain KV ones."""
+    attention as they are (and the chunk computes)."""
     import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
 
     from engine.mlx_lm_ext import attention
 
+    def padded(mask, keys) -> bool:
+        return isinstance(mask, mx.array) and keys[2] == STEP and mask.shape[-1] == STEP
+
     global _enabled
-    layers = make_prompt_cache(model)
-    if not all(type(cache) is KVCache for cache in layers):
-        return False
-    was = _enabled
+    was, _enabled = _enabled, True
     try:
-        _enabled = True
-        caches = [BatchKVCache([0]) for _ in layers]
-        model(mx.array([list(range(1, 41))]), cache=caches)
-        with attention.observed() as calls:
-            mx.eval(model(mx.array([list(range(41, 49))]), cache=caches))
-        return len(calls) == len(layers) and all(
-            isinstance(mask, mx.array) and keys[2] == STEP and mask.shape[-1] == STEP for mask, keys in calls
-        )
-    except Exception:  # noqa: BLE001 - a model built otherwise keeps exact key lengths
-        return False
+        return attention.hands_over(model, [0], [list(range(1, 41))], [list(range(41, 49))], padded)
     finally:
         _enabled = was
