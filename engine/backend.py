@@ -72,6 +72,7 @@ class Backend:
     # The attention paths of engine/mlx_lm_ext/ that work around MLX's CUDA backend (CudaBackend)
     padded_prefill_keys = False
     decode_rows = False
+    rounded_chunks = False
     # Kernels are built the first time a shape meets them: a model's first turns run at load
     # (engine/warm_up.py), not in its first client's time.
     warm_up_at_load = True
@@ -123,14 +124,15 @@ class Backend:
 
 
 def attention_paths(settings):
-    """The attention paths batch generators take: SEMANTIC_MLX_PADDED_PREFILL_KEYS and
-    SEMANTIC_MLX_DECODE_ROWS, else the backend's choices."""
+    """The paths batch generators take: SEMANTIC_MLX_PADDED_PREFILL_KEYS, SEMANTIC_MLX_DECODE_ROWS and
+    SEMANTIC_MLX_ROUNDED_CHUNKS, else the backend's choices."""
     from engine.mlx_lm_ext import AttentionPaths
 
     backend = current_backend()
     return AttentionPaths(
         padded_prefill_keys=_setting_or(settings.mlx_padded_prefill_keys, backend.padded_prefill_keys),
         decode_rows=_setting_or(settings.mlx_decode_rows, backend.decode_rows),
+        rounded_chunks=_setting_or(settings.mlx_rounded_chunks, backend.rounded_chunks),
     )
 
 

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         "takes MLX's fused attention instead of a masked one (engine/mlx_lm_ext/decode_rows.py). Unset: the "
         "backend's choice (on with CUDA, off on Metal and the CPU).",
     )
+    mlx_rounded_chunks: bool | None = Field(
+        default=None,
+        description="Prompt chunks are padded up to a few lengths (multiples of an eighth of their power of two, "
+        "at least 32), so the kernels and plans MLX's CUDA backend builds per shape are reused across turns "
+        "(engine/mlx_lm_ext/chunk_lengths.py). Unset: the backend's choice (off everywhere for now).",
+    )
     mlx_prefill_step_size: int | None = Field(
         default=None,
         ge=16,

@@ -3,8 +3,8 @@
 #
 #   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
 #
-# Steps: info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows decode_steps restore_paths
-# shapes shapes_resume first_turn torch. Each
+# Steps: info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows agents_chunks decode_steps
+# restore_paths shapes shapes_resume first_turn torch. Each
 # step's stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per
 # start/end to $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
 # warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
@@ -115,6 +115,12 @@ for step in "$@"; do
       --json --only ours --server-logs $OUT/rows-false --server-log-level debug $AGENT_ARGS \
       && $PY bench/timeline.py --json $OUT/rows-false/agent-memory.log"
     ;;
+  agents_chunks)
+    # Ours alone with prompt chunks padded to a few lengths (off by default), with its timeline
+    run_step agents_chunks 150 bash -c "SEMANTIC_MLX_ROUNDED_CHUNKS=true SEMANTIC_MLX_MODEL_ID=$M8B $PY bench/agents.py \
+      --json --only ours --server-logs $OUT/chunks-true --server-log-level debug $AGENT_ARGS \
+      && $PY bench/timeline.py --json $OUT/chunks-true/agent-memory.log"
+    ;;
   decode_steps)
     run_step decode_steps 90 "$PY" bench/gpu/decode_steps.py --model "$M8B"
     ;;
@@ -139,7 +145,8 @@ for step in "$@"; do
     run_step torch 150 "$PY" bench/gpu/torch_anchor.py $TORCH_ARGS
     ;;
   *)
-    steps="info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows decode_steps restore_paths"
+    steps="info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows agents_chunks decode_steps"
+    steps="$steps restore_paths"
     steps="$steps shapes shapes_resume"
     steps="$steps first_turn torch"
     echo "== unknown step $step (steps: $steps)" | tee -a "$log"

@@ -1,10 +1,10 @@
 """The one place the engine reaches inside mlx-lm: batch_generator.py subclasses private parts of
-mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention,
-prefill_keys.py pads the keys of short prompt chunks to whole cache steps and decode_rows.py splits a
-padded batch's decode attention by row (both for MLX's CUDA backend: AttentionPaths). All are
-written against the mlx-lm version below; under any other the engine runs mlx-lm's own BatchGenerator
-(correct, with more cache copies, explicit masks and, on the CPU, a slower first token) instead of
-failing on a missing private name. tests/engine/test_batch_generator.py compares the two."""
+mlx-lm's BatchGenerator, masks.py gives its unpadded batch caches the fused causal attention. For MLX's
+CUDA backend (AttentionPaths): prefill_keys.py pads the keys of short prompt chunks to whole cache steps,
+decode_rows.py splits a padded batch's decode attention by row, chunk_lengths.py pads prompt chunks to a
+few lengths. All are written against the mlx-lm version below; under any other the engine runs
+mlx-lm's own BatchGenerator (correct, with more cache copies, explicit masks and, on the CPU, a slower
+first token) instead of failing on a missing private name. tests/engine/test_batch_generator.py compares the two."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ WRITTEN_FOR = "0.32."  # mlx-lm releases whose BatchGenerator internals batch_ge
 
 @dataclass(frozen=True)
 class AttentionPaths:
-    """Which of the attention paths for MLX's CUDA backend a batch generator takes (for models that pass the
-    check of each): prefill_keys.py and decode_rows.py."""
+    """Which of the paths for MLX's CUDA backend a batch generator takes: prefill_keys.py and decode_rows.py
+    (for models that pass the check of each), chunk_lengths.py."""
 
     padded_prefill_keys: bool = False
     decode_rows: bool = False
+    # Prompt chunks padded up to a few lengths (chunk_lengths.py), so shapes repeat across turns
+    rounded_chunks: bool = False
 
 
 def make_batch_generator(model, *, inline_first_token: bool, attention: AttentionPaths = AttentionPaths(), **kwargs):
@@ -43,7 +45,7 @@ def make_batch_generator(model, *, inline_first_token: bool, attention: Attentio
     with mx.stream(stream) if stream is not None else contextlib.nullcontext():
         prefill_keys.enable(model, attention.padded_prefill_keys)
         decode_rows.enable(model, attention.decode_rows)
-    return lean(model, inline_first_token=inline_first_token, **kwargs)
+    return lean(model, inline_first_token=inline_first_token, rounded_chunks=attention.rounded_chunks, **kwargs)
 
 
 @functools.cache

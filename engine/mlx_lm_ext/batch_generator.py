@@ -24,8 +24,33 @@ import time
 from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBatch
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
+from engine.mlx_lm_ext import chunk_lengths
+
 
 class _PromptBatch(PromptProcessingBatch):
+    # Chunks are padded up to a few lengths (chunk_lengths.py): set on the generator's prompt batch.
+    rounds_chunks = False
+
+    def prompt(self, tokens):
+        import mlx.core as mx
+        from mlx_lm.generate import _right_pad_prompts
+
+        longest = max((len(t) for t in tokens), default=0)
+        length = chunk_lengths.rounded(longest, max(longest, self.prefill_step_size))
+        if not self.rounds_chunks or length == longest or not chunk_lengths.applies(self.prompt_cache):
+            return super().prompt(tokens)
+        # mlx-lm's `prompt` for one chunk, its prompts right-padded to `length`
+        for held, new in zip(self.tokens, tokens, strict=True):
+            held += new
+        lengths = [len(t) for t in tokens]
+        for cache in self.prompt_cache:
+            cache.prepare(lengths=lengths, right_padding=[length - n for n in lengths])
+        self.model(_right_pad_prompts(tokens, max_length=length), cache=self.prompt_cache)
+        for cache in self.prompt_cache:
+            cache.finalize()
+        mx.eval([cache.state for cache in self.prompt_cache])
+        mx.clear_cache()
+
     def split(self, indices):
         if sorted(indices) != list(range(len(self.uids))):
             return super().split(indices)
@@ -163,7 +188,7 @@ class _GenerationBatch(GenerationBatch):
 
 
 class LeanBatchGenerator(BatchGenerator):
-    def __init__(self, *args, inline_first_token: bool = False, **kwargs):
+    def __init__(self, *args, inline_first_token: bool = False, rounded_chunks: bool = False, **kwargs):
         import mlx.core as mx
 
         super().__init__(*args, **kwargs)
@@ -172,6 +197,7 @@ class LeanBatchGenerator(BatchGenerator):
         self._prompt_batch.__class__ = _PromptBatch
         self._generation_batch.__class__ = _GenerationBatch
         self._generation_batch.evaluates_inline = inline_first_token
+        self._prompt_batch.rounds_chunks = rounded_chunks
         # With inline evaluation, a prompt's first token comes from the chunk that reads its last token,
         # instead of one more forward pass over that token alone (mlx-lm's way, which every turn waits for).
         with mx.stream(self._stream):
