@@ -94,10 +94,11 @@ class LocalSource:
 
     def overview(self) -> dict:
         """The pool, and every agent's row with its stored block chain: the memory overview's data."""
-        rows = self.agents()
+        overview = self.engine.kv_overview()  # once for both: it walks every session's blocks
+        rows = agent_rows(self.store.all(), overview, self.engine.model_id)
         for row in rows:
             row["chain"] = self.engine.agent_blocks(row["id"])
-        return {"pool": self.pool(), "rows": rows, "block_tokens": self.settings.kv_block_tokens}
+        return {"pool": Pool.of(overview), "rows": rows, "block_tokens": self.settings.kv_block_tokens}
 
     # -- models ----------------------------------------------------------------------------------
     def model_choices(self) -> list[str]:
