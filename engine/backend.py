@@ -69,7 +69,8 @@ class Backend:
     inline_first_token = False
     # Prompt tokens per forward pass (mlx-lm's default): long enough to keep a GPU busy.
     prefill_step_size = 2048
-    # The attention paths of engine/mlx_lm_ext/ that work around MLX's CUDA backend (CudaBackend)
+    # The paths of engine/mlx_lm_ext/ that work around MLX's CUDA backend (CudaBackend; rounded chunks
+    # are off everywhere until a GPU run measures them)
     padded_prefill_keys = False
     decode_rows = False
     rounded_chunks = False
