@@ -32,24 +32,16 @@ class _PromptBatch(PromptProcessingBatch):
     rounds_chunks = False
 
     def prompt(self, tokens):
-        import mlx.core as mx
-        from mlx_lm.generate import _right_pad_prompts
-
         longest = max((len(t) for t in tokens), default=0)
-        length = chunk_lengths.rounded(longest, max(longest, self.prefill_step_size))
-        if not self.rounds_chunks or length == longest or not chunk_lengths.applies(self.prompt_cache):
+        length = chunk_lengths.rounded(longest, max(longest, self.prefill_step_size)) if self.rounds_chunks else longest
+        if length == longest or not chunk_lengths.applies(self.prompt_cache):
             return super().prompt(tokens)
-        # mlx-lm's `prompt` for one chunk, its prompts right-padded to `length`
-        for held, new in zip(self.tokens, tokens, strict=True):
-            held += new
-        lengths = [len(t) for t in tokens]
-        for cache in self.prompt_cache:
-            cache.prepare(lengths=lengths, right_padding=[length - n for n in lengths])
-        self.model(_right_pad_prompts(tokens, max_length=length), cache=self.prompt_cache)
-        for cache in self.prompt_cache:
-            cache.finalize()
-        mx.eval([cache.state for cache in self.prompt_cache])
-        mx.clear_cache()
+
+        def forward(inputs) -> list:
+            self.model(inputs, cache=self.prompt_cache)
+            return []  # only the caches are kept, as in mlx-lm's `prompt`
+
+        self._chunk(tokens, length, forward)
 
     def split(self, indices):
         if sorted(indices) != list(range(len(self.uids))):
@@ -64,26 +56,34 @@ class _PromptBatch(PromptProcessingBatch):
         """mlx-lm's `prompt` for one chunk (at most a step's tokens per prompt) that ends the prompts
         of `rows`: returns the model's output at each one's last token, from `last_logits(inputs,
         caches, rows, positions)`."""
+        positions = [len(tokens[row]) - 1 for row in rows]
+        longest = max(len(t) for t in tokens)
+        return self._chunk(tokens, longest, lambda inputs: last_logits(inputs, self.prompt_cache, rows, positions))
+
+    def _chunk(self, tokens: list[list[int]], length: int, forward):
+        """mlx-lm's `prompt` for one chunk: the prompts right-padded to `length` tokens, `forward(inputs)`
+        run over them, then each cache's padding moved to the left of its row (as mlx-lm pads prompts of
+        different lengths). Returns what `forward` returned, evaluated with the caches."""
         import mlx.core as mx
         from mlx_lm.generate import _right_pad_prompts
 
         for held, new in zip(self.tokens, tokens, strict=True):
             held += new
         lengths = [len(t) for t in tokens]
-        padding = [max(lengths) - length for length in lengths]
-        if max(padding) > 0:
-            inputs = _right_pad_prompts(tokens, max_length=max(lengths))
+        padded = length > min(lengths)
+        if padded:
+            inputs = _right_pad_prompts(tokens, max_length=length)
             for cache in self.prompt_cache:
-                cache.prepare(lengths=lengths, right_padding=padding)
+                cache.prepare(lengths=lengths, right_padding=[length - n for n in lengths])
         else:
             inputs = mx.array(tokens)
-        logits = last_logits(inputs, self.prompt_cache, rows, [lengths[row] - 1 for row in rows])
-        if max(padding) > 0:
+        output = forward(inputs)
+        if padded:
             for cache in self.prompt_cache:
                 cache.finalize()
-        mx.eval(logits, [cache.state for cache in self.prompt_cache])
+        mx.eval(output, [cache.state for cache in self.prompt_cache])
         mx.clear_cache()
-        return logits
+        return output
 
 
 class _GenerationBatch(GenerationBatch):
