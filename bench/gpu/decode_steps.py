@@ -72,17 +72,17 @@ def main() -> None:
     result = {
         "batch": args.batch,
         "lengths": spread,
-        "safe": decode_rows.safe_for(model),
-        "padded_keys_safe": prefill_keys.safe_for(model),
+        "safe": decode_rows.switch.safe_for(model),
+        "padded_keys_safe": prefill_keys.switch.safe_for(model),
         "masked_ms": [],
         "rows_ms": [],
     }
     for _ in range(args.rounds):
         for enabled, key in ((False, "masked_ms"), (True, "rows_ms")):
-            decode_rows._enabled = enabled
+            decode_rows.switch.on = enabled
             step_ms(model, padded, 2)  # shapes met once before timing
             result[key].append(step_ms(model, padded, args.steps))
-    decode_rows._enabled = False
+    decode_rows.switch.on = False
     equal = batch_cache(model, [args.history] * args.batch)
     step_ms(model, equal, 2)
     result["unpadded_ms"] = step_ms(model, equal, args.steps)

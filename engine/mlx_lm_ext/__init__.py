@@ -43,8 +43,8 @@ def make_batch_generator(model, *, inline_first_token: bool, attention: Attentio
 
     stream = kwargs.get("stream")
     with mx.stream(stream) if stream is not None else contextlib.nullcontext():
-        prefill_keys.enable(model, attention.padded_prefill_keys)
-        decode_rows.enable(model, attention.decode_rows)
+        prefill_keys.switch.enable(model, attention.padded_prefill_keys)
+        decode_rows.switch.enable(model, attention.decode_rows)
     return lean(model, inline_first_token=inline_first_token, rounded_chunks=attention.rounded_chunks, **kwargs)
 
 

@@ -11,19 +11,16 @@ padding share a call.
 
 The row split needs each row's padding on the host; `masks._make_mask` reads it there for every
 step already. Only models that hand the cache's mask to MLX's fused attention as it is, in every
-layer, take this path: `safe_for` checks the model on a left-padded batch whenever a generator is
+layer, take this path: `switch` checks the model on a left-padded batch whenever a generator is
 made. Metal's fused kernel takes the mask, and the CPU runs the unfused attention either way: both
 keep the mask.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
-
-_enabled = False
+from engine.mlx_lm_ext.path_switch import PathSwitch
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class RowPadding:
 
 def row_mask(tokens: int, left_padding: list[int], **kwargs) -> RowPadding | None:
     """The mask for this step if it attends row by row (one token, padded rows, no window), else None."""
-    if not _enabled or tokens != 1 or kwargs.get("window_size") is not None or not any(left_padding):
+    if not switch.on or tokens != 1 or kwargs.get("window_size") is not None or not any(left_padding):
         return None
     return RowPadding(tuple(left_padding))
 
@@ -70,25 +67,16 @@ def _runs(left_padding: tuple[int, ...]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def enable(model, wanted: bool) -> bool:
-    """Row-by-row decode attention for `model` where `wanted` (SEMANTIC_MLX_DECODE_ROWS, else the
-    backend's choice) and the model is safe for it; whether it is on."""
-    global _enabled
-    _enabled = wanted and safe_for(model)
-    if wanted and not _enabled:
-        log.info("decode attention stays masked: the model does not hand the cache's mask to MLX's attention")
-    return _enabled
-
-
-def safe_for(model) -> bool:
+def _hands_over_row_padding(model) -> bool:
     """Whether every layer of `model` hands a left-padded batch's decode mask to MLX's fused attention as
     it is (and the step computes)."""
     from engine.mlx_lm_ext import attention
 
-    global _enabled
-    was, _enabled = _enabled, True
-    try:
-        prompt = [[0, 0, 0, *range(1, 38)], list(range(41, 81))]
-        return attention.hands_over(model, [3, 0], prompt, [[7], [9]], lambda mask, _: isinstance(mask, RowPadding))
-    finally:
-        _enabled = was
+    prompt = [[0, 0, 0, *range(1, 38)], list(range(41, 81))]
+    return attention.hands_over(model, [3, 0], prompt, [[7], [9]], lambda mask, _: isinstance(mask, RowPadding))
+
+
+switch = PathSwitch(
+    _hands_over_row_padding,
+    "decode attention stays masked: the model does not hand the cache's mask to MLX's attention",
+)

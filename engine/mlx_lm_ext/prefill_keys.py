@@ -10,24 +10,21 @@ earlier, finite either way, and the mask gives them no weight.
 
 Only chunks short next to the keys they read take this path: a long first prompt keeps the causal
 kernel, which skips the masked half of its scores. And only models whose attention takes the cache's
-own mask: `safe_for` checks, whenever a generator is made, that the model hands a short chunk's padded
+own mask: `switch` checks, whenever a generator is made, that the model hands a short chunk's padded
 keys and mask to MLX's attention as they are.
 """
 
 from __future__ import annotations
 
-import logging
-
 from mlx_lm.models.cache import BatchKVCache
 
-log = logging.getLogger(__name__)
+from engine.mlx_lm_ext.path_switch import PathSwitch
 
 STEP = 256
 # A chunk takes this path when the keys it reads are at least this many times its own tokens.
 KEYS_PER_QUERY = 4
 
 _mlx_lm_update_and_fetch = BatchKVCache.update_and_fetch
-_enabled = False
 
 
 def _padded_end(end: int) -> int:
@@ -36,7 +33,7 @@ def _padded_end(end: int) -> int:
 
 def _applies(start: int, tokens: int) -> bool:
     """Whether a chunk of `tokens` after `start` cached tokens reads padded keys."""
-    return _enabled and tokens > 1 and tokens * KEYS_PER_QUERY <= start + tokens
+    return switch.on and tokens > 1 and tokens * KEYS_PER_QUERY <= start + tokens
 
 
 def update_and_fetch(self, keys, values):
@@ -82,17 +79,7 @@ def install() -> None:
     BatchKVCache.update_and_fetch = update_and_fetch
 
 
-def enable(model, wanted: bool) -> bool:
-    """Padded keys for the prompt chunks of `model` where `wanted` (SEMANTIC_MLX_PADDED_PREFILL_KEYS, else
-    the backend's choice) and the model is safe for them; whether they are on."""
-    global _enabled
-    _enabled = wanted and safe_for(model)
-    if wanted and not _enabled:
-        log.info("prompt chunks read exact key lengths: the model does not hand the cache's mask to MLX's attention")
-    return _enabled
-
-
-def safe_for(model) -> bool:
+def _hands_over_padded_keys(model) -> bool:
     """Whether every layer of `model` hands a short chunk's padded keys and their mask to MLX's fused
     attention as they are (and the chunk computes)."""
     import mlx.core as mx
@@ -102,9 +89,10 @@ def safe_for(model) -> bool:
     def padded(mask, keys) -> bool:
         return isinstance(mask, mx.array) and keys[2] == STEP and mask.shape[-1] == STEP
 
-    global _enabled
-    was, _enabled = _enabled, True
-    try:
-        return attention.hands_over(model, [0], [list(range(1, 41))], [list(range(41, 49))], padded)
-    finally:
-        _enabled = was
+    return attention.hands_over(model, [0], [list(range(1, 41))], [list(range(41, 49))], padded)
+
+
+switch = PathSwitch(
+    _hands_over_padded_keys,
+    "prompt chunks read exact key lengths: the model does not hand the cache's mask to MLX's attention",
+)

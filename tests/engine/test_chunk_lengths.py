@@ -69,8 +69,8 @@ def generate(model, rounded: bool) -> tuple[dict, list[int]]:  # noqa: F811 - th
 @pytest.mark.parametrize("cuda_paths", [False, True], ids=["alone", "with-padded-keys-and-decode-rows"])
 def test_chunks_are_padded_and_compute_the_same_tokens(model, cuda_paths, monkeypatch):  # noqa: F811
     masks.install()
-    monkeypatch.setattr(prefill_keys, "_enabled", cuda_paths)
-    monkeypatch.setattr(decode_rows, "_enabled", cuda_paths)
+    monkeypatch.setattr(prefill_keys.switch, "on", cuda_paths)
+    monkeypatch.setattr(decode_rows.switch, "on", cuda_paths)
     exact, exact_lengths = generate(model, rounded=False)
     padded, padded_lengths = generate(model, rounded=True)
     assert padded == exact

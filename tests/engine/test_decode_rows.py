@@ -37,14 +37,14 @@ def attended(monkeypatch):
         return real(queries, keys, values, scale=scale, mask=mask, **kwargs)
 
     monkeypatch.setattr(attention, "_mlx_sdpa", spying)
-    monkeypatch.setattr(decode_rows, "_enabled", decode_rows._enabled)  # restored after the test
+    monkeypatch.setattr(decode_rows.switch, "on", decode_rows.switch.on)  # restored after the test
     return calls
 
 
 def steps(model, enabled: bool) -> list:
     """Logits of a batch of two left-padded by 3: a 40-token prompt, two decode steps, a chunk of 5
     tokens and one more decode step."""
-    decode_rows._enabled = enabled
+    decode_rows.switch.on = enabled
     caches = [BatchKVCache([3, 0]) for _ in model.layers]
     outputs = [model(mx.array([[0, 0, 0, *range(1, 38)], list(range(41, 81))]), cache=caches)]
     for tokens in ([[4], [5]], [[6], [7]], [[8, 9, 10, 11, 12], [13, 14, 15, 16, 17]], [[18], [19]]):
@@ -78,7 +78,7 @@ def test_padded_decode_steps_attend_row_by_row_and_compute_the_same_logits(model
 def test_neighbouring_rows_with_the_same_padding_share_a_call(model, attended):
     outputs = []
     for enabled in (False, True):
-        decode_rows._enabled = enabled
+        decode_rows.switch.on = enabled
         caches = [BatchKVCache([2, 2, 0]) for _ in model.layers]
         prompt = [[0, 0, *range(1, 19)], [0, 0, *range(21, 39)], list(range(41, 61))]
         model(mx.array(prompt), cache=caches)
@@ -89,7 +89,7 @@ def test_neighbouring_rows_with_the_same_padding_share_a_call(model, attended):
 
 
 def test_an_unpadded_batch_keeps_the_fused_attention_without_a_mask(model, attended):
-    decode_rows._enabled = True
+    decode_rows.switch.on = True
     caches = [BatchKVCache([0, 0]) for _ in model.layers]
     model(mx.array([list(range(1, 21)), list(range(21, 41))]), cache=caches)
     attended.clear()
@@ -105,17 +105,17 @@ def test_greedy_tokens_are_the_same_by_rows_while_sequences_join_and_leave(model
         9: {"late": (prompt(5, 70), 8, prompt(6, 50))},
         30: {"lone resume": (prompt(7, 6), 10, prompt(8, 400))},
     }
-    decode_rows._enabled = False
+    decode_rows.switch.on = False
     masked = run(LeanBatchGenerator, model, plan)
     attended.clear()
-    decode_rows._enabled = True
+    decode_rows.switch.on = True
     assert run(LeanBatchGenerator, model, plan) == masked
     assert any(batch == 1 and not has_mask for batch, _, has_mask in attended)  # rows were split
 
 
 def test_a_model_that_builds_its_own_mask_is_refused(model, attended, monkeypatch):
-    assert decode_rows.safe_for(model)
-    assert decode_rows.enable(model, True) and not decode_rows.enable(model, False)
+    assert decode_rows.switch.safe_for(model)
+    assert decode_rows.switch.enable(model, True) and not decode_rows.switch.enable(model, False)
 
     # An attention that turns the mask it is given into an additive one before calling MLX
     def additive(queries, keys, values, cache, scale, mask, sinks=None):
@@ -123,8 +123,8 @@ def test_a_model_that_builds_its_own_mask_is_refused(model, attended, monkeypatc
         return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
 
     monkeypatch.setattr(llama, "scaled_dot_product_attention", additive)
-    assert not decode_rows.safe_for(model)
-    assert not decode_rows.enable(model, True)
+    assert not decode_rows.switch.safe_for(model)
+    assert not decode_rows.switch.enable(model, True)
 
 
 def test_the_setting_wins_over_the_backends_choice(tmp_path):

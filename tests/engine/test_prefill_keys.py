@@ -28,7 +28,7 @@ def model():
 @pytest.fixture
 def padded(monkeypatch):
     """Padded keys on for the test (the CPU backend leaves them off), off again after it."""
-    monkeypatch.setattr(prefill_keys, "_enabled", True)
+    monkeypatch.setattr(prefill_keys.switch, "on", True)
 
 
 def chunks_and_keys(model, enabled: bool) -> tuple[list, list[tuple[int, int]]]:
@@ -43,7 +43,7 @@ def chunks_and_keys(model, enabled: bool) -> tuple[list, list[tuple[int, int]]]:
             reads.append((keys.shape[2], fetched[0].shape[2]))
         return fetched
 
-    prefill_keys._enabled = enabled
+    prefill_keys.switch.on = enabled
     caches = [BatchKVCache([3, 0]) for _ in model.layers]
     BatchKVCache.update_and_fetch = spying
     try:
@@ -75,19 +75,19 @@ def test_greedy_tokens_are_the_same_with_padded_keys(model, padded):
         4: {"late": (prompt(5, 70), 8, prompt(6, 500))},
         20: {"lone resume": (prompt(7, 30), 10, prompt(8, 400))},
     }
-    prefill_keys._enabled = True
+    prefill_keys.switch.on = True
     with_padding = run(LeanBatchGenerator, model, plan)
-    prefill_keys._enabled = False
+    prefill_keys.switch.on = False
     assert run(LeanBatchGenerator, model, plan) == with_padding
 
 
 def test_a_model_that_builds_its_own_mask_is_refused(model, padded, monkeypatch):
-    assert prefill_keys.safe_for(model)
-    assert prefill_keys.enable(model, True) and not prefill_keys.enable(model, False)
+    assert prefill_keys.switch.safe_for(model)
+    assert prefill_keys.switch.enable(model, True) and not prefill_keys.switch.enable(model, False)
     # The attention gets mlx-lm's exact mask while the keys are padded: it cannot take them
     monkeypatch.setattr(prefill_keys, "padded_mask", lambda cache, tokens, **kwargs: None)
-    assert not prefill_keys.safe_for(model)
-    assert not prefill_keys.enable(model, True)
+    assert not prefill_keys.switch.safe_for(model)
+    assert not prefill_keys.switch.enable(model, True)
 
 
 def test_the_setting_wins_over_the_backends_choice(tmp_path):
