@@ -161,6 +161,19 @@ class HotPool:
         self._release_blocks(entry.chain)
         return True
 
+    def rename(self, session_id: str, new_session_id: str) -> bool:
+        """The idle session's entry under `new_session_id`, in its place in the LRU order (what the new id
+        held is dropped); whether it had one."""
+        entry = self._entries.get(session_id)
+        if entry is None or new_session_id == session_id:
+            return False
+        self.drop(new_session_id)
+        entry.session_id = new_session_id
+        self._entries = OrderedDict(
+            (new_session_id if key == session_id else key, held) for key, held in self._entries.items()
+        )
+        return True
+
     def entries(self) -> list[HotEntry]:
         return list(self._entries.values())
 

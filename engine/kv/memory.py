@@ -492,12 +492,13 @@ class KVMemory:
     def rename(self, session_id: str, new_session_id: str) -> Future[int]:
         """`session_id`'s caches and policy under `new_session_id`: its snapshots shared with the new id,
         then forgotten under the old one (the blocks stay, the new id uses them), behind the writes queued
-        before. The hot copy goes with the old id: the next turn reads the snapshot from disk. The Future
-        (wait on it off the engine thread) says how many snapshots moved, once all of it is done."""
+        before. The hot copy moves too, so the next turn resumes from memory. The Future (wait on it off
+        the engine thread) says how many snapshots moved, once all of it is done."""
         policy = self.policy(session_id)
         moved = self.fork(session_id, new_session_id)
         if not policy.is_default:
             self.set_policy(new_session_id, **policy.as_dict())
+        self.hot.rename(session_id, new_session_id)
         self.forget(session_id)
         return self.writer.run(lambda warm: moved.result())
 

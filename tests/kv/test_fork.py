@@ -143,6 +143,7 @@ def test_rename_over_http_keeps_the_transcript_and_the_cache(http):
     after = http.post("/v1/agents/rename-new/messages", json={"content": "Another.", "max_tokens": 8}).json()
     assert after["turns"] == 2, after
     assert after["usage"]["cached_tokens"] >= 0.9 * first.json()["usage"]["prompt_tokens"], after
+    assert after["cache"]["source"] == "hot", after["cache"]  # its hot copy moved with it
     for agent in ("rename-new", "rename-taken"):
         assert http.delete(f"/v1/agents/{agent}").status_code == 200
 
