@@ -174,13 +174,7 @@ async def chat(request):
     model = await _model_for(server, parsed.model)
     if not parsed.messages:
         return json_response(_loaded(model, chat_piece))
-    generation = generation_request(
-        engine_messages(parsed.messages),
-        session_id=scoped(request, session_id_from(request.headers, body)),
-        tenant=request.ctx.tenant,
-        tools=_tools(parsed),
-        **_options(parsed.options, parsed.format),
-    )
+    generation = _generation(request, body, parsed, engine_messages(parsed.messages), tools=_tools(parsed))
     return await _answer(request, generation, model, parsed.stream, chat_piece)
 
 
@@ -199,13 +193,20 @@ async def generate(request):
     messages = [ChatMessage(role="system", content=parsed.system)] if parsed.system else []
     if parsed.prompt:
         messages.append(ChatMessage(role="user", content=parsed.prompt))
-    generation = generation_request(
+    generation = _generation(request, body, parsed, messages)
+    return await _answer(request, generation, model, parsed.stream, generate_piece)
+
+
+def _generation(request, body: dict, parsed, messages: list[ChatMessage], **extra):
+    """The engine request of a chat or generate request: its session (from the headers or body, scoped
+    to the caller), its options and format."""
+    return generation_request(
         messages,
         session_id=scoped(request, session_id_from(request.headers, body)),
         tenant=request.ctx.tenant,
+        **extra,
         **_options(parsed.options, parsed.format),
     )
-    return await _answer(request, generation, model, parsed.stream, generate_piece)
 
 
 def _refuse_raw_prompts(parsed: OllamaGenerateRequest) -> None:
