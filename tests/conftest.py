@@ -12,6 +12,7 @@ it takes snapshots, else unit. A unit test that starts an engine or a subprocess
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -204,6 +205,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def hub_repo(hub: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """A repo in the hub cache's own layout: blobs named by content, a snapshot of links to them, refs/main."""
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo
 
 
 class ServerProcess:

@@ -3,10 +3,7 @@ cache, and the platform. `models pull` and `models ps` talk to the hub and a ser
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,27 +46,17 @@ def sampling_lines(model_dir: Path, names: tuple[str, ...]) -> list[str]:
     return [f"sampling defaults: {values}", f"  from {source}"]
 
 
-def _distributions(package: str) -> list:
-    """The package and its `-partN` chunk packages (Gemma ships its GGUF in five), those installed."""
-    wanted = re.compile(re.escape(_normalized(package)) + r"(-part\d+)?")
-    return [dist for dist in importlib.metadata.distributions() if wanted.fullmatch(_normalized(dist.metadata["Name"]))]
-
-
-def _normalized(name: str | None) -> str:
-    return (name or "").lower().replace("_", "-")
-
-
 def packaged_entries() -> list[ModelEntry]:
+    from engine.model_catalog import packaged_model
     from engine.model_source import PACKAGED_MODELS
 
     entries = []
     for alias, packaged in PACKAGED_MODELS.items():
-        if not packaged.installed():
+        local = packaged_model(alias, packaged)
+        if local is None:
             entries.append(ModelEntry(alias, "packaged", None, None, False))
-            continue
-        path = next(iter(importlib.util.find_spec(packaged.module).submodule_search_locations))
-        size = sum(file.size or 0 for dist in _distributions(packaged.package) for file in dist.files or ())
-        entries.append(ModelEntry(alias, "packaged", size, path, True))
+        else:
+            entries.append(ModelEntry(alias, "packaged", local.size_bytes, local.path, True))
     return entries
 
 
@@ -87,32 +74,6 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def hub_cache():
-    """The Hugging Face hub cache's contents (huggingface_hub's HFCacheInfo), None before its first download.
-    An unreadable entry is left out (scan_cache_dir collects it as a warning)."""
-    from huggingface_hub import CacheNotFound, scan_cache_dir
-
-    try:
-        return scan_cache_dir()
-    except CacheNotFound:
-        return None
-
-
-def hub_repos() -> list:
-    """Model repos in the hub cache that mlx-lm can load: a revision with config.json and safetensors weights."""
-    cache = hub_cache()
-    repos = cache.repos if cache else ()
-    return sorted((repo for repo in repos if repo.repo_type == "model" and _loadable(repo)), key=lambda r: r.repo_id)
-
-
-def _loadable(repo) -> bool:
-    for revision in repo.revisions:
-        names = {f.file_name for f in revision.files if f.file_path.parent == revision.snapshot_path}
-        if "config.json" in names and any(name.endswith(".safetensors") for name in names):
-            return True
-    return False
-
-
 def hub_cache_dir() -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -120,6 +81,8 @@ def hub_cache_dir() -> str:
 
 
 def list_models(settings: Settings, json_output: bool) -> None:
+    from engine.model_catalog import hub_repos
+
     prepared = prepared_dirs(settings.models_path)
     repos = hub_repos()
     if json_output:
@@ -169,11 +132,12 @@ def _show_text(settings: Settings, prepared: list[Path], repos: list) -> None:
 
 def remove_model(settings: Settings, name: str, yes: bool) -> int:
     """Delete a prepared directory or a hub repo; packaged models are pip packages and stay."""
+    from engine.model_catalog import distributions, hub_cache, normalized
     from engine.model_source import DEFAULT_ALIASES, PACKAGED_MODELS
 
     alias = "default" if name in DEFAULT_ALIASES else name
     if alias in PACKAGED_MODELS:
-        packages = sorted(_normalized(d.metadata["Name"]) for d in _distributions(PACKAGED_MODELS[alias].package))
+        packages = sorted(normalized(d.metadata["Name"]) for d in distributions(PACKAGED_MODELS[alias].package))
         command = f"pip uninstall {' '.join(packages or [PACKAGED_MODELS[alias].package])}"
         return report_error(f"{name!r} is a packaged model, a pip package: remove it with `{command}`")
     prepared = {d.name: d for d in prepared_dirs(settings.models_path)}

@@ -20,7 +20,7 @@ from api.errors import ApiError
 from api.generation import check_prompt_fits, check_schema, generation_request, text_only_error
 from api.ndjson import JsonLinesStream
 from api.ollama_format import done_fields, error_body, timestamp
-from api.ollama_models import listed_model, running_model, shown_model, weight_files
+from api.ollama_models import listed_local, listed_model, running_model, shown_model, weight_files
 from api.routes.openai import DEFAULT_MAX_TOKENS
 from api.schemas.ollama import (
     RANDOM_SEED,
@@ -270,10 +270,13 @@ async def version(request):
 
 @bp.get("/tags")
 async def tags(request):
-    engine = request.app.ctx.server.ready_engine()
+    """The served model, then those a request would load (with SEMANTIC_LOAD_ON_DEMAND)."""
+    server = request.app.ctx.server
+    engine = server.ready_engine()
     info = engine.info
     files = await asyncio.to_thread(weight_files, info.path)
-    return json_response({"models": [listed_model(engine.model_id, info, files)]})
+    others = [listed_local(model) for model in await server.other_models()]
+    return json_response({"models": [listed_model(engine.model_id, info, files), *others]})
 
 
 @bp.get("/ps")

@@ -66,15 +66,17 @@ async def openapi(request):
     return json_response(openapi_document(package_version()))
 
 
-def _model_rows(server) -> list[dict]:
+async def _model_rows(server) -> list[dict]:
+    """The served model, then those a request would load (with SEMANTIC_LOAD_ON_DEMAND)."""
     engine = server.ready_engine()
-    return [{"id": engine.model_id, "created": int(server.started), "info": engine.info}]
+    others = [{"id": model.name, "created": int(model.modified)} for model in await server.other_models()]
+    return [{"id": engine.model_id, "created": int(server.started)}, *others]
 
 
 @bp.get("/v1/models")
 async def list_models(request):
     server = request.app.ctx.server
-    rows = _model_rows(server)
+    rows = await _model_rows(server)
     if "anthropic-version" in request.headers:
         data = [_anthropic_model(row) for row in rows]
         return json_response({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
@@ -84,9 +86,10 @@ async def list_models(request):
 @bp.get("/v1/models/<model_id:path>")
 async def get_model(request, model_id: str):
     server = request.app.ctx.server
-    row = next((r for r in _model_rows(server) if r["id"] == model_id), None)
+    rows = await _model_rows(server)
+    row = next((r for r in rows if r["id"] == model_id), None)
     if row is None and not server.settings.strict_model_names:
-        row = {**_model_rows(server)[0], "id": model_id}  # any name is served by the loaded model
+        row = {**rows[0], "id": model_id}  # any name is served by the loaded model
     if row is None:
         raise ApiError(404, f"model {model_id!r} is not served here", param="model", code="model_not_found")
     return json_response(_anthropic_model(row) if "anthropic-version" in request.headers else _openai_model(row))

@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ADMIN_KEY, API_KEY, ServerProcess, run_cli
+from tests.conftest import ADMIN_KEY, API_KEY, ServerProcess, hub_repo, run_cli
 
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "x", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
@@ -486,10 +486,34 @@ def test_serve_flags_set_the_key_the_batch_and_the_memory_budget(default_engine,
 def test_a_request_loads_the_model_it_names_when_loading_on_demand(default_engine, data_dir, tiny_model_dir, tmp_path):
     cache_dir = tmp_path / "caches"
     cache_dir.mkdir()
-    running = ServerProcess(data_dir, cache_dir, {"SEMANTIC_LOAD_ON_DEMAND": "true"})
+    hub = tmp_path / "hub"
+    config = {"model_type": "llama", "quantization": {"group_size": 64, "bits": 4}}
+    weights = b"\1" * 1000
+    hub_repo(hub, "mlx-community/Tiny-4bit", {"config.json": json.dumps(config).encode(), "model.safetensors": weights})
+    hub_repo(hub, "someone/tokenizer-only", {"tokenizer.json": b"{}"})  # mlx-lm cannot load it: not listed
+    env = {"SEMANTIC_LOAD_ON_DEMAND": "true", "HF_HUB_CACHE": str(hub)}
+    running = ServerProcess(data_dir, cache_dir, env)
     try:
         running.wait_ready()
         url = running.base_url
+
+        def listed() -> tuple[list[str], dict]:
+            """The ids /v1/models lists, in order, and /api/tags's entries by name."""
+            models = [row["id"] for row in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
+            tags = {row["name"]: row for row in httpx.get(f"{url}/api/tags", timeout=30).json()["models"]}
+            assert list(tags) == models
+            return models, tags
+
+        # The served model first, then what a request may name to load: packaged models, downloaded repos
+        models, tags = listed()
+        assert models == ["default", "gemma3-270m", "mlx-community/Tiny-4bit"]
+        gemma, repo = tags["gemma3-270m"], tags["mlx-community/Tiny-4bit"]
+        assert gemma["details"]["family"] == "gemma3_text" and gemma["details"]["quantization_level"] == "Q4_K_M"
+        assert gemma["size"] > 200_000_000 and len(gemma["digest"]) == 64
+        assert repo["details"]["family"] == "llama" and repo["details"]["quantization_level"] == "Q4"
+        assert repo["size"] == len(weights) + len(json.dumps(config))
+        one = httpx.get(f"{url}/v1/models/mlx-community/Tiny-4bit", timeout=30).json()
+        assert one["id"] == "mlx-community/Tiny-4bit" and one["created"] > 0
 
         def ask(model: str) -> httpx.Response:
             body = {**HELLO, "model": model, "max_tokens": 4}
@@ -502,6 +526,8 @@ def test_a_request_loads_the_model_it_names_when_loading_on_demand(default_engin
         loaded = ask(tiny)
         assert loaded.status_code == 200 and loaded.json()["model"] == tiny, loaded.text
         assert serving() == tiny
+        models, _ = listed()
+        assert models == [tiny, "default", "gemma3-270m", "mlx-community/Tiny-4bit"]
         # A name that is not a model here (another server's, a missing file) is served by the loaded one
         for other in ("gpt-4o", "claude-sonnet-4-5", "/no/such/model.gguf", "some-org/not-downloaded"):
             answer = ask(other)

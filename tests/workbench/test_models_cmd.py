@@ -3,36 +3,18 @@ packaged models of this environment, and the shared server for `ps`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, free_port, run_cli
+from tests.conftest import API_KEY, free_port, hub_repo, run_cli
 
 slow = pytest.mark.slow
 
 
 def models(*args: str, data_dir: Path, hub: Path, stdin: str | None = None, env: dict | None = None):
     return run_cli("models", *args, data_dir=data_dir, env={"HF_HUB_CACHE": str(hub), **(env or {})}, stdin=stdin)
-
-
-def hub_repo(hub: Path, repo_id: str, files: dict[str, bytes]) -> Path:
-    """A repo in the hub cache's own layout: blobs named by content, a snapshot of links to them, refs/main."""
-    repo = hub / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    for name, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    return repo
 
 
 def prepared_model(data_dir: Path, name: str) -> Path:
