@@ -303,11 +303,14 @@ class Engine:
         return int(self._after_writes(lambda memory: memory.import_agent(plan), 0))
 
     def set_agent_policy(self, session_id: str, **changes) -> AgentPolicy:
-        """Change what is kept of an agent's caches: `pinned`, `retention_s` (engine/kv/policy.py); returns
-        the policy. Without KV memory there is nothing to keep: EngineError."""
+        """The user changes what is kept of an agent's caches: `pinned`, `retention_s` (engine/kv/policy.py;
+        a retention set here is no longer changed by clients' hints); returns the policy. Without KV memory
+        there is nothing to keep: EngineError."""
         memory = self.memory
         if memory is None or not memory.enabled:
             raise EngineError("KV memory is off: there are no caches to pin or expire")
+        if "retention_s" in changes:
+            changes = {**changes, "retention_by_user": True}
         return self.call(lambda engine: engine.memory.set_policy(session_id, **changes))
 
     def check_integrity(self) -> None:

@@ -3,7 +3,7 @@
     blocks          name ─ fingerprint, file, checksum, bytes, last_used
     sessions        (key, fingerprint) ─ session_id, file, checksum, bytes, tokens, last_used
     session_blocks  (key, fingerprint, position) ─ name: each session's chain, one row per block
-    agent_policies  key ─ session_id, pinned, retention_s, keep_until (engine/kv/policy.py)
+    agent_policies  key ─ session_id, pinned, retention_s, keep_until, retention_by_user (engine/kv/policy.py)
 
 A block is evictable when no session_blocks row names it. A session's row and its chain rows change in
 one transaction, so a reader sees a snapshot with exactly the chain it was written with. An index from
@@ -44,7 +44,7 @@ TABLES = {
         PRIMARY KEY (key, fingerprint, position)) WITHOUT ROWID""",
     "agent_policies": """CREATE TABLE agent_policies (
         key TEXT PRIMARY KEY, session_id TEXT NOT NULL, pinned INTEGER NOT NULL, retention_s INTEGER,
-        keep_until REAL NOT NULL)""",
+        keep_until REAL NOT NULL, retention_by_user INTEGER NOT NULL DEFAULT 0)""",
 }
 # What `clear` empties: the caches, not what users set about them
 CACHE_TABLES = ("blocks", "sessions", "session_blocks")
@@ -272,8 +272,13 @@ class WarmIndex:
     # -- policies ----------------------------------------------------------------------------------
     def policies(self) -> dict[str, AgentPolicy]:
         """Every agent's policy that is not the default, by session id."""
-        rows = self.db().execute("SELECT session_id, pinned, retention_s, keep_until FROM agent_policies")
-        return {sid: AgentPolicy(bool(pinned), retention, keep) for sid, pinned, retention, keep in rows}
+        rows = self.db().execute(
+            "SELECT session_id, pinned, retention_s, keep_until, retention_by_user FROM agent_policies"
+        )
+        return {
+            sid: AgentPolicy(bool(pinned), retention, keep, bool(by_user))
+            for sid, pinned, retention, keep, by_user in rows
+        }
 
     def put_policy(self, session_id: str, policy: AgentPolicy) -> None:
         key = session_key(session_id)
@@ -281,8 +286,8 @@ class WarmIndex:
             self.db().execute("DELETE FROM agent_policies WHERE key=?", (key,))
             return
         self.db().execute(
-            "INSERT OR REPLACE INTO agent_policies VALUES (?,?,?,?,?)",
-            (key, session_id, int(policy.pinned), policy.retention_s, policy.keep_until),
+            "INSERT OR REPLACE INTO agent_policies VALUES (?,?,?,?,?,?)",
+            (key, session_id, int(policy.pinned), policy.retention_s, policy.keep_until, int(policy.retention_by_user)),
         )
 
     def last_used(self, key: str) -> float | None:
@@ -456,16 +461,24 @@ def _columns(db: sqlite3.Connection, table: str) -> set[str]:
 
 
 def _outdated(db: sqlite3.Connection) -> bool:
-    return "chain" in _columns(db, "sessions") or any("sha256" in _columns(db, t) for t in ("blocks", "sessions"))
+    return (
+        "chain" in _columns(db, "sessions")
+        or any("sha256" in _columns(db, t) for t in ("blocks", "sessions"))
+        or "retention_by_user" not in _columns(db, "agent_policies")
+    )
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring an index from before session_blocks up to date, inside the caller's transaction.
+    """Bring an older index up to date, inside the caller's transaction.
 
-    Its checksum columns may still be named `sha256` (the values stay valid: engine/kv/checksum.py
-    verifies both kinds); its chains are JSON text in `sessions.chain`. A chain that does not parse
-    drops its session (a snapshot without its chain cannot be placed; the turn is recomputed).
+    Its policies may lack `retention_by_user` (who set a retention was not recorded: as a client's hint,
+    which a next hint may change, as before). Its checksum columns may still be named `sha256` (the
+    values stay valid: engine/kv/checksum.py verifies both kinds); its chains may be JSON text in
+    `sessions.chain`. A chain that does not parse drops its session (a snapshot without its chain cannot
+    be placed; the turn is recomputed).
     """
+    if "retention_by_user" not in _columns(db, "agent_policies"):
+        db.execute("ALTER TABLE agent_policies ADD COLUMN retention_by_user INTEGER NOT NULL DEFAULT 0")
     for table in ("blocks", "sessions"):
         if "sha256" in _columns(db, table):
             db.execute(f"ALTER TABLE {table} RENAME COLUMN sha256 TO checksum")

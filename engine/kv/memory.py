@@ -543,14 +543,15 @@ class KVMemory:
 
     def take_hints(self, session_id: str | None, keep_s: int | None, retention_s: int | None) -> None:
         """A request's cache hints (Anthropic cache_control's ttl, OpenAI prompt_cache_retention): keep the
-        session's caches at least `keep_s` from now; expire them after `retention_s` idle."""
+        session's caches at least `keep_s` from now; expire them after `retention_s` idle, unless the user
+        set the retention."""
         if session_id is None or (keep_s is None and retention_s is None):
             return
         policy, changes = self.policy(session_id), {}
         until = time.time() + (keep_s or 0)
         if keep_s and until > policy.keep_until + HINT_WRITE_S:
             changes["keep_until"] = until
-        if retention_s is not None and retention_s != policy.retention_s:
+        if retention_s is not None and retention_s != policy.retention_s and not policy.retention_by_user:
             changes["retention_s"] = retention_s
         if changes:
             self.set_policy(session_id, **changes)

@@ -4,7 +4,8 @@
                   /v1/agents/{id}, `agents pin`), until unpinned
     keep_until    kept as if pinned until then: a client's cache hint (Anthropic cache_control's ttl)
     retention_s   the caches (never the transcript) expire after this much idle time; set by the user
-                  or by a client's hint (OpenAI prompt_cache_retention)
+                  or by a client's hint (OpenAI prompt_cache_retention). Once the user has set it (a
+                  number, or none), clients' hints no longer change it: retention_by_user
 
 An agent without a policy keeps its caches until the budgets need the room (least recently used first).
 """
@@ -24,6 +25,7 @@ class AgentPolicy:
     pinned: bool = False
     retention_s: int | None = None
     keep_until: float = 0.0  # Unix time
+    retention_by_user: bool = False
 
     def kept(self, now: float) -> bool:
         """Evicted last, and never by the disk budget or expiry."""
@@ -37,4 +39,9 @@ class AgentPolicy:
         return self == AgentPolicy()
 
     def as_dict(self) -> dict:
-        return {"pinned": self.pinned, "retention_s": self.retention_s, "keep_until": self.keep_until}
+        return {
+            "pinned": self.pinned,
+            "retention_s": self.retention_s,
+            "keep_until": self.keep_until,
+            "retention_by_user": self.retention_by_user,
+        }

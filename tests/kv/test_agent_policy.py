@@ -72,7 +72,7 @@ def test_retention_expires_an_idle_agents_caches(data_dir, tmp_path):
         question = "Name three colours of the rainbow, please."
         ask(engine, "brief", question)
         policy = engine.set_agent_policy("brief", retention_s=1)
-        assert policy == AgentPolicy(pinned=False, retention_s=1, keep_until=0.0)
+        assert policy == AgentPolicy(pinned=False, retention_s=1, keep_until=0.0, retention_by_user=True)
         time.sleep(1.5)
         again = ask(engine, "brief", question)
         assert again.cache.reused_tokens == 0 and again.cache.miss_kind == "expired", again.cache
@@ -171,6 +171,10 @@ def test_clients_cache_hints_keep_and_expire_sessions(http):
     again = http.post("/v1/chat/completions", json=chat).json()
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     assert agent_row(http, "keyed-agent")["retention_s"] == 86400
+    # A retention the user sets stays: the client's next hint no longer changes it
+    assert http.patch("/v1/agents/keyed-agent", json={"retention_s": 600}).json()["retention_s"] == 600
+    assert http.post("/v1/chat/completions", json=chat).status_code == 200
+    assert agent_row(http, "keyed-agent")["retention_s"] == 600
     assert http.post("/v1/chat/completions", json={**chat, "prompt_cache_retention": "forever"}).status_code == 400
 
 

@@ -121,9 +121,15 @@ def test_chain_rows_without_a_session_or_with_gaps_are_problems(index):
 def test_policies_persist_and_the_default_policy_is_no_row(index, tmp_path):
     index.put_policy("a", AgentPolicy(pinned=True))
     index.put_policy("b", AgentPolicy(retention_s=60, keep_until=5.0))
+    index.put_policy("c", AgentPolicy(retention_by_user=True))  # the user chose no expiry
     reopened = WarmIndex(tmp_path / "index.sqlite", may_migrate=True)
     try:
-        assert reopened.policies() == {"a": AgentPolicy(pinned=True), "b": AgentPolicy(False, 60, 5.0)}
+        assert reopened.policies() == {
+            "a": AgentPolicy(pinned=True),
+            "b": AgentPolicy(False, 60, 5.0),
+            "c": AgentPolicy(retention_by_user=True),
+        }
+        reopened.put_policy("c", AgentPolicy())
         reopened.put_policy("a", AgentPolicy())
         assert set(reopened.policies()) == {"b"}
     finally:
@@ -149,6 +155,26 @@ def test_an_old_index_is_refused_where_it_may_not_be_moved(tmp_path):
     db.close()
     with pytest.raises(OldIndexInUse):
         WarmIndex(path, may_migrate=False)
+
+
+def test_policies_from_before_retention_by_user_read_as_set_by_a_client(tmp_path):
+    path = tmp_path / "index.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE agent_policies (key TEXT PRIMARY KEY, session_id TEXT NOT NULL, pinned INTEGER NOT NULL, "
+            "retention_s INTEGER, keep_until REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO agent_policies VALUES (?,?,?,?,?)", (session_key("a"), "a", 1, 60, 0.0))
+    db.close()
+    with pytest.raises(OldIndexInUse):
+        WarmIndex(path, may_migrate=False)
+    index = WarmIndex(path, may_migrate=True)
+    try:
+        assert index.policies() == {"a": AgentPolicy(pinned=True, retention_s=60)}
+        index.put_policy("a", AgentPolicy(retention_s=30, retention_by_user=True))
+        assert index.policies() == {"a": AgentPolicy(retention_s=30, retention_by_user=True)}
+    finally:
+        index.close()
 
 
 def test_summaries_and_chains_are_records_whose_json_keeps_the_api_keys(index):
