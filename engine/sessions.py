@@ -120,7 +120,8 @@ class SessionStore:
         text = session.model_dump_json(indent=1)
         atomic_write_text(self.path_for(session.id), text)
         if self.shared is not None:
-            self.shared.write_transcript(session.id, text)  # a down shared tier is logged there; the file is kept
+            # A down shared tier is logged there and given the file once it is back
+            self.shared.write_transcript(session.id, text, self.path_for(session.id))
 
     def turn_lock(self, session_id: str) -> TurnLock:
         return TurnLock(self.root / "locks" / session_file_name(session_id).replace(".json", ".lock"))

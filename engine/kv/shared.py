@@ -8,10 +8,12 @@
 
 Every instance writes behind its local warm tier (on the tier's writer thread, after the local write) and
 reads here only what its own disk lacks: another instance's session, or a prefix another computed. Redis
-is a helper, never a dependency: a failed or slow call marks it down (logged once), every call then
-answers "nothing shared" at once until RETRY_S has passed, and sessions written meanwhile are pushed
-again from the local tier once it answers. Its size is Redis's own `maxmemory` with an LRU policy
-(docs/deployment.md): a block evicted there is a MissingBlock here, and the turn recomputes.
+is a helper, never a dependency: a failed or slow call marks it down (logged once), every call then answers
+"nothing shared" at once until RETRY_S has passed, and what was written meanwhile is pushed again once it
+answers: sessions from the local tier's files with the next write, transcripts from their files at once, on a
+thread of their own (unless Redis holds a newer copy, another instance's). Its size is Redis's own `maxmemory`
+with an LRU policy (docs/deployment.md): a block evicted there is a MissingBlock here, and the turn
+recomputes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 from engine.kv import codec
@@ -65,6 +68,7 @@ class SharedTier:
         self.blocks_pushed = 0
         self.sessions_pushed = 0
         self._behind: dict[tuple[str, str], None] = {}  # (fingerprint, session id), oldest first
+        self._transcripts_behind: dict[str, Path] = {}  # session id: its local file, oldest first
 
     @property
     def up(self) -> bool:
@@ -100,8 +104,10 @@ class SharedTier:
             return default
         if self._down_since is not None:
             with self._lock:
-                self._down_since = None
-            log.warning("the shared KV tier at %s is back", _without_password(self.url))
+                back, self._down_since = self._down_since is not None, None
+            if back:
+                log.warning("the shared KV tier at %s is back", _without_password(self.url))
+                threading.Thread(target=self._catch_up_transcripts, name="shared-transcripts", daemon=True).start()
         return result
 
     # -- reads (engine thread) ---------------------------------------------------------------------
@@ -234,11 +240,44 @@ class SharedTier:
         value = self._call("read", lambda client: client.get(_transcript_key(session_id)), None)
         return value.decode("utf-8") if value is not None else None
 
-    def write_transcript(self, session_id: str, text: str) -> bool:
-        return self._call("write", lambda client: client.set(_transcript_key(session_id), text), None) is not None
+    def write_transcript(self, session_id: str, text: str, path: Path) -> bool:
+        """Store the transcript just saved at `path`. While Redis is down the session is remembered, and
+        once Redis answers again its file, as it is then, is stored."""
+        written = self._call("write", lambda client: client.set(_transcript_key(session_id), text), None) is not None
+        with self._lock:
+            self._transcripts_behind.pop(session_id, None)
+            if not written:
+                self._transcripts_behind[session_id] = path
+                while len(self._transcripts_behind) > BEHIND_REMEMBERED:
+                    self._transcripts_behind.pop(next(iter(self._transcripts_behind)))
+        return written
 
     def delete_transcript(self, session_id: str) -> bool:
+        with self._lock:
+            self._transcripts_behind.pop(session_id, None)
         return bool(self._call("delete", lambda client: client.delete(_transcript_key(session_id)), 0))
+
+    def _catch_up_transcripts(self) -> None:
+        """Store the transcripts saved while Redis was down, from their files, oldest first; one that Redis
+        holds a newer copy of (saved by another instance) is left as it is there."""
+        while self.up:
+            with self._lock:
+                if not self._transcripts_behind:
+                    return
+                session_id = next(iter(self._transcripts_behind))
+                path = self._transcripts_behind.pop(session_id)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError:
+                continue  # deleted since
+            key = _transcript_key(session_id)
+            if (
+                self._call("write", lambda client, key=key, text=text: _store_unless_newer(client, key, text), None)
+                is None
+            ):
+                with self._lock:
+                    self._transcripts_behind.setdefault(session_id, path)
+                return
 
     def transcripts(self) -> list[str]:
         """Every stored transcript (JSON texts)."""
@@ -293,3 +332,30 @@ def _without_password(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _store_unless_newer(client, key: str, text: str) -> bool:
+    """SET `key` to the transcript `text` unless the stored one was saved later; whether it was set."""
+    import redis
+
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            stored = pipe.get(key)
+            if stored is not None and _saved_at(stored) >= _saved_at(text):
+                return False
+            pipe.multi()
+            pipe.set(key, text)
+            pipe.execute()
+            return True
+        except redis.WatchError:
+            return False  # saved meanwhile, by another instance: that copy is the newer one
+
+
+def _saved_at(text: str | bytes) -> float:
+    """A transcript's `updated_at` (engine/sessions.py); 0 when it cannot be read."""
+    try:
+        saved = json.loads(text).get("updated_at", 0)
+    except (ValueError, AttributeError):
+        return 0.0
+    return saved if isinstance(saved, int | float) else 0.0
