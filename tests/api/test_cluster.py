@@ -1,22 +1,26 @@
 """deploy/local-cluster.sh: three `agent-memory serve` instances behind the real HAProxy (Debian's package),
 sharing a real Redis. Agents stick to one instance while it lives; after it is killed -9 its agents move
-to the others and resume from the shared tier."""
+to the others and resume from the shared tier. The balancer's settings send a request an instance drops
+unanswered to another."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import random
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, REPO_ROOT
+from tests.conftest import API_KEY, REPO_ROOT, free_port
 from tests.kv.test_kv_memory import FACTS
 
 pytestmark = pytest.mark.slow
@@ -111,3 +115,76 @@ def test_agents_stick_to_an_instance_and_move_when_it_dies(cluster):
             assert turn["cache"]["source"] == "hot", (agent, turn["cache"])
         transcript = httpx.get(f"{url}/v1/agents/{agent}", headers=HEADERS, timeout=30).json()
         assert len(transcript["messages"]) == 6, (agent, transcript)
+
+
+class _Instance(http.server.BaseHTTPRequestHandler):
+    """A healthy instance as the balancer sees it: /health answers, a POST is answered with its body's size."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self._answer(b"{}")
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.server.posts += 1
+        self._answer(json.dumps({"bytes": len(body)}).encode())
+
+    def _answer(self, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _DyingInstance(_Instance):
+    """An instance in its last moment: its health check still passes, a request is read and the connection
+    closes with no answer, as a killed process's socket does."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["content-length"]))
+        self.server.posts += 1
+        self.close_connection = True
+
+
+def test_the_balancer_sends_a_large_request_an_instance_dropped_to_another(tmp_path):
+    """deploy/haproxy.cfg in the real HAProxy, in front of two stand-in instances (the balancer's settings
+    are under test, not the engine): a request the dying one drops unanswered is answered by the other,
+    up to the buffer size, as a coding agent's long conversation needs."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed: `make test` installs it (Debian's package) as root")
+    instances = []
+    for handler in (_DyingInstance, _Instance):
+        instance = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        instance.posts = 0
+        threading.Thread(target=instance.serve_forever, daemon=True).start()
+        instances.append(instance)
+    dying, healthy = instances
+    port = free_port()
+    config = (REPO_ROOT / "deploy" / "haproxy.cfg").read_text().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    config = re.sub(r"(?m)^    server instance.*\n", "", config)
+    config += "".join(f"    server instance{i} 127.0.0.1:{s.server_address[1]}\n" for i, s in enumerate(instances))
+    (tmp_path / "haproxy.cfg").write_text(config)
+    balancer = subprocess.Popen(["haproxy", "-f", str(tmp_path / "haproxy.cfg")], stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        body = json.dumps({"messages": [{"role": "user", "content": "x" * 600_000}]}).encode()
+        # Agents spread over both instances by their session id: some are sent to the dying one first
+        for agent in range(8):
+            headers = {"x-session-id": f"agent{agent}", "content-type": "application/json"}
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/messages", content=body, headers=headers, timeout=60)
+            assert answer.status_code == 200 and answer.json() == {"bytes": len(body)}, (agent, answer.text)
+        assert dying.posts >= 1 and healthy.posts == 8, (dying.posts, healthy.posts)
+    finally:
+        balancer.terminate()
+        balancer.wait(timeout=30)
+        for instance in instances:
+            instance.shutdown()
