@@ -70,7 +70,7 @@ class Backend:
     # Prompt tokens per forward pass (mlx-lm's default): long enough to keep a GPU busy.
     prefill_step_size = 2048
     # The paths of engine/mlx_lm_ext/ that work around MLX's CUDA backend (CudaBackend; rounded chunks
-    # are off everywhere until a GPU run measures them)
+    # are off everywhere: on an H100 they gained nothing, docs/benchmarks.md)
     padded_prefill_keys = False
     decode_rows = False
     rounded_chunks = False
