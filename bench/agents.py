@@ -11,6 +11,11 @@ batch 1, 2, 4 and 8.
 resumed_ttft_p50_s, resumed_ttft_p95_s; decode_tok_s per batch size; and the ratios
 `batch8_over_batch1`, `mlx_lm_server_over_ours` (its wall time / ours) and `resumed_p95_over_p50` (ours).
 
+`--rounds N` runs the workload N times on each server, each time on conversations of its own (no prefix
+shared with the others), and reports each server's median round by wall time (of an even number, the
+faster middle one), with every round's wall time in `wall_s_rounds`: one run's wall time moved by a fifth
+on a GPU machine.
+
 On a GPU each server first runs the same workload untimed on other conversations (`--warmup`): MLX compiles
 its GPU kernels on first use and keeps them on disk, so without it the server that runs first pays the
 compiles of both.
@@ -192,8 +197,9 @@ def percentile(values: list[float], p: int) -> float:
 
 
 def run_server(command: list[str], env: dict, ready_path: str, conversations, args, sessions: bool, model: str):
-    """Start a server on a free port, drive the workload against it, stop it. With --server-logs DIR
-    its output goes to DIR/<program>.log."""
+    """Start a server on a free port, drive the workload against it once per round (`conversations`: a
+    list of them per round), stop it; the median round's figures. With --server-logs DIR its output goes
+    to DIR/<program>.log."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = None
@@ -212,7 +218,12 @@ def run_server(command: list[str], env: dict, ready_path: str, conversations, ar
             wait_ready(url, process, ready_path)
             if args.warmup_conversations:
                 drive(url, args.warmup_conversations, args.turns, args.new_tokens, sessions, model, "bench-warmup")
-            return drive(url, conversations, args.turns, args.new_tokens, sessions, model)
+            rounds = [
+                drive(url, each, args.turns, args.new_tokens, sessions, model, f"bench-agent-r{number}")
+                for number, each in enumerate(conversations)
+            ]
+            median = sorted(rounds, key=lambda figures: figures["wall_s"])[(len(rounds) - 1) // 2]
+            return {**median, "wall_s_rounds": [figures["wall_s"] for figures in rounds]}
         finally:
             process.terminate()
             process.wait(timeout=120)
@@ -267,6 +278,9 @@ def main() -> None:
     parser.add_argument("--history-tokens", type=int, default=1500)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="A small run (3 agents, 2 turns, short prompts).")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Timed runs of the workload per server, each on new conversations."
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON line.")
     parser.add_argument(
         "--only", choices=("ours", "mlx_lm"), help="Run one server alone, without the decode scaling (no ratios)."
@@ -293,7 +307,13 @@ def main() -> None:
     settings = load_settings()
     model_dir = str(prepare(resolve(settings.mlx_model_id, settings.models_path), settings.models_path))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    conversations = build_conversations(tokenizer, args.agents, args.system_tokens, args.history_tokens)
+    # One set of conversations per round; the warm-up's are another (first_agent == agents)
+    conversations = [
+        build_conversations(
+            tokenizer, args.agents, args.system_tokens, args.history_tokens, first_agent=args.agents * (2 * r)
+        )
+        for r in range(max(1, args.rounds))
+    ]
     warmup = args.warmup == "on" or (args.warmup == "auto" and installed_backend() != "cpu")
     args.warmup_conversations = (
         build_conversations(tokenizer, args.agents, args.system_tokens, args.history_tokens, first_agent=args.agents)
