@@ -102,10 +102,11 @@ class LocalSource:
 
     # -- models ----------------------------------------------------------------------------------
     def model_choices(self) -> list[str]:
-        """Installed packaged models by alias, then models already prepared under the data dir."""
-        from engine.model_source import PACKAGED_MODELS
+        """Installed packaged models by alias, hub repos already downloaded, then models already prepared
+        under the data dir."""
+        from engine.model_catalog import local_models
 
-        choices = [alias for alias, packaged in PACKAGED_MODELS.items() if packaged.installed()]
+        choices = [model.name for model in local_models()]
         models_path = self.settings.models_path
         if models_path.is_dir():
             choices += sorted(str(p.parent) for p in models_path.glob("*/config.json"))
