@@ -112,10 +112,22 @@ class SessionLocks:
 @contextlib.asynccontextmanager
 async def held_across_processes(lock: TurnLock) -> AsyncIterator[None]:
     """A transcript's turn lock, awaited without blocking the event loop: another process sharing the
-    data dir may hold it for a whole turn."""
-    while not lock.try_acquire():
+    data dir, or another instance sharing the Redis, may hold it for a whole turn (taking it may ask
+    Redis: off the event loop)."""
+    while not await _try_acquire(lock):
         await asyncio.sleep(POLL_S)
     try:
         yield
     finally:
         lock.release()
+
+
+async def _try_acquire(lock: TurnLock) -> bool:
+    """lock.try_acquire() on a worker thread; a lock it takes for a request cancelled meanwhile (its client
+    went away) is given back."""
+    taking = asyncio.ensure_future(asyncio.to_thread(lock.try_acquire))
+    try:
+        return await asyncio.shield(taking)
+    except asyncio.CancelledError:
+        taking.add_done_callback(lambda done: lock.release() if done.exception() is None and done.result() else None)
+        raise

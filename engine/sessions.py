@@ -124,7 +124,8 @@ class SessionStore:
             self.shared.write_transcript(session.id, text, self.path_for(session.id))
 
     def turn_lock(self, session_id: str) -> TurnLock:
-        return TurnLock(self.root / "locks" / session_file_name(session_id).replace(".json", ".lock"))
+        path = self.root / "locks" / session_file_name(session_id).replace(".json", ".lock")
+        return TurnLock(path, self.shared, session_id)
 
     def refresh(self, session: Session) -> Session:
         """Take in turns another process appended to the stored transcript since `session` was read.

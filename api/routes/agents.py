@@ -201,7 +201,8 @@ async def send_message(request, agent_id: str):
     parsed = parse(AgentMessageRequest, read_json(request))
     engine = server.ready_engine()
     store = transcripts(request)
-    # The transcript grows one turn at a time, in this process and in any other sharing the data dir
+    # The transcript grows one turn at a time: in this process, in any other sharing the data dir, and in
+    # any instance sharing the Redis
     async with server.locks.hold(key), held_across_processes(store.turn_lock(key)):
         session = await read_transcript(store, key) or Session(id=key)
         if parsed.system is not None:

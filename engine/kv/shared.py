@@ -5,6 +5,7 @@
                                            its whole prefix, so whichever instance stores it first serves all
     am:{fingerprint}:session:{key}         hash: id, snapshot (file bytes), checksum, chain (JSON), tokens
     am:transcript:{key}                    a session's transcript (engine/sessions.py), JSON
+    am:turn:{key}                          the instance running the session's turn (engine/kv/shared_turns.py)
 
 Every instance writes behind its local warm tier (on the tier's writer thread, after the local write) and
 reads here only what its own disk lacks: another instance's session, or a prefix another computed. Redis
@@ -279,6 +280,20 @@ class SharedTier:
                     self._transcripts_behind.setdefault(session_id, path)
                 return
 
+    # -- turn claims (engine/kv/shared_turns.py; any thread) -----------------------------------------------
+    def claim(self, key: str, token: str, ttl_ms: int) -> bool | None:
+        """SET `key` to `token` for `ttl_ms` unless it is set: whether it was; None while Redis is down."""
+        taken = self._call("claim", lambda client: client.set(key, token, nx=True, px=ttl_ms), _DOWN)
+        return None if taken is _DOWN else bool(taken)
+
+    def renew(self, key: str, token: str, ttl_ms: int) -> None:
+        """Keep `key` another `ttl_ms` if it still holds `token`."""
+        self._call("claim", lambda client: client.eval(_RENEW_IF_OWNED, 1, key, token, ttl_ms), 0)
+
+    def unclaim(self, key: str, token: str) -> None:
+        """Delete `key` if it still holds `token` (a claim that expired meanwhile may be another's now)."""
+        self._call("claim", lambda client: client.eval(_DELETE_IF_OWNED, 1, key, token), 0)
+
     def transcripts(self) -> list[str]:
         """Every stored transcript (JSON texts)."""
 
@@ -290,6 +305,13 @@ class SharedTier:
 
     def close(self) -> None:
         self._client.close()
+
+
+_DOWN = object()  # what a call answers while Redis is down, where None is an answer
+_RENEW_IF_OWNED = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+_DELETE_IF_OWNED = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def _block_key(fingerprint: str, name: str) -> str:

@@ -9,13 +9,14 @@ import json
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, ServerProcess, free_port
+from tests.conftest import API_KEY, REPO_ROOT, ServerProcess, free_port
 from tests.kv.test_kv_memory import FACTS
 
 pytestmark = pytest.mark.slow
@@ -176,3 +177,72 @@ def test_a_down_shared_tier_degrades_to_local_tiers_and_catches_up(tmp_path):
         server.stop()
         if redis_server is not None:
             redis_server.stop()
+
+
+def test_an_agent_runs_one_turn_at_a_time_across_instances(tmp_path, redis_server):
+    """Two instances with data dirs of their own get a turn of one agent at the same moment (no balancer
+    affinity): one waits for the other's turn and reads it, and the transcript keeps both."""
+    servers = [instance(tmp_path, name, redis_server.url) for name in ("first", "second")]
+    try:
+        for server in servers:
+            server.wait_ready()
+        answers = {}
+
+        def ask(server: ServerProcess, name: str) -> None:
+            answers[name] = say(server, "twin", f"Hello from the {name} instance.")
+
+        threads = [threading.Thread(target=ask, args=(server, f"s{i}")) for i, server in enumerate(servers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        earlier, later = sorted(answers.values(), key=lambda answer: answer["usage"]["prompt_tokens"])
+        # The later turn's prompt holds the earlier exchange: it started once that turn had ended
+        assert later["usage"]["prompt_tokens"] >= earlier["usage"]["prompt_tokens"] + 8, answers
+        assert not redis_server.keys("am:turn:*")  # both claims given up
+        for server in servers:
+            transcript = httpx.get(f"{server.base_url}/v1/agents/twin", headers=HEADERS, timeout=30).json()
+            contents = [message["content"] for message in transcript["messages"]]
+            assert len(contents) == 4 and contents[1::2] == [earlier["content"], later["content"]], contents
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_a_killed_instances_turn_claim_frees_itself(redis_server):
+    """A claim held by a process killed -9 stops being renewed and ends TTL_MS later; until then another
+    instance cannot take the agent's turn."""
+    import sys
+
+    from engine.kv.shared import SharedTier
+    from engine.kv.shared_turns import RENEW_S, TTL_MS, claim_turn
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from engine.kv.shared import SharedTier; from engine.kv.shared_turns import claim_turn; "
+            "claim = claim_turn(SharedTier(sys.argv[1]), 'held-agent'); print(claim is not None, flush=True); "
+            "time.sleep(600)",
+            redis_server.url,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    other = SharedTier(redis_server.url)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        time.sleep(TTL_MS / 1000 + RENEW_S)  # past the claim's first lifetime: renewed, still held
+        assert claim_turn(other, "held-agent") is None
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        killed = time.monotonic()
+        while (claim := claim_turn(other, "held-agent")) is None:
+            assert time.monotonic() - killed < TTL_MS / 1000 + 5, "the dead holder's claim did not end"
+            time.sleep(0.2)
+        claim.release()
+        assert not redis_server.keys("am:turn:*")
+    finally:
+        holder.kill()
+        other.close()
