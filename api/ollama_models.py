@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from api.ollama_format import timestamp
+from engine.model_catalog import FLOAT_LEVELS
 
 # Every model takes tools: in its own template's format, or the engine's fallback format for templates
 # without tool support (engine/tools/formats.py). Images are refused: the models read text only.
@@ -19,7 +20,6 @@ NEVER_EXPIRES = "2318-01-01T00:00:00Z"
 # Ollama's names for the sampling defaults shown in /api/show's `parameters`
 OLLAMA_PARAMETER_NAMES = {"repetition_penalty": "repeat_penalty", "penalty_context_tokens": "repeat_last_n"}
 _WEIGHT_BITS = re.compile(r"\((\d+)")
-_FLOAT_LEVELS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 @lru_cache(maxsize=8)
@@ -64,7 +64,7 @@ def quantization_level(compute_dtype: str) -> str:
     bits = _WEIGHT_BITS.search(compute_dtype)
     if bits:
         return f"Q{bits.group(1)}"
-    return _FLOAT_LEVELS.get(compute_dtype, compute_dtype.upper())
+    return FLOAT_LEVELS.get(compute_dtype, compute_dtype.upper())
 
 
 def listed_model(name: str, info, files: tuple[int, float]) -> dict:

@@ -83,9 +83,9 @@ class ServerState:
         if not self.settings.load_on_demand:
             return []
         from engine.model_catalog import local_models
-        from engine.model_source import DEFAULT_ALIASES
+        from engine.model_source import packaged_alias
 
-        served = {"default" if name in DEFAULT_ALIASES else name for name in self.model_names()}
+        served = {packaged_alias(name) for name in self.model_names()}
         return [model for model in await asyncio.to_thread(local_models) if model.name not in served]
 
     def model_names(self) -> set[str]:

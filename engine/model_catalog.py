@@ -12,8 +12,8 @@ from pathlib import Path
 
 from engine.model_source import PACKAGED_MODELS, PackagedModel, package_dir
 
-# How a checkpoint's config.json names its weights' dtype, and Ollama's level for it
-_FLOAT_LEVELS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+# How a checkpoint's config.json (or a model's compute dtype) names a float type, and Ollama's level for it
+FLOAT_LEVELS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def hub_repos() -> list:
     """Model repos in the hub cache that mlx-lm can load: a revision with config.json and safetensors weights."""
     cache = hub_cache()
     repos = cache.repos if cache else ()
-    return sorted((repo for repo in repos if repo.repo_type == "model" and _loadable(repo)), key=lambda r: r.repo_id)
+    loadable = (repo for repo in repos if repo.repo_type == "model" and _loadable_revision(repo) is not None)
+    return sorted(loadable, key=lambda r: r.repo_id)
 
 
 def hub_model(repo) -> LocalModel:
@@ -89,7 +90,7 @@ def hub_model(repo) -> LocalModel:
     if isinstance(quantization, dict) and "bits" in quantization:
         level = f"Q{quantization['bits']}"
     else:
-        level = _FLOAT_LEVELS.get(str(config.get("torch_dtype", "")), "")
+        level = FLOAT_LEVELS.get(str(config.get("torch_dtype", "")), "")
     return LocalModel(
         name=repo.repo_id,
         kind="hub",
@@ -100,10 +101,6 @@ def hub_model(repo) -> LocalModel:
         parameter_size="",
         quantization=level,
     )
-
-
-def _loadable(repo) -> bool:
-    return _loadable_revision(repo) is not None
 
 
 def _loadable_revision(repo):

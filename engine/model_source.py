@@ -12,6 +12,11 @@ from engine.errors import ModelLoadError
 DEFAULT_ALIASES = ("default", "smollm2-135m")
 
 
+def packaged_alias(model_id: str) -> str:
+    """`model_id` with the default model's other names read as "default"."""
+    return "default" if model_id in DEFAULT_ALIASES else model_id
+
+
 @dataclass(frozen=True)
 class PackagedModel:
     alias: str
@@ -102,7 +107,7 @@ class ModelSource:
 
 def resolve(model_id: str, models_path: Path) -> ModelSource:
     """Classify `model_id`; raise ModelLoadError saying what is accepted when it is none of them."""
-    alias = "default" if model_id in DEFAULT_ALIASES else model_id
+    alias = packaged_alias(model_id)
     if alias in PACKAGED_MODELS:
         return ModelSource(model_id, "gguf", str(PACKAGED_MODELS[alias].gguf_path(models_path)))
     path = Path(model_id).expanduser()
@@ -130,7 +135,7 @@ def available_here(model_id: str, models_path: Path) -> bool:
         source = resolve(model_id, models_path)
     except ModelLoadError:
         return False
-    alias = "default" if model_id in DEFAULT_ALIASES else model_id
+    alias = packaged_alias(model_id)
     if alias in PACKAGED_MODELS:
         return PACKAGED_MODELS[alias].installed()
     if source.kind == "hub":

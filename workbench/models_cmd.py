@@ -133,9 +133,9 @@ def _show_text(settings: Settings, prepared: list[Path], repos: list) -> None:
 def remove_model(settings: Settings, name: str, yes: bool) -> int:
     """Delete a prepared directory or a hub repo; packaged models are pip packages and stay."""
     from engine.model_catalog import distributions, hub_cache, normalized
-    from engine.model_source import DEFAULT_ALIASES, PACKAGED_MODELS
+    from engine.model_source import PACKAGED_MODELS, packaged_alias
 
-    alias = "default" if name in DEFAULT_ALIASES else name
+    alias = packaged_alias(name)
     if alias in PACKAGED_MODELS:
         packages = sorted(normalized(d.metadata["Name"]) for d in distributions(PACKAGED_MODELS[alias].package))
         command = f"pip uninstall {' '.join(packages or [PACKAGED_MODELS[alias].package])}"

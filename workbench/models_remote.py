@@ -34,9 +34,9 @@ MLX_LM_FILES = [
 def pull_model(settings: Settings, repo_id: str, revision: str | None) -> int:
     """Download the repo's mlx-lm files into the hub cache, where `--model REPO` finds them offline."""
     from engine.errors import ModelLoadError
-    from engine.model_source import DEFAULT_ALIASES, PACKAGED_MODELS, resolve
+    from engine.model_source import PACKAGED_MODELS, packaged_alias, resolve
 
-    if repo_id in PACKAGED_MODELS or repo_id in DEFAULT_ALIASES:
+    if packaged_alias(repo_id) in PACKAGED_MODELS:
         return report_error(f"{repo_id!r} is a packaged model: nothing to pull (see `agent-memory models`)")
     try:
         kind = resolve(repo_id, settings.models_path).kind
