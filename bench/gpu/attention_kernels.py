@@ -1,0 +1,137 @@
+"""Which attention kernel a decode step's keys get, and what each costs: the decode attention of one
+step (every layer of an 8B-class model: 32 query heads, 8 key/value heads of 128, bfloat16) for a
+batch of agents with histories of different lengths, laid out each way the engine could hold them.
+
+MLX's CUDA backend attends one query token with cuDNN only when the keys are a prefix of a whole
+cache buffer whose length is a multiple of 256 (mlx-lm's cache step) and no array mask is given;
+otherwise with its own vector kernel, and with an array mask unfused. So:
+
+    masked         the left-padded batch with mlx-lm's boolean mask (unfused)
+    rows_in_batch  each row over its own keys, a slice of the batch buffer (engine/mlx_lm_ext/decode_rows.py)
+    rows_own       each row over its own buffer, a multiple of 256 long (cuDNN per row)
+    equal_cudnn    a batch of equal histories in a buffer a multiple of 256 long (cuDNN)
+    equal_vector   the same histories in a buffer of exactly their length (the vector kernel)
+
+Milliseconds per step (all layers), the median of `--steps`.
+
+    python bench/gpu/attention_kernels.py [--batch 8 --history 2600 --spread 800 --layers 32] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+STEP = 256
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--history", type=int, default=2600, help="the longest history")
+    parser.add_argument("--spread", type=int, default=800, help="the shortest history is this much shorter")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import mlx.core as mx
+
+    dtype = mx.bfloat16
+    b, h, kvh, d = args.batch, args.heads, args.kv_heads, args.head_dim
+    longest = args.history
+    lengths = [longest - round(args.spread * row / max(b - 1, 1)) for row in range(b)]
+    pads = [longest - n for n in lengths]
+    capacity = -(-longest // STEP) * STEP
+    scale = d**-0.5
+
+    def random(*shape):
+        return mx.random.normal(shape).astype(dtype)
+
+    queries = [random(b, h, 1, d) for _ in range(args.layers)]
+    batch_keys = [(random(b, kvh, capacity, d), random(b, kvh, capacity, d)) for _ in range(args.layers)]
+    own_keys = [
+        [(random(1, kvh, -(-n // STEP) * STEP, d), random(1, kvh, -(-n // STEP) * STEP, d)) for n in lengths]
+        for _ in range(args.layers)
+    ]
+    exact = [(mx.contiguous(k[..., :longest, :]), mx.contiguous(v[..., :longest, :])) for k, v in batch_keys]
+    positions = mx.arange(longest)
+    mask = positions[None, None, None, :] >= mx.array(pads)[:, None, None, None]
+    mx.eval(queries, batch_keys, own_keys, exact, mask)
+
+    def masked():
+        return [
+            mx.fast.scaled_dot_product_attention(q, k[..., :longest, :], v[..., :longest, :], scale=scale, mask=mask)
+            for q, (k, v) in zip(queries, batch_keys, strict=True)
+        ]
+
+    def rows_in_batch():
+        out = []
+        for q, (k, v) in zip(queries, batch_keys, strict=True):
+            rows = [
+                mx.fast.scaled_dot_product_attention(
+                    q[r : r + 1], k[r : r + 1, :, pads[r] : longest], v[r : r + 1, :, pads[r] : longest], scale=scale
+                )
+                for r in range(b)
+            ]
+            out.append(mx.concatenate(rows, axis=0))
+        return out
+
+    def rows_own():
+        out = []
+        for q, layer in zip(queries, own_keys, strict=True):
+            rows = [
+                mx.fast.scaled_dot_product_attention(
+                    q[r : r + 1], k[..., : lengths[r], :], v[..., : lengths[r], :], scale=scale
+                )
+                for r, (k, v) in enumerate(layer)
+            ]
+            out.append(mx.concatenate(rows, axis=0))
+        return out
+
+    def equal_cudnn():
+        return [
+            mx.fast.scaled_dot_product_attention(q, k[..., :longest, :], v[..., :longest, :], scale=scale)
+            for q, (k, v) in zip(queries, batch_keys, strict=True)
+        ]
+
+    def equal_vector():
+        return [
+            mx.fast.scaled_dot_product_attention(q, k, v, scale=scale) for q, (k, v) in zip(queries, exact, strict=True)
+        ]
+
+    ways = {
+        "masked": masked,
+        "rows_in_batch": rows_in_batch,
+        "rows_own": rows_own,
+        "equal_cudnn": equal_cudnn,
+        "equal_vector": equal_vector,
+    }
+    times = {name: [] for name in ways}
+    for way in ways.values():  # kernels and plans built
+        mx.eval(way())
+    for _ in range(args.steps):
+        for name, way in ways.items():
+            started = time.perf_counter()
+            mx.eval(way())
+            times[name].append((time.perf_counter() - started) * 1000)
+    result = {
+        "batch": b,
+        "lengths": lengths,
+        "layers": args.layers,
+        "ms_per_step": {name: round(statistics.median(values), 3) for name, values in times.items()},
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    for name, ms in result["ms_per_step"].items():
+        print(f"{name:14} {ms:8.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
