@@ -123,7 +123,7 @@ for step in "$@"; do
     ;;
   decode_ladder)
     # One agent's decode through mlx-lm's generate_step, its BatchGenerator, ours, and the engine
-    run_step decode_ladder 90 "$PY" bench/gpu/decode_ladder.py --model "$M8B" --json
+    run_step decode_ladder 120 "$PY" bench/gpu/decode_ladder.py --model "$M8B" --json
     ;;
   attention_kernels)
     # The decode attention of one step of 8 agents, the keys laid out five ways (which kernel each gets)

@@ -8,8 +8,10 @@ of 256, from a buffer grown in whole steps of 256, with an explicit mask that hi
 its tokens: key lengths repeat, and so do the plans. The hidden positions hold zeros or tokens cut off
 earlier, finite either way, and the mask gives them no weight.
 
-Only chunks short next to the keys they read take this path: a long first prompt keeps the causal
-kernel, which skips the masked half of its scores. And only models whose attention takes the cache's
+Only chunks short next to the keys they read take this path, and only while the scores the mask makes
+MLX materialise stay small: a long first prompt, and every later chunk of a long prompt, keep the
+fused kernels (cuDNN's causal attention skips the masked half of its scores and never writes them out;
+unfused, the chunks of a 16k-token prompt ran 3.4 times slower). And only models whose attention takes the cache's
 own mask: `switch` checks, whenever a generator is made, that the model hands a short chunk's padded
 keys and mask to MLX's attention as they are.
 """
@@ -21,8 +23,11 @@ from mlx_lm.models.cache import BatchKVCache
 from engine.mlx_lm_ext.path_switch import PathSwitch
 
 STEP = 256
-# A chunk takes this path when the keys it reads are at least this many times its own tokens.
+# A chunk takes this path when the keys it reads are at least this many times its own tokens,
 KEYS_PER_QUERY = 4
+# and its scores (tokens x padded keys, per row and head) are at most this many: a new cuDNN plan
+# costs tens of milliseconds, materialised scores grow with both lengths.
+MAX_SCORES = 1 << 21
 
 _mlx_lm_update_and_fetch = BatchKVCache.update_and_fetch
 
@@ -33,7 +38,8 @@ def _padded_end(end: int) -> int:
 
 def _applies(start: int, tokens: int) -> bool:
     """Whether a chunk of `tokens` after `start` cached tokens reads padded keys."""
-    return switch.on and tokens > 1 and tokens * KEYS_PER_QUERY <= start + tokens
+    end = start + tokens
+    return switch.on and tokens > 1 and tokens * KEYS_PER_QUERY <= end and tokens * _padded_end(end) <= MAX_SCORES
 
 
 def update_and_fetch(self, keys, values):

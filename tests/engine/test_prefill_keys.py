@@ -68,6 +68,20 @@ def test_short_chunks_read_whole_steps_and_compute_the_same_logits(model, padded
     assert padded_reads == [(300, 300), (20, 512), (1, 321), (7, 512), (1, 329), (60, 512), (1, 390)]
 
 
+def test_chunks_of_a_long_prompt_keep_exact_keys(padded):
+    """A long prompt's later chunks are short next to their keys too, but their masked scores would be
+    large: they read exact lengths; a resumed turn's short chunk after the same history reads whole steps."""
+    cache = BatchKVCache([0])
+
+    def read(tokens: int) -> int:
+        keys = mx.zeros((1, 2, tokens, 8))
+        return cache.update_and_fetch(keys, keys)[0].shape[2]
+
+    assert [read(2048) for _ in range(8)] == [2048 * n for n in range(1, 9)]
+    assert read(82) == 16640  # 16384 + 82, up to a whole step
+    assert read(700) == 17166  # 700 x 17.4k scores: too many to materialise
+
+
 def test_greedy_tokens_are_the_same_with_padded_keys(model, padded):
     prompt = lambda seed, n: [(seed * 31 + 7 * i) % 500 + 1 for i in range(n)]  # noqa: E731
     plan = {
