@@ -9,10 +9,12 @@ otherwise with its own vector kernel, and with an array mask unfused. So:
     masked         the left-padded batch with mlx-lm's boolean mask (unfused)
     rows_in_batch  each row over its own keys, a slice of the batch buffer (engine/mlx_lm_ext/decode_rows.py)
     rows_own       each row over its own buffer, a multiple of 256 long (cuDNN per row)
+    batch_kernel   the whole batch in one call of the engine's kernel (engine/mlx_lm_ext/ragged_decode.py)
     equal_cudnn    a batch of equal histories in a buffer a multiple of 256 long (cuDNN)
     equal_vector   the same histories in a buffer of exactly their length (the vector kernel)
 
-Milliseconds per step (all layers), the median of `--steps`.
+Milliseconds per step (all layers), the median of `--steps`, and the batch kernel's largest difference
+from rows_in_batch (`batch_kernel_max_difference`; null where the kernel is not usable).
 
     python bench/gpu/attention_kernels.py [--batch 8 --history 2600 --spread 800 --layers 32] [--json]
 """
@@ -22,7 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 STEP = 256
 
@@ -41,6 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import mlx.core as mx
+
+    from engine.mlx_lm_ext import ragged_decode
 
     dtype = mx.bfloat16
     b, h, kvh, d = args.batch, args.heads, args.kv_heads, args.head_dim
@@ -62,7 +70,9 @@ def main() -> None:
     exact = [(mx.contiguous(k[..., :longest, :]), mx.contiguous(v[..., :longest, :])) for k, v in batch_keys]
     positions = mx.arange(longest)
     mask = positions[None, None, None, :] >= mx.array(pads)[:, None, None, None]
-    mx.eval(queries, batch_keys, own_keys, exact, mask)
+    starts = mx.array(pads, dtype=mx.int32)
+    mx.eval(queries, batch_keys, own_keys, exact, mask, starts)
+    usable = ragged_decode.usable()
 
     def masked():
         return [
@@ -94,6 +104,12 @@ def main() -> None:
             out.append(mx.concatenate(rows, axis=0))
         return out
 
+    def batch_kernel():
+        return [
+            ragged_decode.attend(q, k[..., :longest, :], v[..., :longest, :], scale, starts)
+            for q, (k, v) in zip(queries, batch_keys, strict=True)
+        ]
+
     def equal_cudnn():
         return [
             mx.fast.scaled_dot_product_attention(q, k[..., :longest, :], v[..., :longest, :], scale=scale)
@@ -109,6 +125,7 @@ def main() -> None:
         "masked": masked,
         "rows_in_batch": rows_in_batch,
         "rows_own": rows_own,
+        **({"batch_kernel": batch_kernel} if usable else {}),
         "equal_cudnn": equal_cudnn,
         "equal_vector": equal_vector,
     }
@@ -120,7 +137,12 @@ def main() -> None:
             started = time.perf_counter()
             mx.eval(way())
             times[name].append((time.perf_counter() - started) * 1000)
+    difference = None
+    if usable:
+        pairs = zip(batch_kernel(), rows_in_batch(), strict=True)
+        difference = max(mx.abs(x.astype(mx.float32) - y.astype(mx.float32)).max().item() for x, y in pairs)
     result = {
+        "batch_kernel_max_difference": difference,
         "batch": b,
         "lengths": lengths,
         "layers": args.layers,

@@ -5,9 +5,10 @@ with a boolean mask. MLX's CUDA backend has a fused attention kernel for one que
 cuDNN, but neither takes an array mask: every decode step of such a batch ran the unfused attention
 (scores materialised, the grouped keys and values broadcast, a softmax, another matmul) in every
 layer, while a batch without padding runs the fused kernel. Here the decode step's attention runs
-once per row instead, on that row's keys from its first real token: no mask, so each row takes the
-fused kernel; its keys are a view of the batch's cache, not a copy. Neighbouring rows with the same
-padding share a call.
+per row instead, on that row's keys from its first real token: in one call of a batch kernel that
+starts each row where its keys do (ragged_decode.py), or, where that kernel is not usable, once per
+run of rows with the same padding, with no mask, so each takes the fused kernel. The keys are a view
+of the batch's cache, not a copy.
 
 The row split needs each row's padding on the host; `masks._make_mask` reads it there for every
 step already. Only models that hand the cache's mask to MLX's fused attention as it is, in every
@@ -18,29 +19,37 @@ keep the mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from engine.mlx_lm_ext import ragged_decode
 from engine.mlx_lm_ext.path_switch import PathSwitch
 
 
 @dataclass(frozen=True)
 class RowPadding:
-    """The mask of a decode step that attends row by row: each row's left padding (from the host)."""
+    """The mask of a decode step that attends row by row: each row's left padding (from the host), and
+    the same on the device for the batch kernel (ragged_decode.py), made once per step."""
 
     left_padding: tuple[int, ...]
+    starts: object = field(default=None, compare=False)
 
 
 def row_mask(tokens: int, left_padding: list[int], **kwargs) -> RowPadding | None:
     """The mask for this step if it attends row by row (one token, padded rows, no window), else None."""
+    import mlx.core as mx
+
     if not switch.on or tokens != 1 or kwargs.get("window_size") is not None or not any(left_padding):
         return None
-    return RowPadding(tuple(left_padding))
+    return RowPadding(tuple(left_padding), mx.array(left_padding, dtype=mx.int32))
 
 
 def by_rows(attend, queries, keys, values, scale, mask: RowPadding, **kwargs):
-    """`attend` (MLX's fused attention) per run of rows with the same padding, over their own keys."""
+    """Each row over its own keys: in one call of the batch kernel where it takes the step, else `attend`
+    (MLX's fused attention) per run of rows with the same padding."""
     import mlx.core as mx
 
+    if mask.starts is not None and ragged_decode.takes(queries, keys, kwargs):
+        return ragged_decode.attend(queries, keys, values, scale, mask.starts)
     parts = []
     for first, end, start in _runs(mask.left_padding):
         parts.append(
