@@ -71,6 +71,7 @@ def test_short_chunks_read_whole_steps_and_compute_the_same_logits(model, padded
 def test_chunks_of_a_long_prompt_keep_exact_keys(padded):
     """A long prompt's later chunks are short next to their keys too, but their masked scores would be
     large: they read exact lengths; a resumed turn's short chunk after the same history reads whole steps."""
+    prefill_keys.install()
     cache = BatchKVCache([0])
 
     def read(tokens: int) -> int:
