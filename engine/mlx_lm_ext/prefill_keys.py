@@ -12,8 +12,8 @@ Only chunks short next to the keys they read take this path, and only while the 
 MLX materialise stay small: a long first prompt, and every later chunk of a long prompt, keep the
 fused kernels (cuDNN's causal attention skips the masked half of its scores and never writes them
 out; unfused, a long prompt's later chunks ran several times slower, docs/benchmarks.md). And only
-models whose attention takes the cache's own mask: `switch` checks, whenever a generator is made, that the model hands a short chunk's padded
-keys and mask to MLX's attention as they are.
+models whose attention takes the cache's own mask: `switch` checks, whenever a generator is made,
+that the model hands a short chunk's padded keys and mask to MLX's attention as they are.
 """
 
 from __future__ import annotations
