@@ -55,9 +55,9 @@ class Settings(BaseSettings):
     )
     mlx_decode_rows: bool | None = Field(
         default=None,
-        description="Decode steps of a left-padded batch attend row by row, each row over its own keys, so each "
-        "takes MLX's fused attention instead of a masked one (engine/mlx_lm_ext/decode_rows.py). Unset: the "
-        "backend's choice (on with CUDA, off on Metal and the CPU).",
+        description="Decode steps of a left-padded batch attend each row over its own keys, in one batch kernel "
+        "(engine/mlx_lm_ext/ragged_decode.py) or a fused call per row, instead of a masked attention "
+        "(engine/mlx_lm_ext/decode_rows.py). Unset: the backend's choice (on with CUDA, off on Metal and the CPU).",
     )
     mlx_rounded_chunks: bool | None = Field(
         default=None,
