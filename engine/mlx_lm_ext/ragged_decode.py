@@ -145,12 +145,12 @@ def attend(queries, keys, values, scale: float, starts):
     )[0]
 
 
-def takes(queries, keys, kwargs: dict) -> bool:
+def takes(queries, keys, values, kwargs: dict) -> bool:
     """Whether this kernel takes the step: one query token, a head size it knows, whole key/value head
-    groups, no attention sinks, and the kernel built and checked on this device."""
-    if kwargs or queries.shape[2] != 1 or queries.shape[3] not in HEAD_DIMS:
+    groups, one dtype for all three, no attention sinks, and the kernel built and checked on this device."""
+    if kwargs or queries.shape[2] != 1 or queries.shape[3] not in HEAD_DIMS or values.shape[3] != queries.shape[3]:
         return False
-    if queries.shape[1] % keys.shape[1] != 0:
+    if queries.shape[1] % keys.shape[1] != 0 or not queries.dtype == keys.dtype == values.dtype:
         return False
     return usable()
 
