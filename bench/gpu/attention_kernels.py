@@ -72,7 +72,7 @@ def main() -> None:
     mask = positions[None, None, None, :] >= mx.array(pads)[:, None, None, None]
     starts = mx.array(pads, dtype=mx.int32)
     mx.eval(queries, batch_keys, own_keys, exact, mask, starts)
-    usable = ragged_decode.usable()
+    usable = ragged_decode.usable(dtype, d, h // kvh)
 
     def masked():
         return [

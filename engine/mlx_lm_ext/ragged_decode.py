@@ -8,8 +8,9 @@ gain. This is MLX's own one-pass vector kernel (mlx/backend/cuda/scaled_dot_prod
 `kernel_sdpav_1pass`) with one change: each row starts reading keys at its own first real token, given
 per row in `starts`. A block per (query head, row), a warp per 32nd key, online softmax in float32.
 
-The kernel is compiled and checked against MLX's attention, row by row, the first time it is wanted;
-where either fails (another MLX, a head size it does not take) decode_rows.py keeps its calls per row.
+The kernel is compiled the first time it is wanted, and checked against MLX's attention, row by row,
+the first time each dtype, head size and head grouping meets it; where either fails (another MLX, a
+head size it does not take) decode_rows.py keeps its calls per row.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ SOURCE = """
 """
 
 _kernel = None
-_usable: bool | None = None  # None: not tried yet
+_built: bool | None = None  # None: not tried yet
+_checked: dict[tuple, bool] = {}  # (dtype, head size, query heads per key head): whether it agreed with MLX
 _scales: dict[float, object] = {}
 
 
@@ -147,43 +149,56 @@ def attend(queries, keys, values, scale: float, starts):
 
 def takes(queries, keys, values, kwargs: dict) -> bool:
     """Whether this kernel takes the step: one query token, a head size it knows, whole key/value head
-    groups, one dtype for all three, no attention sinks, and the kernel built and checked on this device."""
+    groups, one dtype for all three, no attention sinks, and the kernel built and checked on this device
+    for this dtype, head size and grouping."""
     if kwargs or queries.shape[2] != 1 or queries.shape[3] not in HEAD_DIMS or values.shape[3] != queries.shape[3]:
         return False
     if queries.shape[1] % keys.shape[1] != 0 or not queries.dtype == keys.dtype == values.dtype:
         return False
-    return usable()
+    return usable(queries.dtype, queries.shape[3], queries.shape[1] // keys.shape[1])
 
 
-def usable() -> bool:
-    """The kernel compiled and agreed with MLX's attention on this device (tried once per process; never
-    on other backends than CUDA)."""
-    global _kernel, _usable
-    if _usable is None and installed_backend() != "cuda":
-        _usable = False
-    if _usable is None:
-        try:
-            _kernel = _build()
-            _usable = _agrees_with_mlx()
-        except Exception as exc:  # noqa: BLE001 - any failure keeps the calls per row
-            log.info("decode attention keeps a call per row: the batch kernel failed to build or run (%s)", exc)
-            _usable = False
-        else:
-            if not _usable:
-                log.warning("decode attention keeps a call per row: the batch kernel disagreed with MLX's")
-    return _usable
-
-
-def _agrees_with_mlx() -> bool:
-    """The kernel's output against MLX's fused attention on each row's own keys, on random bfloat16
-    rows of different paddings (grouped heads, a key count past one block's warps)."""
+def usable(dtype=None, dim: int = 128, group: int = 4) -> bool:
+    """The kernel compiled (once per process; never on other backends than CUDA) and agreed with MLX's
+    attention on this device for `dtype` (bfloat16 by default), head size `dim` and `group` query heads
+    per key/value head (checked once per such kind)."""
     import mlx.core as mx
 
-    batch, heads, kv_heads, dim, keys_len = 3, 8, 2, 128, 300
+    global _kernel, _built
+    if _built is None:
+        _built = False
+        if installed_backend() == "cuda":
+            try:
+                _kernel = _build()
+                _built = True
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the calls per row
+                log.info("decode attention keeps a call per row: the batch kernel failed to build (%s)", exc)
+    if not _built:
+        return False
+    kind = (dtype or mx.bfloat16, dim, group)
+    if kind not in _checked:
+        try:
+            _checked[kind] = _agrees_with_mlx(*kind)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the calls per row
+            log.info("decode attention keeps a call per row: the batch kernel failed to run (%s)", exc)
+            _checked[kind] = False
+        else:
+            if not _checked[kind]:
+                log.warning("decode attention keeps a call per row: the batch kernel disagreed with MLX's (%s)", kind)
+    return _checked[kind]
+
+
+def _agrees_with_mlx(dtype, dim: int, group: int) -> bool:
+    """The kernel's output against MLX's fused attention on each row's own keys, on random rows of
+    different paddings (a key count past one block's warps)."""
+    import mlx.core as mx
+
+    batch, kv_heads, keys_len = 3, 2, 300
+    heads = kv_heads * group
     starts = [0, 45, 290]
     # Keys of their own: the global random state belongs to the requests' sampling
     queries, keys, values = (
-        mx.random.normal((batch, n, length, dim), key=mx.random.key(seed)).astype(mx.bfloat16)
+        mx.random.normal((batch, n, length, dim), key=mx.random.key(seed)).astype(dtype)
         for seed, n, length in ((1, heads, 1), (2, kv_heads, keys_len), (3, kv_heads, keys_len))
     )
     scale = dim**-0.5
@@ -198,4 +213,4 @@ def _agrees_with_mlx() -> bool:
         axis=0,
     )
     difference = mx.abs(ours.astype(mx.float32) - expected.astype(mx.float32)).max().item()
-    return difference <= 2e-2
+    return difference <= (1e-3 if dtype == mx.float32 else 2e-2)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(installed_backend() != "cuda", reason="the batch
     ],
 )
 def test_each_row_attends_its_own_keys(dtype, heads, kv_heads, dim, starts):
-    assert ragged_decode.usable()
+    assert ragged_decode.usable(dtype, dim, heads // kv_heads)
     length = 1024
     mx.random.seed(3)
     queries = mx.random.normal((len(starts), heads, 1, dim)).astype(dtype)
