@@ -144,8 +144,8 @@ def main() -> None:
         text = user_text(tokenizer, args.prompt)
         ids = engine_turn(eng, text, 1).prompt_token_ids  # the engine's prompt, for every rung
         stream = mx.new_stream(mx.default_device())
-        # mlx-lm's generator first: the engine's generator changes how mlx-lm's batch caches build masks
-        # (engine/mlx_lm_ext/masks.py) for every generator made after it.
+        # The engine made its generator already: mlx-lm's batch caches build the engine's masks from here
+        # on (engine/mlx_lm_ext/masks.py), this plain generator's too.
         plain = BatchGenerator(model, stream=stream)
         lean = make_batch_generator(
             model,
