@@ -9,15 +9,17 @@ cd "$(git rev-parse --show-toplevel)"
 PREPARE=${PREPARE:-../shared/gpu/prepare-wheels.sh}
 PY=${PY:-.venv/bin/python}
 
-# What `import engine, api.app, workbench.cli, openai, mlx_lm.server` and the benches need beyond the
-# machine's own Python 3.12 (torch, transformers, tokenizers, numpy, safetensors, xxhash, prometheus-client,
-# typer, rich, jinja2): pinned to the versions of this .venv, so the machine runs what was tested here.
+# What `import engine, api.app, workbench.cli, openai, mlx_lm.server`, the benches and the CUDA-only tests
+# need beyond the machine's own Python 3.12 (torch, transformers, tokenizers, numpy, safetensors, xxhash,
+# prometheus-client, typer, rich, jinja2): pinned to the versions of this .venv, so the machine runs what
+# was tested here.
 WHEELS=(
   pydantic pydantic-core pydantic-settings python-dotenv annotated-types typing-inspection typing-extensions
   sanic sanic-routing httptools uvloop ujson aiofiles websockets multidict html5tagger tracerite
   llguidance gguf
   jsonschema referencing rpds-py jsonschema-specifications attrs
   openai anyio httpx2 httpcore2 h11 idna truststore jiter sniffio
+  pytest pluggy iniconfig packaging
 )
 mapfile -t pins < <("$PY" - "${WHEELS[@]}" <<'EOF'
 import sys

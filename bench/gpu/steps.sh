@@ -4,7 +4,7 @@
 #   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
 #
 # Steps: info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows agents_chunks decode_steps
-# decode_ladder attention_kernels restore_paths shapes shapes_resume first_turn torch. Each
+# decode_ladder kernel_test attention_kernels restore_paths shapes shapes_resume first_turn torch. Each
 # step's stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per
 # start/end to $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
 # warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
@@ -125,6 +125,10 @@ for step in "$@"; do
     # One agent's decode through mlx-lm's generate_step, its BatchGenerator, ours, and the engine
     run_step decode_ladder 120 "$PY" bench/gpu/decode_ladder.py --model "$M8B" --json
     ;;
+  kernel_test)
+    # The tests that need MLX's CUDA backend (skipped on the CPU): the batch decode kernel against MLX's attention
+    run_step kernel_test 60 "$PY" -m pytest -q --noconftest -p no:cacheprovider -rs tests/engine/test_ragged_decode.py
+    ;;
   attention_kernels)
     # The decode attention of one step of 8 agents, the keys laid out five ways (which kernel each gets)
     run_step attention_kernels 45 "$PY" bench/gpu/attention_kernels.py --json
@@ -154,7 +158,7 @@ for step in "$@"; do
     ;;
   *)
     steps="info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows agents_chunks decode_steps"
-    steps="$steps decode_ladder attention_kernels restore_paths"
+    steps="$steps decode_ladder kernel_test attention_kernels restore_paths"
     steps="$steps shapes shapes_resume"
     steps="$steps first_turn torch"
     echo "== unknown step $step (steps: $steps)" | tee -a "$log"
