@@ -122,7 +122,8 @@ for step in "$@"; do
       && $PY bench/timeline.py --json $OUT/chunks-true/agent-memory.log"
     ;;
   decode_ladder)
-    # One agent's decode through mlx-lm's generate_step, its BatchGenerator, ours, and the engine
+    # One agent's decode through bare loops over both cache kinds, generate_step, mlx-lm's BatchGenerator,
+    # ours, and the engine
     run_step decode_ladder 120 "$PY" bench/gpu/decode_ladder.py --model "$M8B" --json
     ;;
   kernel_test)
@@ -130,7 +131,7 @@ for step in "$@"; do
     run_step kernel_test 60 "$PY" -m pytest -q --noconftest -p no:cacheprovider -rs tests/engine/test_ragged_decode.py
     ;;
   attention_kernels)
-    # The decode attention of one step of 8 agents, the keys laid out five ways (which kernel each gets)
+    # The decode attention of one step of 8 agents, the keys laid out five ways and the batch kernel
     run_step attention_kernels 45 "$PY" bench/gpu/attention_kernels.py --json
     ;;
   decode_steps)

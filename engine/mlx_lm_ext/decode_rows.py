@@ -31,7 +31,7 @@ class RowPadding:
     the same on the device for the batch kernel (ragged_decode.py), made once per step."""
 
     left_padding: tuple[int, ...]
-    starts: object = field(default=None, compare=False)
+    starts: object = field(compare=False)
 
 
 def row_mask(tokens: int, left_padding: list[int], **kwargs) -> RowPadding | None:
@@ -48,7 +48,7 @@ def by_rows(attend, queries, keys, values, scale, mask: RowPadding, **kwargs):
     (MLX's fused attention) per run of rows with the same padding."""
     import mlx.core as mx
 
-    if mask.starts is not None and ragged_decode.takes(queries, keys, values, kwargs):
+    if ragged_decode.takes(queries, keys, values, kwargs):
         return ragged_decode.attend(queries, keys, values, scale, mask.starts)
     parts = []
     for first, end, start in _runs(mask.left_padding):

@@ -158,12 +158,10 @@ def takes(queries, keys, values, kwargs: dict) -> bool:
     return usable(queries.dtype, queries.shape[3], queries.shape[1] // keys.shape[1])
 
 
-def usable(dtype=None, dim: int = 128, group: int = 4) -> bool:
+def usable(dtype, dim: int, group: int) -> bool:
     """The kernel compiled (once per process; never on other backends than CUDA) and agreed with MLX's
-    attention on this device for `dtype` (bfloat16 by default), head size `dim` and `group` query heads
-    per key/value head (checked once per such kind)."""
-    import mlx.core as mx
-
+    attention on this device for `dtype`, head size `dim` and `group` query heads per key/value head
+    (checked once per such kind)."""
     global _kernel, _built
     if _built is None:
         _built = False
@@ -175,7 +173,7 @@ def usable(dtype=None, dim: int = 128, group: int = 4) -> bool:
                 log.info("decode attention keeps a call per row: the batch kernel failed to build (%s)", exc)
     if not _built:
         return False
-    kind = (dtype or mx.bfloat16, dim, group)
+    kind = (dtype, dim, group)
     if kind not in _checked:
         try:
             _checked[kind] = _agrees_with_mlx(*kind)
