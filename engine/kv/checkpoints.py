@@ -14,7 +14,9 @@ cut back to the same token.
                                                             ^ diverged: resumed at the checkpoint
 
 An agent keeps the checkpoints of its last KEPT turns that still lie on its stored tokens (Claude Code
-resends a truncated answer's turn without its retries); they count in its hot bytes.
+resends a truncated answer's turn without its retries); they count in its hot bytes. Its warm snapshot
+stores the latest one (KVMemory._write_job), so such a prompt also resumes after a restart or an
+eviction.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
                    ◄─decode── a file's bytes (numpy views of them: no copy)
 
 A block file holds one block's full-attention layers; a session snapshot file holds the tail past its last
-block and the sliding-window layers, with the tokens and the root block name in its metadata. Tensors are
+block and the sliding-window layers (and those at its window checkpoint, if it has one), with the tokens
+and the root block name in its metadata. Tensors are
 named `<part>.<layer>` (`k.3`, `vq.3`). Never pickle: a file is only ever read as numbers.
 """
 
@@ -24,6 +25,8 @@ from engine.kv.checksum import checksum_of, matches
 from engine.kv.tier import SessionSnapshot
 
 INT8_GROUP = 64
+# A snapshot's window checkpoint is stored beside the windows at its end: `at-k.3` beside `k.3`.
+CHECKPOINT_PART = "at-"
 
 SAFETENSORS_DTYPES = {
     "F16": np.float16,
@@ -167,8 +170,8 @@ def decode_block(payload) -> dict[int, dict[str, np.ndarray]]:
 
 
 def pack_snapshot(snapshot: SessionSnapshot) -> Payload:
-    """A session snapshot's file: its tail and windows, its tokens and root in the metadata (its chain is
-    in the index)."""
+    """A session snapshot's file: its tail and windows (and its window checkpoint's, as `at-` parts of the
+    same layers), its tokens and root in the metadata (its chain is in the index)."""
     metadata = {
         "session": snapshot.session_id,
         "tokens": json.dumps(snapshot.tokens),
@@ -177,14 +180,29 @@ def pack_snapshot(snapshot: SessionSnapshot) -> Payload:
         "layout": snapshot.layout,
         "block_tokens": str(snapshot.block_tokens),
     }
-    return pack({**snapshot.tail, **snapshot.windows}, metadata)
+    layers = {**snapshot.tail, **snapshot.windows}
+    if snapshot.checkpoint_windows:
+        metadata["checkpoint_tokens"] = str(snapshot.checkpoint_tokens)
+        for layer, parts in snapshot.checkpoint_windows.items():
+            layers[layer] = {**layers[layer], **{CHECKPOINT_PART + name: part for name, part in parts.items()}}
+    return pack(layers, metadata)
 
 
 def decode_snapshot(session_id: str, payload, chain: list[str]) -> SessionSnapshot:
     """A session snapshot from its file's bytes and its chain from the index."""
     layers, metadata = decode(payload)
-    windows = {layer: kv for layer, kv in layers.items() if str(layer) in json.loads(metadata["windows"])}
-    tail = {layer: kv for layer, kv in layers.items() if layer not in windows}
+    window_layers = json.loads(metadata["windows"])
+    tail, windows, checkpoint_windows = {}, {}, {}
+    for layer, parts in layers.items():
+        if str(layer) not in window_layers:
+            tail[layer] = parts
+            continue
+        windows[layer] = {name: part for name, part in parts.items() if not name.startswith(CHECKPOINT_PART)}
+        at_checkpoint = {
+            name.removeprefix(CHECKPOINT_PART): part for name, part in parts.items() if name.startswith(CHECKPOINT_PART)
+        }
+        if at_checkpoint:
+            checkpoint_windows[layer] = at_checkpoint
     return SessionSnapshot(
         session_id=session_id,
         tokens=json.loads(metadata["tokens"]),
@@ -194,6 +212,8 @@ def decode_snapshot(session_id: str, payload, chain: list[str]) -> SessionSnapsh
         root=metadata.get("root", ""),
         layout=metadata.get("layout", ""),
         block_tokens=int(metadata.get("block_tokens", "0")),
+        checkpoint_tokens=int(metadata.get("checkpoint_tokens", "0")) if checkpoint_windows else 0,
+        checkpoint_windows=checkpoint_windows,
     )
 
 

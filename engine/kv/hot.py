@@ -127,6 +127,12 @@ class HotPool:
         """A checked-out session's running turn has read its prompt: its windows at that point."""
         self._carried.setdefault(session_id, []).append(checkpoint)
 
+    def latest_checkpoint(self, session_id: str, tokens: list[int]) -> WindowCheckpoint | None:
+        """The latest window checkpoint a checked-out session carries that stands before the end of `tokens`,
+        on them."""
+        on_tokens = (c for c in self._carried.get(session_id, []) if c.position < len(tokens) and c.lies_on(tokens))
+        return max(on_tokens, key=lambda checkpoint: checkpoint.position, default=None)
+
     def put(self, entry: HotEntry) -> list[str]:
         """Insert as most recent and check the session in; compact older idle agents; evict over the limits."""
         self._checked_out.discard(entry.session_id)

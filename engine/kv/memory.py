@@ -24,7 +24,7 @@ from engine.cpu.restore import restore_float32
 from engine.kv.agent_file import Manifest
 from engine.kv.agent_transfer import ImportPlan, Target, export_agent
 from engine.kv.blocks import block_names, common_prefix_length, tenant_root
-from engine.kv.checkpoints import take_checkpoint
+from engine.kv.checkpoints import WindowCheckpoint, take_checkpoint
 from engine.kv.codec import decode_from_disk, encode_for_disk
 from engine.kv.cost import CostModel, Plan
 from engine.kv.hot import HotEntry, HotPool
@@ -141,7 +141,7 @@ class KVMemory:
         return (
             f"sliding-window layers (window {self.layout.min_window}): hot caches resume at any prefix "
             "until the window wraps, then at the end of one of the last prompts (window checkpoints); "
-            "warm caches at a session's exact end; otherwise recompute"
+            "warm caches at a session's exact end or at its last prompt's end; otherwise recompute"
         )
 
     # -- acquire ---------------------------------------------------------------------------------------
@@ -287,6 +287,8 @@ class KVMemory:
             window = self.layout.min_window
             usable = window is None or matched == end or end < window
             clues.window_blocked |= matched > 0 and not usable
+            if matched > 0 and not usable and 0 < snapshot.checkpoint_tokens <= matched:
+                matched, usable = snapshot.checkpoint_tokens, True  # its windows are stored there too
             if matched > 0 and usable:
                 # A prefix of it ends in the middle of the sliding windows: partial only without them.
                 build = lambda tokens: self._build_from_snapshot(snapshot, tokens, len(prompt), tier)  # noqa: E731
@@ -375,7 +377,11 @@ class KVMemory:
             return None
         sliding = {}
         end = len(snapshot.tokens)
+        at_checkpoint = matched < end and matched == snapshot.checkpoint_tokens
         for layer in self.layout.sliding_layers:
+            if at_checkpoint:
+                sliding[layer] = self._window(snapshot.checkpoint_windows[layer])
+                continue
             keys, values = self._window(snapshot.windows[layer])
             # Windows hold the last min(end, window) tokens; below the window they start at token 0.
             drop = end - matched
@@ -398,7 +404,8 @@ class KVMemory:
             self.hot.check_in(key)
             return
         if session_id is not None and self.warm.writable:
-            self.writer.submit(self._write_job(session_id, tokens, cache, tenant))
+            checkpoint = self.hot.latest_checkpoint(key, tokens)
+            self.writer.submit(self._write_job(session_id, tokens, cache, tenant, checkpoint))
         elif session_id is None and self.warm.writable and self.layout.resumable_everywhere():
             # Anonymous requests still leave their blocks for others of their tenant to share.
             job = self._write_job(ANONYMOUS, tokens, cache, tenant)
@@ -440,7 +447,9 @@ class KVMemory:
             best = max(best, self.warm.match(self.fingerprint, names).blocks * self.block_tokens)
         return best
 
-    def _write_job(self, session_id: str, tokens: list[int], cache: list, tenant: str) -> WriteJob:
+    def _write_job(
+        self, session_id: str, tokens: list[int], cache: list, tenant: str, checkpoint: WindowCheckpoint | None = None
+    ) -> WriteJob:
         root = self.root_of(tenant)
         names = block_names(tokens, root, self.block_tokens)
         stored = self.warm.match(self.fingerprint, names).blocks
@@ -459,6 +468,15 @@ class KVMemory:
             for layer in self.layout.sliding_layers
         }
         snapshot = SessionSnapshot(session_id, tokens, names, {}, windows, root, self.layout_text, self.block_tokens)
+        window = self.layout.min_window
+        if checkpoint is not None and window is not None and len(tokens) >= window:
+            # The windows at the end cannot be cut back: a next prompt that diverges after the last
+            # prompt's end (a re-rendered answer) resumes at its checkpoint, after a restart too.
+            snapshot.checkpoint_tokens = checkpoint.position
+            snapshot.checkpoint_windows = {
+                layer: encode_for_disk(*sliding_window_snapshot(cache), self.disk_dtype)
+                for layer, cache in checkpoint.windows.items()
+            }
         return WriteJob(self.fingerprint, snapshot, encoded=encoded)
 
     def abandon(self, session_id: str | None, tenant: str = "") -> None:

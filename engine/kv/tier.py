@@ -39,7 +39,8 @@ Layers = dict[int, dict[str, np.ndarray]]
 
 @dataclass
 class SessionSnapshot:
-    """What a session needs to resume at the end of its sequence, besides its blocks."""
+    """What a session needs to resume at the end of its sequence (or at its window checkpoint), besides its
+    blocks."""
 
     session_id: str
     tokens: list[int]
@@ -52,6 +53,11 @@ class SessionSnapshot:
     # encoding, and the block size ("", 0: not recorded)
     layout: str = ""
     block_tokens: int = 0
+    # Sliding layers' windows at a point before the end (a window checkpoint, engine/kv/checkpoints.py:
+    # the last prompt's end), as disk parts: a next prompt that diverges after it resumes there, where
+    # the windows at the end cannot be cut back. 0 and {}: none.
+    checkpoint_tokens: int = 0
+    checkpoint_windows: Layers = field(default_factory=dict)
 
 
 @dataclass
@@ -93,7 +99,12 @@ class WriteJob:
                 blocks[name] = _token_range(host, index * size, (index + 1) * size)
             tail = _token_range(host, len(encoded.names) * size, None)
         if snapshot is not None:
-            snapshot = replace(snapshot, tail=tail, windows=parts_on_host(snapshot.windows))
+            snapshot = replace(
+                snapshot,
+                tail=tail,
+                windows=parts_on_host(snapshot.windows),
+                checkpoint_windows=parts_on_host(snapshot.checkpoint_windows),
+            )
         return WriteJob(self.fingerprint, snapshot, blocks)
 
 

@@ -158,6 +158,38 @@ def test_gemma3_resumes_at_the_prompt_end_when_the_answer_is_rewritten(data_dir,
 
 
 @pytest.mark.slow
+def test_gemma3_resumes_at_the_prompt_end_after_a_restart_when_the_answer_is_rewritten(
+    data_dir, tmp_path, gemma_cold_engine
+):
+    """The window checkpoint at the last prompt's end is stored with the session: after a restart, a
+    next prompt that re-renders the stored answer resumes there from the warm tier (the windows at the
+    stored end cannot be cut back), and says what a cold run says."""
+    cache_dir = tmp_path / "kv"
+    eng = engine_for(data_dir, cache_dir, "gemma3-270m")
+    try:
+        messages = history(1000, eng.tokenizer)
+        first = eng.generate(greedy(messages, "rewritten"))
+        assert first.usage.prompt_tokens > 600 and first.usage.completion_tokens == 24
+        eng.flush()
+    finally:
+        eng.close()
+    second_turn = [
+        *messages,
+        ChatMessage(role="assistant", content="(an answer the client wrote itself)"),
+        ChatMessage(role="user", content="Who kept the log?"),
+    ]
+    restarted = engine_for(data_dir, cache_dir, "gemma3-270m")
+    try:
+        resumed = restarted.generate(greedy(second_turn, "rewritten"))
+        restarted.check_integrity()
+    finally:
+        restarted.close()
+    assert resumed.cache.source == "warm" and resumed.usage.cached_tokens == first.usage.prompt_tokens
+    assert resumed.cache.miss_kind == "diverged"
+    assert resumed.text == gemma_cold_engine.generate(greedy(second_turn)).text
+
+
+@pytest.mark.slow
 def test_gemma3_concurrent_resumes_in_one_batch_match_cold(data_dir, tmp_path):
     """Three agents with histories past Gemma's 512-token window (wrapped sliding caches of different
     lengths) resume hot together, merged into one batch: each says what a cold one-at-a-time run says."""

@@ -53,6 +53,8 @@ def snapshot(fingerprint: str, session_id: str, tokens: list[int]) -> SessionSna
     names = block_names(tokens, ROOTS[fingerprint], BLOCK_TOKENS)
     rest = len(tokens) - len(names) * BLOCK_TOKENS
     seed = f"{fingerprint}/{session_id}/{tokens}"
+    # Every other one also has its windows at an earlier point (a window checkpoint: its last prompt's end)
+    checkpoint = len(tokens) - 3 if len(tokens) % 2 and len(tokens) > 3 else 0
     return SessionSnapshot(
         session_id=session_id,
         tokens=tokens,
@@ -60,6 +62,8 @@ def snapshot(fingerprint: str, session_id: str, tokens: list[int]) -> SessionSna
         tail={layer: parts(f"{seed}/tail/{layer}", rest) for layer in FULL_LAYERS},
         windows={WINDOW_LAYER: parts(f"{seed}/window", min(len(tokens), 5))},
         root=ROOTS[fingerprint],
+        checkpoint_tokens=checkpoint,
+        checkpoint_windows={WINDOW_LAYER: parts(f"{seed}/checkpoint", min(checkpoint, 5))} if checkpoint else {},
     )
 
 
@@ -96,6 +100,8 @@ def assert_tier_matches(tier: WarmTier, expected: dict, forgotten: set) -> None:
         assert got is not None, (fingerprint, session_id)
         assert got.tokens == snap.tokens and got.chain == snap.chain and got.root == snap.root
         assert same_layers(got.tail, snap.tail) and same_layers(got.windows, snap.windows)
+        assert got.checkpoint_tokens == snap.checkpoint_tokens
+        assert same_layers(got.checkpoint_windows, snap.checkpoint_windows)
         # A block a session's chain names is never evicted for space.
         assert tier.match(fingerprint, snap.chain).blocks == len(snap.chain)
         for name, layers in zip(snap.chain, tier.read_blocks(fingerprint, snap.chain), strict=True):
