@@ -70,6 +70,8 @@ class SharedTier:
         self.sessions_pushed = 0
         self._behind: dict[tuple[str, str], None] = {}  # (fingerprint, session id), oldest first
         self._transcripts_behind: dict[str, Path] = {}  # session id: its local file, oldest first
+        self._catching_up: str | None = None  # the session whose transcript is being stored again from its file
+        self._deleted_meanwhile = False  # ... and it was deleted (`agents rm`) after its file was read
 
     @property
     def up(self) -> bool:
@@ -256,6 +258,7 @@ class SharedTier:
     def delete_transcript(self, session_id: str) -> bool:
         with self._lock:
             self._transcripts_behind.pop(session_id, None)
+            self._deleted_meanwhile |= session_id == self._catching_up
         return bool(self._call("delete", lambda client: client.delete(_transcript_key(session_id)), 0))
 
     def _catch_up_transcripts(self) -> None:
@@ -267,18 +270,29 @@ class SharedTier:
                     return
                 session_id = next(iter(self._transcripts_behind))
                 path = self._transcripts_behind.pop(session_id)
+                self._catching_up, self._deleted_meanwhile = session_id, False
             try:
-                text = path.read_text(encoding="utf-8")
-            except OSError:
-                continue  # deleted since
+                stored = self._store_from_file(session_id, path)
+            finally:
+                with self._lock:
+                    deleted, self._catching_up = self._deleted_meanwhile, None
             key = _transcript_key(session_id)
-            if (
-                self._call("write", lambda client, key=key, text=text: _store_unless_newer(client, key, text), None)
-                is None
-            ):
+            if deleted:  # its file was read before it went: the copy just stored must go too
+                self._call("delete", lambda client, key=key: client.delete(key), 0)
+            elif stored is None:
                 with self._lock:
                     self._transcripts_behind.setdefault(session_id, path)
                 return
+
+    def _store_from_file(self, session_id: str, path: Path) -> bool | None:
+        """Store the transcript saved at `path` unless Redis holds a newer one: whether it was stored (False
+        also when the file is gone); None when Redis failed."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            return False  # deleted since
+        key = _transcript_key(session_id)
+        return self._call("write", lambda client: _store_unless_newer(client, key, text), None)
 
     # -- turn claims (engine/kv/shared_turns.py; any thread) -----------------------------------------------
     def claim(self, key: str, token: str, ttl_ms: int) -> bool | None:

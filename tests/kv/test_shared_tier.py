@@ -1,7 +1,8 @@
 """The shared tier on a real `redis-server` (Debian's package, installed by `make test`'s set-up): two
 `agent-memory serve` processes with their own data dirs on one Redis. An agent served by one continues on
 the other after the first is killed -9, reading its prompt from the shared tier with its whole transcript;
-an instance whose Redis is down serves from its own tiers, says so, and catches up when Redis is back."""
+an instance whose Redis is down serves from its own tiers, says so, and catches up when Redis is back
+(without bringing back an agent removed meanwhile)."""
 
 from __future__ import annotations
 
@@ -177,6 +178,46 @@ def test_a_down_shared_tier_degrades_to_local_tiers_and_catches_up(tmp_path):
         server.stop()
         if redis_server is not None:
             redis_server.stop()
+
+
+def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path):
+    """`agents rm` while the shared tier stores again a transcript saved when Redis was down: the copy read
+    from its file just before it went does not bring the agent back on the other instances."""
+    from engine.kv.shared import RETRY_S, SharedTier, shared_key
+
+    read, removed = threading.Event(), threading.Event()
+
+    class HeldPath(type(Path())):
+        """A transcript file whose read returns only once the agent has been removed."""
+
+        def read_text(self, *args, **kwargs):
+            text = super().read_text(*args, **kwargs)
+            read.set()
+            removed.wait(30)
+            return text
+
+    port = free_port()
+    tier = SharedTier(f"redis://127.0.0.1:{port}/0")  # nothing listens there yet: down
+    text = json.dumps({"id": "gone", "updated_at": time.time(), "messages": []})
+    path = HeldPath(tmp_path / "gone.json")
+    Path(path).write_text(text, encoding="utf-8")
+    assert tier.write_transcript("gone", text, path) is False  # remembered, stored again once Redis answers
+    redis_server = RedisProcess(port)
+    try:
+        time.sleep(RETRY_S + 0.5)
+        assert tier.read_transcript("someone else") is None and tier.up  # back: the catch-up thread starts
+        assert read.wait(30)
+        Path(path).unlink()  # what `agents rm` does: the file, then the shared copy
+        assert tier.delete_transcript("gone") is False  # nothing stored yet
+        removed.set()
+        for thread in threading.enumerate():
+            if thread.name == "shared-transcripts":
+                thread.join(30)
+        assert redis_server.client.get(f"am:transcript:{shared_key('gone')}") is None
+    finally:
+        removed.set()
+        tier.close()
+        redis_server.stop()
 
 
 def test_an_agent_runs_one_turn_at_a_time_across_instances(tmp_path, redis_server):
