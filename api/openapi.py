@@ -54,11 +54,12 @@ ROUTES = [
     ("post", "/v1/agents/import", "Agents", "Import an agent file (the body; ?as=ID names it)", None, False),
     ("get", "/health", "Server", "Readiness: 200 when serving, 503 while loading or swapping", None, False),
     ("get", "/metrics", "Server", "Prometheus metrics", None, False),
+    ("get", "/admin/models", "Admin", "The models a swap may name (X-Admin-Key)", None, False),
     ("post", "/admin/swap", "Admin", "Swap the served model (X-Admin-Key)", SwapRequest, False),
 ]
 OPEN_PATHS = {"/health"}  # with SEMANTIC_API_KEY set every other route needs the key (api/app.py)
 # Answered while the model loads
-ENGINELESS_PATHS = {"/metrics", "/v1/responses/{response_id}", "/api/ps", "/api/version"}
+ENGINELESS_PATHS = {"/metrics", "/v1/responses/{response_id}", "/api/ps", "/api/version", "/admin/models"}
 CREATED_PATHS = {"/v1/agents/{agent_id}/fork", "/v1/agents/import"}  # answer 201 with what they made
 AGENT_FILE = {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}  # engine/kv/agent_file.py
 

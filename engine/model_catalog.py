@@ -1,6 +1,7 @@
 """The models this machine can load without the network, read from disk only (no model is loaded):
 installed packaged models and Hugging Face repos already in the hub cache. `agent-memory models list`
-shows them; a server that loads models on demand lists them beside the one it serves."""
+shows them; a server that loads models on demand lists them beside the one it serves, and
+`GET /admin/models` lists what a swap may name."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ def local_models() -> list[LocalModel]:
     """Every model that loads here without the network: packaged ones first, then hub repos by id."""
     packaged = [packaged_model(alias, model) for alias, model in PACKAGED_MODELS.items()]
     return [*(model for model in packaged if model is not None), *(hub_model(repo) for repo in hub_repos())]
+
+
+def swap_choices(models_path: Path) -> list[str]:
+    """The model ids a swap may name here: installed packaged models by alias, hub repos already
+    downloaded, then models already prepared under `models_path` (the data dir's converted models)."""
+    choices = [model.name for model in local_models()]
+    if models_path.is_dir():
+        choices += sorted(str(config.parent) for config in models_path.glob("*/config.json"))
+    return choices
 
 
 def packaged_model(alias: str, packaged: PackagedModel) -> LocalModel | None:

@@ -1,4 +1,4 @@
-"""Admin routes (X-Admin-Key): model hot-swap."""
+"""Admin routes (X-Admin-Key): the models a swap may name, and model hot-swap."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ from engine.errors import EngineClosed, EngineError, ModelLoadError
 
 bp = Blueprint("admin", url_prefix="/admin")
 log = logging.getLogger(__name__)
+
+
+@bp.get("/models")
+async def models(request):
+    """The model ids /admin/swap may name on this machine (read from disk; nothing is loaded)."""
+    from engine.model_catalog import swap_choices
+
+    server = request.app.ctx.server
+    names = await asyncio.to_thread(swap_choices, server.settings.models_path)
+    return json_response({"models": names, "model_id": server.engine.model_id})
 
 
 @bp.post("/swap")

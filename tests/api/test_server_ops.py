@@ -214,6 +214,25 @@ def test_admin_needs_its_key(http):
     assert wrong.status_code == 403
 
 
+def test_admin_lists_the_models_a_swap_may_name(server, http, data_dir):
+    """GET /admin/models: the server machine's models (what the remote TUI's model screen offers)."""
+    from engine.model_catalog import swap_choices
+    from engine.settings import Settings
+    from workbench.tui.remote import RemoteSource
+
+    assert http.get("/admin/models").status_code == 401
+    assert http.get("/admin/models", headers={"X-Admin-Key": "wrong"}).status_code == 403
+    listed = http.get("/admin/models", headers={"X-Admin-Key": ADMIN_KEY}).json()
+    assert listed["model_id"] == "default" and {"default", "gemma3-270m"} <= set(listed["models"])
+    assert listed["models"] == swap_choices(Settings(data_dir=data_dir).models_path)
+    remote = RemoteSource(server.base_url, api_key=API_KEY, admin_key=ADMIN_KEY)
+    try:
+        assert remote.model_choices() == listed["models"]
+        assert RemoteSource(server.base_url, api_key=API_KEY).model_choices() == []  # no admin key: no swaps
+    finally:
+        remote.close()
+
+
 def test_failed_swap_keeps_the_old_model(http):
     response = http.post("/admin/swap", json={"model_id": "/no/such/model.gguf"}, headers={"X-Admin-Key": ADMIN_KEY})
     assert response.status_code == 400 and "still serving 'default'" in response.json()["error"]["message"]

@@ -171,7 +171,13 @@ class RemoteSource:
 
     # -- models ----------------------------------------------------------------------------------
     def model_choices(self) -> list[str]:
-        return ["default", "gemma3-270m"] if self.admin_key else []
+        """What the server may swap to (none without its admin key: the TUI then offers no swap)."""
+        if not self.admin_key:
+            return []
+        response = self.client.get("/admin/models", headers={"X-Admin-Key": self.admin_key})
+        if response.status_code != 200:
+            raise RuntimeError(response.json()["error"]["message"])
+        return response.json()["models"]
 
     def swap(self, model_id: str, progress=None) -> dict:
         if not self.admin_key:

@@ -102,15 +102,9 @@ class LocalSource:
 
     # -- models ----------------------------------------------------------------------------------
     def model_choices(self) -> list[str]:
-        """Installed packaged models by alias, hub repos already downloaded, then models already prepared
-        under the data dir."""
-        from engine.model_catalog import local_models
+        from engine.model_catalog import swap_choices
 
-        choices = [model.name for model in local_models()]
-        models_path = self.settings.models_path
-        if models_path.is_dir():
-            choices += sorted(str(p.parent) for p in models_path.glob("*/config.json"))
-        return choices
+        return swap_choices(self.settings.models_path)
 
     def swap(self, model_id: str, progress=None) -> dict:
         self.engine.swap(model_id, progress)
