@@ -4,7 +4,7 @@
 #   OUT=/some/dir bash bench/gpu/steps.sh DEADLINE_S STEP...
 #
 # Steps: info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows agents_chunks decode_steps
-# decode_ladder kernel_test attention_kernels restore_paths shapes shapes_resume first_turn torch. Each
+# decode_ladder kernel_test attention_kernels attention_chunks restore_paths shapes shapes_resume first_turn torch. Each
 # step's stdout goes to $OUT/STEP.json (info and build: $OUT/setup.txt), its stderr and a line per
 # start/end to $OUT/log.txt. A step that succeeded is marked under $WORK/done and skipped when a later call on the same
 # warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
@@ -12,7 +12,7 @@
 # default .gpu-tok), SITE (installed wheels, default /root/site), PY (python3), BUILD_ARGS (extra mkmodel.py
 # arguments, e.g. a tiny model), GL (prefill lengths of bench/generate.py), RL and RL32 (history lengths of
 # bench/resume.py), RPL (history lengths of bench/gpu/restore_paths.py), GEN_ARGS, RESUME_ARGS, AGENT_ARGS,
-# TORCH_ARGS (extra arguments of each bench).
+# ATTN_ARGS (attention_kernels.py: smaller shapes for a dry run), TORCH_ARGS (extra arguments of each bench).
 set -u
 deadline=$1
 shift
@@ -31,6 +31,7 @@ RPL=${RPL:-4400,17700}
 GEN_ARGS=${GEN_ARGS:-}
 RESUME_ARGS=${RESUME_ARGS:-}
 AGENT_ARGS=${AGENT_ARGS:-}
+ATTN_ARGS=${ATTN_ARGS:-}
 TORCH_ARGS=${TORCH_ARGS:-}
 SITE=${SITE-/root/site}
 export PYTHONPATH=${SITE:+$SITE:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -132,7 +133,13 @@ for step in "$@"; do
     ;;
   attention_kernels)
     # The decode attention of one step of 8 agents, the keys laid out five ways and the batch kernel
-    run_step attention_kernels 45 "$PY" bench/gpu/attention_kernels.py --json
+    # shellcheck disable=SC2086
+    run_step attention_kernels 45 "$PY" bench/gpu/attention_kernels.py --json $ATTN_ARGS
+    ;;
+  attention_chunks)
+    # The same for a resumed turn's 82-token prompt chunk per agent, and the padded keys of short chunks
+    # shellcheck disable=SC2086
+    run_step attention_chunks 45 "$PY" bench/gpu/attention_kernels.py --queries 82 --json $ATTN_ARGS
     ;;
   decode_steps)
     run_step decode_steps 90 "$PY" bench/gpu/decode_steps.py --model "$M8B"
@@ -159,7 +166,7 @@ for step in "$@"; do
     ;;
   *)
     steps="info build gen_bf16 gen_q4 resume resume32 agents agents_keys agents_rows agents_chunks decode_steps"
-    steps="$steps decode_ladder kernel_test attention_kernels restore_paths"
+    steps="$steps decode_ladder kernel_test attention_kernels attention_chunks restore_paths"
     steps="$steps shapes shapes_resume"
     steps="$steps first_turn torch"
     echo "== unknown step $step (steps: $steps)" | tee -a "$log"
