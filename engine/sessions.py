@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from engine.atomic import atomic_write_text
 from engine.events import TurnFinished
@@ -60,6 +61,10 @@ def imported_session(data: dict, session_id: str) -> Session:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise ValueError(f"its transcript is not a transcript ({where}: {error['msg']})") from None
+    try:
+        session.model_dump_json()  # as the store will write it: text must be valid Unicode (no lone surrogate)
+    except PydanticSerializationError:
+        raise ValueError("its transcript is not a transcript (text that is not valid Unicode)") from None
     return session.model_copy(update={"id": session_id, "forked_from": None})
 
 

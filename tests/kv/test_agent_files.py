@@ -105,6 +105,18 @@ def test_export_and_import_over_http(http, tiny_engine, tmp_path):
     altered[len(altered) // 2] ^= 0x01  # inside a block (the tail of a tar is padding)
     assert http.post("/v1/agents/import?as=file-c", content=bytes(altered)).status_code == 400
     assert http.post("/v1/agents/import?as=file-c", content=b"").status_code == 400
+    # A transcript whose text is not valid Unicode (a lone surrogate, JSON-escaped) under a right digest:
+    # refused before its cache is stored
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = [(member.name, tar.extractfile(member).read()) for member in tar.getmembers()]
+    unpaired = [(n, d.replace(b'"Hi."', b'"\\ud800"') if n == "transcript.json" else d) for n, d in members]
+    assert unpaired != members
+    manifest_json = json.loads(dict(members)["manifest.json"])
+    rest = [(n, d) for n, d in unpaired if n not in ("manifest.json", "digest.sha256")]
+    refused = http.post("/v1/agents/import?as=file-c", content=crafted(manifest_json, rest))
+    assert refused.status_code == 400 and "not valid Unicode" in refused.text, refused.text
 
     foreign = tmp_path / "foreign.agent.tar"
     tiny_engine.generate(greedy([ChatMessage(role="user", content="Hello " * 300)], "foreign"))
