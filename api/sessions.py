@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, unquote
 
 from api.errors import ApiError
 from api.validation import has_surrogate
@@ -70,6 +71,26 @@ def checked_session_id(session_id: str, source: str) -> str:
     if has_surrogate(session_id):
         raise ApiError(400, f"{source}: the session id is not valid UTF-8 text", param=source)
     return session_id
+
+
+def id_in_path(raw: str, source: str) -> str:
+    """An id percent-encoded in a path (any character), checked as checked_session_id does. Its bytes must
+    be UTF-8: decoded with replacement, ids that differ only in such bytes would all name one agent."""
+    try:
+        decoded = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"{source}: the id is not valid UTF-8 text", param=source) from None
+    return checked_session_id(decoded, source)
+
+
+def query_text(request, name: str) -> str | None:
+    """The query parameter `name` (the first one given; None when absent or empty), a 400 when its bytes
+    are not UTF-8 (Sanic's own parsing replaces them)."""
+    try:
+        values = parse_qs(request.query_string, errors="strict").get(name)
+    except UnicodeDecodeError:
+        raise ApiError(400, f"{name}: the value is not valid UTF-8 text", param=name) from None
+    return values[0] if values else None
 
 
 def _claude_code_session(user_id: str) -> str | None:

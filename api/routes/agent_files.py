@@ -14,7 +14,7 @@ from sanic.response import json as json_response
 
 from api.errors import ApiError
 from api.routes.agents import agent_ids, as_client_sees, is_known, kv_overview, read_transcript, transcripts
-from api.sessions import checked_session_id, held_across_processes, scoped
+from api.sessions import checked_session_id, held_across_processes, query_text, scoped
 from engine.kv.agent_file import SUFFIX, AgentFileError, AgentFileMismatch, read_agent_file
 from engine.kv.agent_transfer import Target, plan_import
 from engine.sessions import imported_session
@@ -65,6 +65,9 @@ async def import_agent(request):
     """The body is an agent file; `?as=ID` names the new agent (else the id it was exported under)."""
     server = request.app.ctx.server
     engine = server.ready_engine()
+    named = query_text(request, "as")  # checked before the body is read
+    if named:
+        checked_session_id(named, "as")
     path = _scratch_file(server.settings.data_path)
     try:
         await _receive(request, path, server.settings.max_import_mb)
@@ -74,7 +77,7 @@ async def import_agent(request):
             raise ApiError(400, f"the agent file cannot be imported: {exc}") from None
     finally:
         path.unlink(missing_ok=True)
-    agent_id = checked_session_id(request.args.get("as") or agent_file.manifest.agent_id, "as")
+    agent_id = checked_session_id(named or agent_file.manifest.agent_id, "as")
     key = scoped(request, agent_id)
     target = engine.import_target(request.ctx.tenant)
     if target is None and agent_file.snapshot is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import unquote
 
 from sanic import Blueprint
 from sanic.response import json as json_response
@@ -15,7 +14,7 @@ from api.bridge import TurnStream, failure
 from api.errors import ApiError, error_body
 from api.generation import generation_request
 from api.schemas.agents import AgentMessageRequest, AgentPolicyRequest, NewIdRequest
-from api.sessions import checked_session_id, held_across_processes, scoped, unscoped
+from api.sessions import checked_session_id, held_across_processes, id_in_path, scoped, unscoped
 from api.usage import turn_summary
 from api.validation import parse, read_json
 from engine import agent_ops
@@ -32,7 +31,7 @@ def agent_ids(request, in_path: str) -> tuple[str, str]:
     """The agent's id as its client names it, and as the engine and the stores know it (in the caller's
     tenant). Ids may hold any character, percent-encoded in the path; their length is capped like every
     session id."""
-    agent_id = checked_session_id(unquote(in_path), "agent_id")
+    agent_id = id_in_path(in_path, "agent_id")
     return agent_id, scoped(request, agent_id)
 
 

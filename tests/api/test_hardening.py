@@ -159,6 +159,19 @@ def test_a_session_header_that_is_not_utf8_is_a_400(http, api):
         assert "not valid UTF-8" in response.json()["error"]["message"]
 
 
+def test_an_agent_id_whose_escapes_are_not_utf8_is_a_400(http):
+    """Ids that differ only in bytes that are not UTF-8 would all decode (with replacement) to one agent."""
+    for raw in ("user%FEalpha", "user%C0alpha"):
+        response = http.post(f"/v1/agents/{raw}/messages", json={"content": "Hi", "max_tokens": 2}, headers=KEY)
+        assert response.status_code == 400 and "agent_id" in response.json()["error"]["message"], response.text
+        assert http.get(f"/v1/agents/{raw}", headers=KEY).status_code == 400
+    assert not [row for row in http.get("/v1/agents", headers=KEY).json()["data"] if "\ufffd" in row["id"]]
+    imported = http.post("/v1/agents/import?as=%FF", content=b"not read", headers=KEY)
+    assert imported.status_code == 400 and "as: " in imported.json()["error"]["message"], imported.text
+    # A percent-encoded character that is valid UTF-8 names its agent as before
+    assert http.get("/v1/agents/%C3%A9-no-such-agent", headers=KEY).status_code == 404
+
+
 def test_a_key_that_is_not_utf8_is_a_401(http):
     for header in ({"X-API-Key": b"\xff"}, {"Authorization": b"Bearer \xff"}):
         response = http.post("/v1/messages", json=APIS["anthropic"]["body"], headers=header)
