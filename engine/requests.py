@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.kv.policy import MAX_RETENTION_S
+
 # Names the APIs allow for functions: the same rule for OpenAI and Anthropic tools.
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,128}$"
 # The arguments schema of a tool that takes none
@@ -114,7 +116,7 @@ class GenerationRequest(BaseModel):
     # now (Anthropic cache_control's ttl); expire them after this much idle time (OpenAI
     # prompt_cache_retention)
     keep_s: int | None = Field(default=None, ge=1)
-    retention_s: int | None = Field(default=None, ge=1)
+    retention_s: int | None = Field(default=None, ge=1, le=MAX_RETENTION_S)
 
     @property
     def offers_tools(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.validation import Seed, StopSequence, Whole
+from engine.kv.policy import MAX_RETENTION_S
 
 
 class AgentMessageRequest(BaseModel):
@@ -49,6 +50,7 @@ class AgentPolicyRequest(BaseModel):
     retention_s: Whole | None = Field(
         default=None,
         ge=1,
+        le=MAX_RETENTION_S,
         description="Expire the agent's caches after this many idle seconds; null: keep them while the budgets allow.",
     )
 

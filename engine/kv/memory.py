@@ -61,6 +61,12 @@ def _slot(name: str, tenant: str) -> str:
     return f"{name}\x00{tenant}" if tenant else name
 
 
+def _log_failure(done: Future, what: str) -> None:
+    """Log a writer task's error: nobody waits on its Future."""
+    if done.exception() is not None:
+        log.error("%s failed: %s", what, done.exception())
+
+
 def _hot_key(session_id: str | None, tenant: str) -> str:
     """A request's hot slot: its session's, or its tenant's slot for requests without one."""
     return session_id or _slot(ANONYMOUS, tenant)
@@ -552,7 +558,8 @@ class KVMemory:
             del policies[session_id]
         self.policies = policies
         if self.warm.writable:
-            self.writer.run(lambda warm: warm.set_policy(session_id, policy))
+            stored = self.writer.run(lambda warm: warm.set_policy(session_id, policy))
+            stored.add_done_callback(lambda done: _log_failure(done, f"storing the cache policy of {session_id!r}"))
         return policy
 
     def _drop_policy(self, session_id: str) -> None:

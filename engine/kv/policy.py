@@ -18,6 +18,9 @@ from dataclasses import dataclass
 CLIENT_RETENTION_S = {"in_memory": 3600, "24h": 86400}
 # Anthropic's cache_control ttl values (absent: "5m")
 CLIENT_TTL_S = {"5m": 300, "1h": 3600}
+# The longest retention a user may set: a century (longer is no different, and the index stores 64-bit
+# integers)
+MAX_RETENTION_S = 100 * 365 * 86400
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from engine.kv.policy import AgentPolicy
+from engine.kv.policy import MAX_RETENTION_S, AgentPolicy
 from engine.kv.warm import WarmTier
 from engine.requests import ChatMessage
 from tests.conftest import run_cli
@@ -111,6 +111,16 @@ def test_a_pinned_agent_is_evicted_last_and_a_large_one_does_not_evict_the_other
         engine.close()
 
 
+def test_the_longest_retention_a_user_may_set_is_stored(tmp_path):
+    tier = WarmTier(tmp_path, disk_budget_mb=100)
+    longest = AgentPolicy(retention_s=MAX_RETENTION_S, retention_by_user=True)
+    tier.set_policy("patient", longest)
+    tier.close()
+    reopened = WarmTier(tmp_path, disk_budget_mb=100)
+    assert reopened.policies() == {"patient": longest}
+    reopened.close()
+
+
 def test_pin_and_retention_over_http(http):
     assert http.post("/v1/agents/policy-a/messages", json={"content": "Hi.", "max_tokens": 4}).status_code == 200
     pinned = http.patch("/v1/agents/policy-a", json={"pinned": True, "retention_s": 3600})
@@ -126,6 +136,10 @@ def test_pin_and_retention_over_http(http):
     assert http.patch("/v1/agents/policy-a", json={}).status_code == 400
     assert http.patch("/v1/agents/policy-a", json={"pinned": "yes"}).status_code == 400
     assert http.patch("/v1/agents/policy-a", json={"retention_s": 0}).status_code == 400
+    # Past a century a retention is refused, not answered 200 and then lost (the index holds 64-bit integers)
+    for too_long in (MAX_RETENTION_S + 1, 2**63, 10**20):
+        assert http.patch("/v1/agents/policy-a", json={"retention_s": too_long}).status_code == 400
+    assert http.patch("/v1/agents/policy-a", json={"retention_s": MAX_RETENTION_S}).status_code == 200
     assert http.patch("/v1/agents/no-such-agent", json={"pinned": True}).status_code == 404
     assert http.patch("/v1/agents/policy-a", json={"pinned": True}).status_code == 200
     assert http.delete("/v1/agents/policy-a").status_code == 200
