@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from api.validation import StopSequence, Whole
 from engine.requests import TOOL_NAME_PATTERN
@@ -131,3 +131,11 @@ class OllamaShowRequest(_Open):
 
     model: str = Field(min_length=1)
     verbose: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_name(cls, data: Any) -> Any:
+        """Older Ollama clients name the model `name`."""
+        if isinstance(data, dict) and "model" not in data and "name" in data:
+            return {**data, "model": data["name"]}
+        return data

@@ -515,6 +515,7 @@ def test_ollama_model_routes_describe_the_served_model(client, engine):
     assert listed["name"] == MODEL_ID and listed["size"] == 1000  # the weight files in the model directory
     assert listed["details"]["family"] == "llama" and listed["details"]["parameter_size"] == "135M"
     shown = body(client.post("/api/show", {"model": MODEL_ID}))
+    assert body(client.post("/api/show", {"name": MODEL_ID})) == shown  # older clients' field
     assert shown["capabilities"] == ["completion", "tools"]
     assert shown["model_info"]["llama.context_length"] == engine.info.context_length
     assert shown["template"] == engine.tokenizer.chat_template
