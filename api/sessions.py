@@ -9,12 +9,8 @@ from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, unquote
 
 from api.errors import ApiError
-from api.validation import has_surrogate
+from engine.session_ids import id_problem
 from engine.session_lock import POLL_S, TurnLock
-
-# Ids name files only through a hash, but each is kept in memory, in SQLite and in the access log.
-MAX_SESSION_ID_CHARS = 256
-
 
 # Between a tenant's name and a client's session id in the ids the engine and the stores know
 TENANT_SEPARATOR = ":"
@@ -60,16 +56,11 @@ def from_claude_code(headers, body: dict) -> bool:
 
 
 def checked_session_id(session_id: str, source: str) -> str:
-    """`session_id` if it is at most MAX_SESSION_ID_CHARS of valid Unicode, else a 400 naming `source`.
-    A header's non-UTF-8 byte arrives as a lone surrogate (Sanic decodes heads with surrogateescape)."""
-    if len(session_id) > MAX_SESSION_ID_CHARS:
-        raise ApiError(
-            400,
-            f"{source}: a session id is at most {MAX_SESSION_ID_CHARS} characters; this one has {len(session_id)}",
-            param=source,
-        )
-    if has_surrogate(session_id):
-        raise ApiError(400, f"{source}: the session id is not valid UTF-8 text", param=source)
+    """`session_id` if it may name a session (engine/session_ids.py), else a 400 naming `source`. A
+    header's non-UTF-8 byte arrives as a lone surrogate (Sanic decodes heads with surrogateescape)."""
+    problem = id_problem(session_id)
+    if problem is not None:
+        raise ApiError(400, f"{source}: {problem}", param=source)
     return session_id
 
 

@@ -8,17 +8,16 @@ strings holding a lone UTF-16 surrogate (JSON's "\\ud800" parses, but no tokeniz
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, StrictInt, ValidationError
 
 from api.errors import ApiError, from_validation_error
+from engine.session_ids import has_surrogate
 
 M = TypeVar("M", bound=BaseModel)
 
 MAX_JSON_DEPTH = 100
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _integral(value):
@@ -47,11 +46,6 @@ def read_json(request) -> dict:
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
     _check_values(body)
     return body
-
-
-def has_surrogate(text: str) -> bool:
-    """True when `text` holds a lone surrogate: an escaped "\\ud800" in JSON, a non-UTF-8 header byte."""
-    return _SURROGATE.search(text) is not None
 
 
 def _check_values(body: dict) -> None:

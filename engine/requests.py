@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.kv.policy import MAX_RETENTION_S
+from engine.session_ids import has_surrogate
 
 # Names the APIs allow for functions: the same rule for OpenAI and Anthropic tools.
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,128}$"
@@ -47,6 +48,14 @@ class ChatMessage(BaseModel):
     name: str | None = None  # the tool a "tool" turn answers (else found from the call with its id)
     is_error: bool = False  # a "tool" turn that reports a failed call
 
+    @field_validator("content")
+    @classmethod
+    def _is_text(cls, content: str) -> str:
+        # A byte that is not UTF-8 (a terminal's, a file's) arrives as a lone surrogate: no tokenizer takes it
+        if has_surrogate(content):
+            raise ValueError("the text holds bytes that are not UTF-8 (a lone surrogate)")
+        return content
+
 
 class SamplingParams(BaseModel):
     """mlx-lm's sampler settings and repetition penalties; temperature 0 is greedy. A value left as None is
@@ -66,7 +75,7 @@ class SamplingParams(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     penalty_context_tokens: int | None = Field(default=None, ge=1, le=65536)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**64)  # MLX's random keys are 64-bit
     # Never end the turn on an end-of-turn token (benchmarks that need a fixed number of tokens).
     ignore_eos: bool = False
 

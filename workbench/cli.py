@@ -44,6 +44,25 @@ ModelOption = Annotated[
 ]
 
 
+def new_id(value: str | None) -> str | None:
+    """An id that may name a new session, refused as the API refuses it (engine/session_ids.py)."""
+    from engine.session_ids import id_problem
+
+    if value is not None and (problem := id_problem(value)) is not None:
+        raise typer.BadParameter(problem)
+    return value
+
+
+def known_id(value: str | None) -> str | None:
+    """An id that names a session already there: any text it could have been stored under (an id from an
+    earlier version may be empty or long), not bytes that are not UTF-8."""
+    from engine.session_ids import has_surrogate
+
+    if value is not None and has_surrogate(value):
+        raise typer.BadParameter("the session id is not valid UTF-8 text")
+    return value
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     report_error(message)
     return typer.Exit(code)
@@ -78,7 +97,9 @@ def version() -> None:
 @app.command()
 def chat(
     message: Annotated[str | None, typer.Argument(help="Send one message and exit; omit for interactive chat.")] = None,
-    session: Annotated[str | None, typer.Option("--session", "-s", help="Session (agent) id to use or resume.")] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", "-s", help="Session (agent) id to use or resume.", callback=new_id)
+    ] = None,
     continue_last: Annotated[bool, typer.Option("--continue", "-c", help="Continue the most recent session.")] = False,
     new: Annotated[bool, typer.Option("--new", help="Start the session over (forget its transcript).")] = False,
     system: Annotated[str | None, typer.Option("--system", help="System prompt (kept with the session).")] = None,
@@ -97,7 +118,9 @@ def chat(
             "--repetition-penalty", min=0.0, help="Above 1 discourages repeating the answer's tokens; 1 is off."
         ),
     ] = 1.1,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible sampling.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, max=2**64 - 1, help="Random seed for reproducible sampling.")
+    ] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).")] = None,
     model: ModelOption = None,
 ) -> None:
@@ -127,7 +150,9 @@ def chat(
 
 @app.command()
 def tui(
-    session: Annotated[str | None, typer.Option("--session", "-s", help="Agent to open first.")] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", "-s", help="Agent to open first.", callback=new_id)
+    ] = None,
     model: ModelOption = None,
     connect: Annotated[
         str | None, typer.Option("--connect", help="Attach to a running `agent-memory serve` at this URL.")
@@ -290,7 +315,7 @@ def agents_ls(json_output: Annotated[bool, typer.Option("--json", help="One JSON
 
 
 @agents_app.command("show")
-def agents_show(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+def agents_show(session_id: Annotated[str, typer.Argument(help="Session id.", callback=known_id)]) -> None:
     """Print one session's transcript and metadata."""
     from workbench.agents_cmd import show_agent
 
@@ -299,8 +324,8 @@ def agents_show(session_id: Annotated[str, typer.Argument(help="Session id.")]) 
 
 @agents_app.command("fork")
 def agents_fork(
-    session_id: Annotated[str, typer.Argument(help="Session id to fork.")],
-    new_id: Annotated[str, typer.Argument(help="The fork's session id (a new one).")],
+    session_id: Annotated[str, typer.Argument(help="Session id to fork.", callback=known_id)],
+    new_id: Annotated[str, typer.Argument(help="The fork's session id (a new one).", callback=new_id)],
 ) -> None:
     """Fork a session: its transcript copied, its KV cache shared (no block is copied)."""
     from workbench.agents_cmd import fork_agent
@@ -310,8 +335,8 @@ def agents_fork(
 
 @agents_app.command("rename")
 def agents_rename(
-    session_id: Annotated[str, typer.Argument(help="Session id to rename.")],
-    new_id: Annotated[str, typer.Argument(help="Its new session id (not in use).")],
+    session_id: Annotated[str, typer.Argument(help="Session id to rename.", callback=known_id)],
+    new_id: Annotated[str, typer.Argument(help="Its new session id (not in use).", callback=new_id)],
 ) -> None:
     """Rename a session: its transcript, KV cache and pinning move, so its next turn resumes."""
     from workbench.agents_cmd import rename_agent
@@ -321,9 +346,9 @@ def agents_rename(
 
 @agents_app.command("export")
 def agents_export(
-    session_id: Annotated[str, typer.Argument(help="Session id to export.")],
+    session_id: Annotated[str, typer.Argument(help="Session id to export.", callback=known_id)],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="The file to write (default: ID.agent.tar here).")
+        Path | None, typer.Option("--output", "-o", help="The file (or folder) to write (default: ID.agent.tar here).")
     ] = None,
 ) -> None:
     """Write a session's agent file: its transcript and KV cache, to resume elsewhere without recompute."""
@@ -335,7 +360,7 @@ def agents_export(
 @agents_app.command("import")
 def agents_import(
     source: Annotated[Path, typer.Argument(help="An agent file (from `agents export`).")],
-    new_id: Annotated[str | None, typer.Option("--as", help="The session id to import it as.")] = None,
+    new_id: Annotated[str | None, typer.Option("--as", help="The session id to import it as.", callback=new_id)] = None,
 ) -> None:
     """Add the session of an agent file; blocks already stored are not stored twice."""
     from workbench.agents_cmd import import_agent_file
@@ -344,7 +369,7 @@ def agents_import(
 
 
 @agents_app.command("pin")
-def agents_pin(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+def agents_pin(session_id: Annotated[str, typer.Argument(help="Session id.", callback=known_id)]) -> None:
     """Keep a session's KV caches: evicted last from memory, never by the disk budget."""
     from workbench.agents_cmd import pin_agent
 
@@ -352,7 +377,7 @@ def agents_pin(session_id: Annotated[str, typer.Argument(help="Session id.")]) -
 
 
 @agents_app.command("unpin")
-def agents_unpin(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+def agents_unpin(session_id: Annotated[str, typer.Argument(help="Session id.", callback=known_id)]) -> None:
     """Let a session's KV caches be evicted like any other's."""
     from workbench.agents_cmd import pin_agent
 
@@ -371,7 +396,7 @@ def agents_prune(
 
 
 @agents_app.command("rm")
-def agents_rm(session_id: Annotated[str, typer.Argument(help="Session id.")]) -> None:
+def agents_rm(session_id: Annotated[str, typer.Argument(help="Session id.", callback=known_id)]) -> None:
     """Delete a session's transcript and its KV caches (blocks other sessions use stay)."""
     from workbench.agents_cmd import remove_agent
 
@@ -411,6 +436,11 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        # The data dir read-only, a full disk, a path that is not there: the system's own words, not a
+        # traceback (every file is written temp + rename, so what was stored before is intact)
+        report_error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

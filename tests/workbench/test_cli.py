@@ -237,3 +237,78 @@ def test_agents_prune_deletes_stale_agents_but_not_pinned_ones(tmp_path):
     warm.close()
     bad = run_cli("agents", "prune", "--older-than", "a week", data_dir=data)
     assert bad.returncode == 2 and "7d" in bad.stderr
+
+
+def test_ids_outputs_and_addresses_the_command_line_refuses_say_why(tmp_path):
+    """What the API refuses the command line refuses too, in one line and no traceback; no model loads."""
+    import os
+    import socket
+
+    data = tmp_path / "data"
+    refused = [
+        (("agents", "show", os.fsdecode(b"agent-\xff")), "not valid UTF-8"),  # a byte that is not UTF-8
+        (("agents", "fork", "keeper", ""), "cannot be empty"),
+        (("agents", "import", "x.agent.tar", "--as", "a" * 300), "at most 256"),
+        (("chat", "-s", "x", "--seed", "-1", "hi"), "--seed"),
+        (("models", "ps", "--connect", "http://[::1"), "not a server URL"),
+    ]
+    for args, message in refused:
+        result = run_cli(*args, data_dir=data)
+        assert result.returncode in (1, 2) and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+    older = run_cli("agents", "prune", "--older-than", "9" * 400 + "d", "--dry-run", data_dir=data)
+    assert older.returncode == 0 and "0 agents to delete" in older.stdout, older.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = run_cli("serve", "--port", str(taken.getsockname()[1]), data_dir=data)
+    assert busy.returncode == 2 and "cannot listen on" in busy.stderr and "Traceback" not in busy.stderr
+
+
+def test_agent_files_are_written_to_files_or_folders_only(tmp_path):
+    import os
+    import stat
+
+    from engine.sessions import Session, SessionStore
+
+    data = tmp_path / "data"
+    store = SessionStore(data / "sessions")
+    store.save(Session(id="new"))
+    no_turn = run_cli("agents", "export", "new", data_dir=data)
+    assert no_turn.returncode == 2 and "no turn yet" in no_turn.stderr and "Traceback" not in no_turn.stderr
+    store.save(Session(id="keeper", model_id="default", model_fingerprint="0123456789abcdef"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    refused = run_cli("agents", "export", "keeper", "-o", str(fifo), data_dir=data)
+    assert refused.returncode == 2 and "not a regular file" in refused.stderr, refused.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # never replaced by a file
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    written = run_cli("agents", "export", "keeper", "-o", str(folder), data_dir=data)
+    assert written.returncode == 0 and (folder / "keeper.agent.tar").is_file(), written.stderr
+
+
+def test_agents_rm_waits_for_a_turn_running_in_another_process(tmp_path):
+    """A server's turn holds the agent's turn lock; `agents rm` deletes after it, or the turn's end
+    would save the deleted transcript again."""
+    import time
+
+    from engine.sessions import Session, SessionStore
+    from tests.conftest import cli_env
+
+    data = tmp_path / "data"
+    store = SessionStore(data / "sessions")
+    store.save(Session(id="busy"))
+    with store.turn_lock("busy").held():  # as a running turn holds it
+        removing = subprocess.Popen(
+            [sys.executable, "-m", "workbench.cli", "agents", "rm", "busy"],
+            env=cli_env(data),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(3)
+        assert removing.poll() is None and store.get("busy") is not None
+    out, err = removing.communicate(timeout=60)
+    assert removing.returncode == 0 and "Deleted session 'busy'" in out, err
+    assert "waiting for it to end" in err and store.get("busy") is None
