@@ -12,7 +12,7 @@ import typer
 from engine.kv.stats import SessionSummary
 from engine.sessions import SessionCorrupt, SessionStore
 from engine.settings import Settings
-from workbench.output import EXIT_BAD_INPUT, report_error
+from workbench.output import EXIT_BAD_INPUT, report_error, waiting_for_another_process
 
 
 def _ago(timestamp: float) -> str:
@@ -88,19 +88,38 @@ def show_agent(settings: Settings, session_id: str) -> int:
 
 
 def remove_agent(settings: Settings, session_id: str) -> int:
-    """Delete the transcript and the session's KV snapshots; blocks shared with others stay."""
+    """Delete the transcript and the session's KV snapshots; blocks shared with others stay. An agent with
+    a cache alone (its transcript deleted while the cache dir could not be changed) is removed too."""
     from engine.kv.warm import WarmTier
 
-    if not SessionStore.of(settings).delete(session_id):
-        return report_error(f"no session {session_id!r}; see `agent-memory agents`")
+    store = SessionStore.of(settings)
     warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
     try:
-        warm.forget_session(None, session_id)
-        note = " (its KV cache is kept: another process owns the cache dir)" if warm.read_only else ""
+        cached = bool(warm.session_fingerprints(session_id))
+        deleted = _delete_agent(store, warm, session_id)
+        if not deleted and not cached:
+            return report_error(f"no session {session_id!r}; see `agent-memory agents`")
+        if not deleted and not warm.writable:
+            return owned_elsewhere(f"only its KV cache is left: delete it through it, DELETE /v1/agents/{session_id}")
+        note = ""
+        if warm.read_only:
+            note = " (its KV cache is kept: another process owns the cache dir)"
+        elif not warm.enabled:
+            note = f" (its KV cache on disk, if any, is kept: {settings.cache_path} cannot be used)"
     finally:
         warm.close()
     typer.echo(f"Deleted session {session_id!r}{note}.")
     return 0
+
+
+def _delete_agent(store: SessionStore, warm, session_id: str) -> bool:
+    """Delete an agent's transcript and its snapshots (where this process may change the cache dir)
+    between two of its turns: a turn running in another process (a server) ends first, or it would save
+    the transcript again. Whether it had a transcript."""
+    with store.turn_lock(session_id).held(on_wait=lambda: waiting_for_another_process(session_id)):
+        deleted = store.delete(session_id)
+        warm.forget_session(None, session_id)
+    return deleted
 
 
 def owned_elsewhere(what_to_do: str) -> int:
@@ -173,6 +192,11 @@ def export_agent_file(settings: Settings, session_id: str, output: Path | None) 
 
     store = SessionStore.of(settings)
     target = output or Path(_file_name(session_id) + SUFFIX)
+    if target.is_dir():
+        target = target / (_file_name(session_id) + SUFFIX)
+    elif target.exists() and not target.is_file():
+        # The finished file replaces the target: never a device or a pipe
+        return report_error(f"{target} is not a regular file: give a file or a folder to write the agent file to")
     partial = target.with_name(target.name + ".part")
     warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
     try:
@@ -183,6 +207,8 @@ def export_agent_file(settings: Settings, session_id: str, output: Path | None) 
         # The model its transcript names, when its cache is stored under it; else its most recently used
         fingerprint = session.model_fingerprint if session and session.model_fingerprint in cached else None
         fingerprint = fingerprint or (cached[0] if cached else session.model_fingerprint or "")
+        if not fingerprint:
+            return report_error(f"cannot export {session_id!r}: it has had no turn yet (no model to export it for)")
         model_id = session.model_id if session and session.model_id else "unknown"
         with partial.open("wb") as handle:
             transcript = session.model_dump() if session else None
@@ -309,15 +335,15 @@ def prune_agents(settings: Settings, older_than: str, dry_run: bool) -> int:
         last_used = {s.id: s.updated_at for s in store.all()}
         for session_id, summary in warm.session_summaries().items():
             last_used[session_id] = max(last_used.get(session_id, 0.0), summary.last_used)
-        cutoff = time.time() - age_s
+        now = time.time()
+        cutoff = now - min(age_s, now)  # an age past the epoch: nothing is that old
         stale = sorted(sid for sid, used in last_used.items() if used < cutoff and sid not in pinned)
         for session_id in stale:
             typer.echo(
                 f"{'would delete' if dry_run else 'deleted'} {session_id}  (last used {_ago(last_used[session_id])})"
             )
             if not dry_run:
-                store.delete(session_id)
-                warm.forget_session(None, session_id)
+                _delete_agent(store, warm, session_id)
     finally:
         warm.close()
     kept = f", {len(pinned)} pinned kept" if pinned else ""

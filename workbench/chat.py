@@ -14,7 +14,7 @@ from engine.events import TurnChunk, TurnFailed, TurnFinished
 from engine.sessions import Session, SessionCorrupt, SessionStore
 from engine.settings import Settings
 from workbench.format import json_result, turn_footer
-from workbench.output import report_error
+from workbench.output import report_error, waiting_for_another_process
 from workbench.platform_info import blas_warning
 from workbench.progress import ModelProgress
 
@@ -150,10 +150,6 @@ def checked_request(engine, session: Session, text: str, options: ChatOptions):
         message = error["msg"].removeprefix("Value error, ")
         field = error["loc"][-1] if error["loc"] and error["loc"][0] == "sampling" else None
         raise EngineError(f"{field}: {message}" if field else message) from None
-
-
-def waiting_for_another_process(session_id: str) -> None:
-    typer.echo(f"Another process is running a turn of {session_id!r}; waiting for it to end…", err=True)
 
 
 def one_turn(engine, store: SessionStore, session: Session, text: str, options: ChatOptions) -> int:

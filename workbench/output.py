@@ -8,6 +8,10 @@ import typer
 EXIT_BAD_INPUT = 2
 
 
+def waiting_for_another_process(session_id: str) -> None:
+    typer.echo(f"Another process is running a turn of {session_id!r}; waiting for it to end…", err=True)
+
+
 def report_error(message: str) -> int:
     """Print one `error:` line on stderr; returns the bad-input exit status."""
     typer.echo(f"error: {message}", err=True)
