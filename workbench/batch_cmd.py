@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine.errors import EngineBusy, EngineError
 from engine.events import TurnFailed, TurnFinished
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolSpec
+from engine.session_ids import id_problem
 from engine.settings import Settings
 from workbench.format import json_result
 from workbench.output import report_error
@@ -38,6 +39,14 @@ class BatchJob(BaseModel):
     tools: list[ToolSpec] = Field(default_factory=list)
     # "auto", "required", "none", or the name of the tool to call
     tool_choice: str = "auto"
+
+    @field_validator("session")
+    @classmethod
+    def _session_id(cls, session: str | None) -> str | None:
+        problem = id_problem(session) if session is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return session
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -75,9 +84,12 @@ class _Line:
     error: str | None = None
 
 
-def read_jobs(path: Path) -> list[_Line]:
+def read_jobs(jobs: str) -> list[_Line]:
+    """The jobs file's lines: each a job, or the error it is reported with (a job id used by an earlier
+    line is one: results are matched to jobs by id)."""
     lines = []
-    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    first_line_of: dict[str, int] = {}
+    for number, text in enumerate(jobs.splitlines(), start=1):
         if not text.strip():
             continue
         try:
@@ -95,16 +107,19 @@ def read_jobs(path: Path) -> list[_Line]:
             message = first["msg"].removeprefix("Value error, ")
             lines.append(_Line(number, key, error=f"line {number}: {where + ': ' if where else ''}{message}"))
             continue
+        if key in first_line_of:
+            error = f"line {number}: id {key!r} is the id of line {first_line_of[key]} already"
+            lines.append(_Line(number, f"line:{number}", error=error))
+            continue
+        first_line_of[key] = number
         lines.append(_Line(number, key, job=job))
     return lines
 
 
-def done_keys(path: Path) -> set[str]:
+def done_keys(results: str) -> set[str]:
     """Jobs already in the output (a torn last line from a killed run is ignored)."""
     keys = set()
-    if not path.exists():
-        return keys
-    for text in path.read_text(encoding="utf-8").splitlines():
+    for text in results.splitlines():
         try:
             row = json.loads(text)
         except json.JSONDecodeError:
@@ -117,8 +132,17 @@ def done_keys(path: Path) -> set[str]:
 def run_batch(settings: Settings, jobs_path: Path, output_path: Path) -> int:
     if not jobs_path.is_file():
         return report_error(f"no such file: {jobs_path}")
-    lines = read_jobs(jobs_path)
-    finished_keys = done_keys(output_path)
+    # Both files are checked before the model loads: a mistake costs no wait
+    try:
+        lines = read_jobs(jobs_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return report_error(f"cannot read the jobs in {jobs_path}: {exc}")
+    try:
+        with output_path.open("a+", encoding="utf-8") as output:  # made if new; its results so far if not
+            output.seek(0)
+            finished_keys = done_keys(output.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        return report_error(f"cannot write the results to {output_path}: {exc}")
     todo = [line for line in lines if line.key not in finished_keys]
     skipped = len(lines) - len(todo)
     if not todo:

@@ -32,14 +32,16 @@ def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
         {"id": "d", "prompt": "Name a colour.", "max_tokens": 6},
         {"id": "t", "prompt": "Weather in Oslo?", "max_tokens": 40, "tools": [WEATHER], "tool_choice": "get_weather"},
         {"id": "u", "prompt": "Weather in Oslo?", "tools": [WEATHER], "tool_choice": "get_time"},
+        {"id": "a", "prompt": "Again?", "max_tokens": 4},  # results are matched to jobs by id
+        {"id": "s", "session": "\ud800", "prompt": "Hi", "max_tokens": 4},  # not text: JSON's escaped surrogate
     ]
     jobs.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
     output = tmp_path / "results.jsonl"
 
     first = run_cli("batch", str(jobs), "-o", str(output), data_dir=data_dir)
-    assert first.returncode == 1, first.stderr  # three bad lines
+    assert first.returncode == 1, first.stderr  # five bad lines
     rows = {row["id"]: row for row in map(json.loads, output.read_text().splitlines())}
-    assert set(rows) == {"a", "b", "line:3", "c", "d", "t", "u"}
+    assert set(rows) == {"a", "b", "line:3", "c", "d", "t", "u", "line:8", "s"}
     assert "Paris" in rows["a"]["text"] and rows["a"]["usage"]["completion_tokens"] > 0
     assert rows["b"]["session"] == "batch-agent"
     assert rows["line:3"]["line"] == 3 and "not JSON" in rows["line:3"]["error"]
@@ -48,6 +50,8 @@ def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
     assert rows["t"]["finish_reason"] == "tool_calls" and call["name"] == "get_weather"
     assert isinstance(json.loads(call["arguments"])["city"], str)
     assert rows["u"]["line"] == 7 and "not among the tools" in rows["u"]["error"]
+    assert "id 'a' is the id of line 1" in rows["line:8"]["error"]
+    assert rows["s"]["line"] == 9 and "not valid UTF-8" in rows["s"]["error"]
 
     jobs.write_text(jobs.read_text() + json.dumps({"id": "e", "prompt": "Say yes.", "max_tokens": 4}) + "\n")
     second = run_cli("batch", str(jobs), "-o", str(output), data_dir=data_dir)
@@ -57,6 +61,13 @@ def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
 
     missing = run_cli("batch", str(tmp_path / "nope.jsonl"), "-o", str(output), data_dir=data_dir)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+    # Files it cannot use are said before the model loads: a folder for results, jobs that are not UTF-8
+    folder = run_cli("batch", str(jobs), "-o", str(tmp_path), data_dir=data_dir)
+    assert folder.returncode == 2 and "cannot write the results" in folder.stderr, folder.stderr
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\n")
+    unreadable = run_cli("batch", str(binary), "-o", str(output), data_dir=data_dir)
+    assert unreadable.returncode == 2 and "cannot read the jobs" in unreadable.stderr, unreadable.stderr
 
 
 def test_batch_job_samples_with_the_models_defaults_unless_it_sets_temperature():
