@@ -64,6 +64,7 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     async def start_engine(app):
         if engine.state == "loading" and not engine.started:
             engine.start(wait=False)
+            app.add_task(_log_load_failure(engine), name="log-load-failure")
 
     @app.before_server_stop
     async def second_signal_exits_at_once(app):
@@ -89,6 +90,14 @@ def create_app(settings: Settings, engine, name: str = "agent_memory") -> Sanic:
     app.error_handler.add(Exception, _on_error)
     app.error_handler.add(RequestCancelled, _on_client_gone)
     return app
+
+
+async def _log_load_failure(engine) -> None:
+    """A model that fails to load leaves the server up (/health says why); the log says it too."""
+    while engine.state == "loading":
+        await asyncio.sleep(0.5)
+    if engine.state == "failed":
+        log.error("the model did not load: %s; /health answers 503 until an admin swap loads one", engine.load_error)
 
 
 def _end_running_turns(server) -> None:

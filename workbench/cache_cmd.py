@@ -81,6 +81,8 @@ def run_check(settings: Settings, repair: bool) -> int:
 def run_clear(settings: Settings) -> int:
     warm = _warm(settings)
     try:
+        if not warm.enabled:
+            return report_error(warm.disabled_reason)
         if warm.read_only:
             return report_error("another process owns the cache dir; stop it first")
         removed = warm.clear()

@@ -93,7 +93,10 @@ def _download(repo_id: str, revision: str | None) -> str:
 def show_running(base_url: str, api_key: str | None, json_output: bool) -> int:
     from workbench.tui.remote import RemoteSource
 
-    source = RemoteSource(base_url, api_key=api_key)
+    try:
+        source = RemoteSource(base_url, api_key=api_key)
+    except httpx.InvalidURL as exc:
+        return failed(f"{base_url!r} is not a server URL ({exc})")
     source.client.timeout = httpx.Timeout(TIMEOUT_S)
     try:
         report = _running(source)

@@ -7,6 +7,7 @@ import logging
 import typer
 
 from engine.settings import Settings
+from workbench.output import report_error
 
 log = logging.getLogger("agent_memory.serve")
 
@@ -25,9 +26,28 @@ class LogProgress:
             log.info("%s: %d%%", stage, percent)
 
 
+def can_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (a port in use, an address not of this machine), or
+    None: asked before the model loads, so such a mistake is one line, not a traceback after the load."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind((host, port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def run_server(settings: Settings, host: str, port: int, log_level: str = "info") -> int:
     from api.app import create_app
     from engine.engine import Engine
+
+    problem = can_listen(host, port)
+    if problem is not None:
+        return report_error(problem)
 
     # One handler for every logger, Sanic's included (the app leaves logging to us).
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
