@@ -92,7 +92,9 @@ def test_connect_to_a_running_server(server):
     from workbench.tui.remote import RemoteSource
 
     async def scenario():
-        app = WorkbenchApp(RemoteSource(server.base_url, api_key=API_KEY), initial_agent="tui-remote")
+        # A wrong admin key: the server refuses to list its models, and the model screen says so
+        source = RemoteSource(server.base_url, api_key=API_KEY, admin_key="not-the-admin-key")
+        app = WorkbenchApp(source, initial_agent="tui-remote")
         async with app.run_test(size=(100, 30)) as pilot:
             await until(pilot, lambda: app.ready)
             assert app.summary["model_id"] and app.summary["kv_block_tokens"] > 0
@@ -121,6 +123,11 @@ def test_connect_to_a_running_server(server):
             await pilot.press("r")
             await until(pilot, lambda: any(row["id"] == "tui-other-client" for row in app.screen.rows), timeout=30)
             assert app.screen.query_one("#chains", DataTable).get_row("tui-other-client")
+            await pilot.press("escape")
+            await pilot.press("f4")
+            await until(pilot, lambda: isinstance(app.screen, ModelScreen))
+            status = str(app.query_one("#status", Static).content)
+            assert "No models to swap to" in status and "admin" in status.lower(), status
 
     asyncio.run(scenario())
 

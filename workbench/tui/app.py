@@ -432,7 +432,11 @@ class WorkbenchApp(App):
     async def action_model(self) -> None:
         if not self.summary or isinstance(self.screen, ModelScreen):
             return
-        choices = await self.run_in_thread(self.source.model_choices)
+        try:
+            choices = await self.run_in_thread(self.source.model_choices)
+        except Exception as exc:  # noqa: BLE001 - shown; the screen opens without choices
+            self.set_status(f"No models to swap to: {exc}")
+            choices = []
         await self.open_screen(ModelScreen(self.summary, choices))
 
     def action_help(self) -> None:
