@@ -116,7 +116,7 @@ def test_export_and_import_over_http(http, tiny_engine, tmp_path):
     manifest_json = json.loads(dict(members)["manifest.json"])
     rest = [(n, d) for n, d in unpaired if n not in ("manifest.json", "digest.sha256")]
     refused = http.post("/v1/agents/import?as=file-c", content=crafted(manifest_json, rest))
-    assert refused.status_code == 400 and "not valid Unicode" in refused.text, refused.text
+    assert refused.status_code == 400 and "its transcript is not a transcript" in refused.text, refused.text
 
     foreign = tmp_path / "foreign.agent.tar"
     tiny_engine.generate(greedy([ChatMessage(role="user", content="Hello " * 300)], "foreign"))
