@@ -71,7 +71,7 @@ class SharedTier:
         self._behind: dict[tuple[str, str], None] = {}  # (fingerprint, session id), oldest first
         self._transcripts_behind: dict[str, Path] = {}  # session id: its local file, oldest first
         self._catching_up: str | None = None  # the session whose transcript is being stored again from its file
-        self._deleted_meanwhile = False  # ... and it was deleted (`agents rm`) after its file was read
+        self._deleted_meanwhile = False  # ... and this process deleted it (DELETE /v1/agents/{id}) meanwhile
 
     @property
     def up(self) -> bool:

@@ -181,8 +181,8 @@ def test_a_down_shared_tier_degrades_to_local_tiers_and_catches_up(tmp_path):
 
 
 def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path):
-    """`agents rm` while the shared tier stores again a transcript saved when Redis was down: the copy read
-    from its file just before it went does not bring the agent back on the other instances."""
+    """An agent deleted while the shared tier stores again a transcript saved when Redis was down: the copy
+    read from its file just before it went does not bring the agent back on the other instances."""
     from engine.kv.shared import RETRY_S, SharedTier, shared_key
 
     read, removed = threading.Event(), threading.Event()
@@ -207,8 +207,8 @@ def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path):
         time.sleep(RETRY_S + 0.5)
         assert tier.read_transcript("someone else") is None and tier.up  # back: the catch-up thread starts
         assert read.wait(30)
-        Path(path).unlink()  # what `agents rm` does: the file, then the shared copy
-        assert tier.delete_transcript("gone") is False  # nothing stored yet
+        assert tier.delete_transcript("gone") is False  # what DELETE /v1/agents/{id} does: the shared copy
+        Path(path).unlink()  # then the file
         removed.set()
         for thread in threading.enumerate():
             if thread.name == "shared-transcripts":
