@@ -96,9 +96,9 @@ def remove_agent(settings: Settings, session_id: str) -> int:
     warm = WarmTier(settings.cache_path, settings.agent_disk_budget_mb)
     try:
         cached = bool(warm.session_fingerprints(session_id))
-        deleted = _delete_agent(store, warm, session_id)
-        if not deleted and not cached:
+        if not cached and not store.path_for(session_id).exists() and store.get(session_id) is None:
             return report_error(f"no session {session_id!r}; see `agent-memory agents`")
+        deleted = _delete_agent(store, warm, session_id)
         if not deleted and not warm.writable:
             return owned_elsewhere(f"only its KV cache is left: delete it through it, DELETE /v1/agents/{session_id}")
         note = ""

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine.errors import EngineBusy, EngineError
 from engine.events import TurnFailed, TurnFinished
 from engine.requests import ChatMessage, GenerationRequest, SamplingParams, ToolSpec
-from engine.session_ids import id_problem
+from engine.session_ids import has_surrogate, id_problem
 from engine.settings import Settings
 from workbench.format import json_result
 from workbench.output import report_error
@@ -43,7 +43,9 @@ class BatchJob(BaseModel):
     @field_validator("session")
     @classmethod
     def _session_id(cls, session: str | None) -> str | None:
-        problem = id_problem(session) if session is not None else None
+        if not session:
+            return None  # "" as absent: a job without an agent
+        problem = id_problem(session)
         if problem is not None:
             raise ValueError(problem)
         return session
@@ -98,6 +100,14 @@ def read_jobs(jobs: str) -> list[_Line]:
             lines.append(_Line(number, f"line:{number}", error=f"line {number}: not JSON ({exc.msg})"))
             continue
         key = str(data["id"]) if isinstance(data, dict) and data.get("id") not in (None, "") else f"line:{number}"
+        if has_surrogate(key):
+            lines.append(_Line(number, f"line:{number}", error=f"line {number}: id: the id is not valid UTF-8 text"))
+            continue
+        if key in first_line_of:
+            error = f"line {number}: id {key!r} is the id of line {first_line_of[key]} already"
+            lines.append(_Line(number, f"line:{number}", error=error))
+            continue
+        first_line_of[key] = number
         try:
             job = BatchJob.model_validate(data)
             job.request()  # the engine's own checks (empty message, ...)
@@ -107,11 +117,6 @@ def read_jobs(jobs: str) -> list[_Line]:
             message = first["msg"].removeprefix("Value error, ")
             lines.append(_Line(number, key, error=f"line {number}: {where + ': ' if where else ''}{message}"))
             continue
-        if key in first_line_of:
-            error = f"line {number}: id {key!r} is the id of line {first_line_of[key]} already"
-            lines.append(_Line(number, f"line:{number}", error=error))
-            continue
-        first_line_of[key] = number
         lines.append(_Line(number, key, job=job))
     return lines
 

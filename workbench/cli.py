@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -44,7 +45,7 @@ ModelOption = Annotated[
 ]
 
 
-def new_id(value: str | None) -> str | None:
+def checked_new_id(value: str | None) -> str | None:
     """An id that may name a new session, refused as the API refuses it (engine/session_ids.py)."""
     from engine.session_ids import id_problem
 
@@ -53,9 +54,9 @@ def new_id(value: str | None) -> str | None:
     return value
 
 
-def known_id(value: str | None) -> str | None:
-    """An id that names a session already there: any text it could have been stored under (an id from an
-    earlier version may be empty or long), not bytes that are not UTF-8."""
+def checked_known_id(value: str | None) -> str | None:
+    """An id that may name a session already there (to resume, show or change): any text it could have
+    been stored under (an id from an earlier version may be empty or long), not bytes that are not UTF-8."""
     from engine.session_ids import has_surrogate
 
     if value is not None and has_surrogate(value):
@@ -98,7 +99,8 @@ def version() -> None:
 def chat(
     message: Annotated[str | None, typer.Argument(help="Send one message and exit; omit for interactive chat.")] = None,
     session: Annotated[
-        str | None, typer.Option("--session", "-s", help="Session (agent) id to use or resume.", callback=new_id)
+        str | None,
+        typer.Option("--session", "-s", help="Session (agent) id to use or resume.", callback=checked_known_id),
     ] = None,
     continue_last: Annotated[bool, typer.Option("--continue", "-c", help="Continue the most recent session.")] = False,
     new: Annotated[bool, typer.Option("--new", help="Start the session over (forget its transcript).")] = False,
@@ -151,7 +153,7 @@ def chat(
 @app.command()
 def tui(
     session: Annotated[
-        str | None, typer.Option("--session", "-s", help="Agent to open first.", callback=new_id)
+        str | None, typer.Option("--session", "-s", help="Agent to open first.", callback=checked_known_id)
     ] = None,
     model: ModelOption = None,
     connect: Annotated[
@@ -315,7 +317,7 @@ def agents_ls(json_output: Annotated[bool, typer.Option("--json", help="One JSON
 
 
 @agents_app.command("show")
-def agents_show(session_id: Annotated[str, typer.Argument(help="Session id.", callback=known_id)]) -> None:
+def agents_show(session_id: Annotated[str, typer.Argument(help="Session id.", callback=checked_known_id)]) -> None:
     """Print one session's transcript and metadata."""
     from workbench.agents_cmd import show_agent
 
@@ -324,8 +326,8 @@ def agents_show(session_id: Annotated[str, typer.Argument(help="Session id.", ca
 
 @agents_app.command("fork")
 def agents_fork(
-    session_id: Annotated[str, typer.Argument(help="Session id to fork.", callback=known_id)],
-    new_id: Annotated[str, typer.Argument(help="The fork's session id (a new one).", callback=new_id)],
+    session_id: Annotated[str, typer.Argument(help="Session id to fork.", callback=checked_known_id)],
+    new_id: Annotated[str, typer.Argument(help="The fork's session id (a new one).", callback=checked_new_id)],
 ) -> None:
     """Fork a session: its transcript copied, its KV cache shared (no block is copied)."""
     from workbench.agents_cmd import fork_agent
@@ -335,8 +337,8 @@ def agents_fork(
 
 @agents_app.command("rename")
 def agents_rename(
-    session_id: Annotated[str, typer.Argument(help="Session id to rename.", callback=known_id)],
-    new_id: Annotated[str, typer.Argument(help="Its new session id (not in use).", callback=new_id)],
+    session_id: Annotated[str, typer.Argument(help="Session id to rename.", callback=checked_known_id)],
+    new_id: Annotated[str, typer.Argument(help="Its new session id (not in use).", callback=checked_new_id)],
 ) -> None:
     """Rename a session: its transcript, KV cache and pinning move, so its next turn resumes."""
     from workbench.agents_cmd import rename_agent
@@ -346,7 +348,7 @@ def agents_rename(
 
 @agents_app.command("export")
 def agents_export(
-    session_id: Annotated[str, typer.Argument(help="Session id to export.", callback=known_id)],
+    session_id: Annotated[str, typer.Argument(help="Session id to export.", callback=checked_known_id)],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="The file (or folder) to write (default: ID.agent.tar here).")
     ] = None,
@@ -360,7 +362,9 @@ def agents_export(
 @agents_app.command("import")
 def agents_import(
     source: Annotated[Path, typer.Argument(help="An agent file (from `agents export`).")],
-    new_id: Annotated[str | None, typer.Option("--as", help="The session id to import it as.", callback=new_id)] = None,
+    new_id: Annotated[
+        str | None, typer.Option("--as", help="The session id to import it as.", callback=checked_new_id)
+    ] = None,
 ) -> None:
     """Add the session of an agent file; blocks already stored are not stored twice."""
     from workbench.agents_cmd import import_agent_file
@@ -369,7 +373,7 @@ def agents_import(
 
 
 @agents_app.command("pin")
-def agents_pin(session_id: Annotated[str, typer.Argument(help="Session id.", callback=known_id)]) -> None:
+def agents_pin(session_id: Annotated[str, typer.Argument(help="Session id.", callback=checked_known_id)]) -> None:
     """Keep a session's KV caches: evicted last from memory, never by the disk budget."""
     from workbench.agents_cmd import pin_agent
 
@@ -377,7 +381,7 @@ def agents_pin(session_id: Annotated[str, typer.Argument(help="Session id.", cal
 
 
 @agents_app.command("unpin")
-def agents_unpin(session_id: Annotated[str, typer.Argument(help="Session id.", callback=known_id)]) -> None:
+def agents_unpin(session_id: Annotated[str, typer.Argument(help="Session id.", callback=checked_known_id)]) -> None:
     """Let a session's KV caches be evicted like any other's."""
     from workbench.agents_cmd import pin_agent
 
@@ -396,7 +400,7 @@ def agents_prune(
 
 
 @agents_app.command("rm")
-def agents_rm(session_id: Annotated[str, typer.Argument(help="Session id.", callback=known_id)]) -> None:
+def agents_rm(session_id: Annotated[str, typer.Argument(help="Session id.", callback=checked_known_id)]) -> None:
     """Delete a session's transcript and its KV caches (blocks other sessions use stay)."""
     from workbench.agents_cmd import remove_agent
 
@@ -431,15 +435,22 @@ def cache_clear(yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not as
     raise typer.Exit(run_clear(settings_or_exit()))
 
 
+FILE_SYSTEM_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)  # its reader is gone (`| head`): nothing to say to it
     except OSError as exc:
-        # The data dir read-only, a full disk, a path that is not there: the system's own words, not a
-        # traceback (every file is written temp + rename, so what was stored before is intact)
-        report_error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        # The data dir read-only, a full disk, no permission: the system's own words, not a traceback
+        # (every file is written temp + rename, so what was stored before is intact). Others are bugs.
+        if exc.errno not in FILE_SYSTEM_ERRORS:
+            raise
+        report_error(f"{exc.strerror}: {exc.filename}" if exc.filename else f"{exc.strerror or exc}")
         sys.exit(1)
 
 

@@ -29,10 +29,14 @@ class LogProgress:
 def can_listen(host: str, port: int) -> str | None:
     """Why the server could not listen on host:port (a port in use, an address not of this machine), or
     None: asked before the model loads, so such a mistake is one line, not a traceback after the load."""
+    import ipaddress
     import socket
 
+    try:  # the address family Sanic binds with: IPv6 for an IPv6 literal, else IPv4
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
             probe.bind((host, port))
