@@ -75,8 +75,8 @@ def id_in_path(raw: str, source: str) -> str:
 
 
 def query_text(request, name: str) -> str | None:
-    """The query parameter `name` (the first one given; None when absent or empty), a 400 when its bytes
-    are not UTF-8 (Sanic's own parsing replaces them)."""
+    """The query parameter `name` (its first non-empty value; None when there is none), a 400 when its
+    bytes are not UTF-8 (Sanic's own parsing replaces them)."""
     try:
         values = parse_qs(request.query_string, errors="strict").get(name)
     except UnicodeDecodeError:

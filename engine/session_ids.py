@@ -13,6 +13,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def has_surrogate(text: str) -> bool:
+    """True when `text` holds a lone surrogate, so cannot be written as UTF-8."""
     return _SURROGATE.search(text) is not None
 
 

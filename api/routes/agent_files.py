@@ -77,7 +77,7 @@ async def import_agent(request):
             raise ApiError(400, f"the agent file cannot be imported: {exc}") from None
     finally:
         path.unlink(missing_ok=True)
-    agent_id = checked_session_id(named or agent_file.manifest.agent_id, "as")
+    agent_id = named or checked_session_id(agent_file.manifest.agent_id, "as")
     key = scoped(request, agent_id)
     target = engine.import_target(request.ctx.tenant)
     if target is None and agent_file.snapshot is not None:

@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if not 1 <= args.queries <= args.history - args.spread:
+        parser.error("--queries: from 1 to the shortest history (--history less --spread)")
 
     import mlx.core as mx
 

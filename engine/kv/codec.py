@@ -6,9 +6,9 @@
     {layer: parts} ──pack──► Payload: safetensors header, then each array's own memory, and its checksum
                    ◄─decode── a file's bytes (numpy views of them: no copy)
 
-A block file holds one block's full-attention layers; a session snapshot file holds the tail past its last
-block and the sliding-window layers (and those at its window checkpoint, if it has one), with the tokens
-and the root block name in its metadata. Tensors are
+A block file holds one block's full-attention layers; a session snapshot file holds the tail past its
+last block and the sliding-window layers (and those at its window checkpoint, if it has one), with the
+tokens and the root block name in its metadata. Tensors are
 named `<part>.<layer>` (`k.3`, `vq.3`). Never pickle: a file is only ever read as numbers.
 """
 
@@ -26,7 +26,7 @@ from engine.kv.tier import SessionSnapshot
 
 INT8_GROUP = 64
 # A snapshot's window checkpoint is stored beside the windows at its end: `at-k.3` beside `k.3`.
-CHECKPOINT_PART = "at-"
+CHECKPOINT_PREFIX = "at-"
 
 SAFETENSORS_DTYPES = {
     "F16": np.float16,
@@ -184,7 +184,7 @@ def pack_snapshot(snapshot: SessionSnapshot) -> Payload:
     if snapshot.checkpoint_windows:
         metadata["checkpoint_tokens"] = str(snapshot.checkpoint_tokens)
         for layer, parts in snapshot.checkpoint_windows.items():
-            layers[layer] = {**layers[layer], **{CHECKPOINT_PART + name: part for name, part in parts.items()}}
+            layers[layer] = {**layers[layer], **{CHECKPOINT_PREFIX + name: part for name, part in parts.items()}}
     return pack(layers, metadata)
 
 
@@ -197,10 +197,9 @@ def decode_snapshot(session_id: str, payload, chain: list[str]) -> SessionSnapsh
         if str(layer) not in window_layers:
             tail[layer] = parts
             continue
-        windows[layer] = {name: part for name, part in parts.items() if not name.startswith(CHECKPOINT_PART)}
-        at_checkpoint = {
-            name.removeprefix(CHECKPOINT_PART): part for name, part in parts.items() if name.startswith(CHECKPOINT_PART)
-        }
+        windows[layer] = {name: part for name, part in parts.items() if not name.startswith(CHECKPOINT_PREFIX)}
+        prefixed = {name: part for name, part in parts.items() if name.startswith(CHECKPOINT_PREFIX)}
+        at_checkpoint = {name.removeprefix(CHECKPOINT_PREFIX): part for name, part in prefixed.items()}
         if at_checkpoint:
             checkpoint_windows[layer] = at_checkpoint
     return SessionSnapshot(

@@ -63,8 +63,9 @@ def _slot(name: str, tenant: str) -> str:
 
 def _log_failure(done: Future, what: str) -> None:
     """Log a writer task's error: nobody waits on its Future."""
-    if done.exception() is not None:
-        log.error("%s failed: %s", what, done.exception())
+    error = done.exception()
+    if error is not None:
+        log.error("%s failed: %s", what, error)
 
 
 def _hot_key(session_id: str | None, tenant: str) -> str:
@@ -292,6 +293,7 @@ class KVMemory:
             clues.saw_stored(matched, end)
             window = self.layout.min_window
             usable = window is None or matched == end or end < window
+            # Set before the checkpoint serves, as on the hot path: the turn still lost the tokens after it
             clues.window_blocked |= matched > 0 and not usable
             if matched > 0 and not usable and 0 < snapshot.checkpoint_tokens <= matched:
                 matched, usable = snapshot.checkpoint_tokens, True  # its windows are stored there too
