@@ -8,8 +8,8 @@
 
 A block file holds one block's full-attention layers; a session snapshot file holds the tail past its
 last block and the sliding-window layers (and those at its window checkpoint, if it has one), with the
-tokens and the root block name in its metadata. Tensors are
-named `<part>.<layer>` (`k.3`, `vq.3`). Never pickle: a file is only ever read as numbers.
+tokens and the root block name in its metadata. Tensors are named `<part>.<layer>` (`k.3`, `vq.3`).
+Never pickle: a file is only ever read as numbers.
 """
 
 from __future__ import annotations
