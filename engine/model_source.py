@@ -111,15 +111,19 @@ def resolve(model_id: str, models_path: Path) -> ModelSource:
     if alias in PACKAGED_MODELS:
         return ModelSource(model_id, "gguf", str(PACKAGED_MODELS[alias].gguf_path(models_path)))
     path = Path(model_id).expanduser()
+    try:
+        is_file, is_dir, exists = path.is_file(), path.is_dir(), path.exists()
+    except OSError as exc:  # a name the file system refuses, such as one too long
+        raise ModelLoadError(f"unknown model ({len(model_id)} characters): {exc.strerror}") from None
     if path.suffix.lower() == ".gguf":
-        if not path.is_file():
+        if not is_file:
             raise ModelLoadError(f"GGUF file {path} does not exist")
         return ModelSource(model_id, "gguf", str(path.resolve()))
-    if path.is_dir():
+    if is_dir:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not an mlx-lm model directory (no config.json)")
         return ModelSource(model_id, "directory", str(path.resolve()))
-    if _REPO_ID.match(model_id) and not path.exists():
+    if _REPO_ID.match(model_id) and not exists:
         return ModelSource(model_id, "hub", model_id)
     raise ModelLoadError(
         f"unknown model {model_id!r}: use a packaged model ({', '.join(PACKAGED_MODELS)}), "

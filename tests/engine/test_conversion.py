@@ -154,3 +154,5 @@ def test_truncated_gguf_is_a_clear_error_and_writes_nothing(tmp_path, default_en
 def test_unknown_model_id_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="unknown model"):
         load("no-such-model", tmp_path)
+    with pytest.raises(ModelLoadError, match="File name too long"):  # the file system's refusal, not a traceback
+        load("x" * 5000, tmp_path)
