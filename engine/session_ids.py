@@ -13,8 +13,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def has_surrogate(text: str) -> bool:
-    """True when `text` holds a lone surrogate, so cannot be written as UTF-8."""
-    return _SURROGATE.search(text) is not None
+    """True when `text` holds a lone surrogate, so cannot be written as UTF-8. Every message of every
+    request is checked: ASCII text (most of it) is answered without the scan."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def id_problem(session_id: str) -> str | None:
