@@ -7,6 +7,7 @@ number and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 from dataclasses import dataclass
@@ -135,6 +136,18 @@ def done_keys(results: str) -> set[str]:
 
 
 def run_batch(settings: Settings, jobs_path: Path, output_path: Path) -> int:
+    existed = output_path.exists()
+    try:
+        return _checked_and_run(settings, jobs_path, output_path)
+    finally:
+        # The output is opened before the model loads, to find a mistake early; a run that wrote nothing
+        # (no jobs, a model that did not load) leaves no empty file behind.
+        with contextlib.suppress(OSError):
+            if not existed and output_path.is_file() and output_path.stat().st_size == 0:
+                output_path.unlink()
+
+
+def _checked_and_run(settings: Settings, jobs_path: Path, output_path: Path) -> int:
     if not jobs_path.is_file():
         return report_error(f"no such file: {jobs_path}")
     # Both files are checked before the model loads: a mistake costs no wait

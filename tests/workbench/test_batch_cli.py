@@ -68,6 +68,12 @@ def test_batch_run_reports_bad_lines_and_resumes(data_dir, tmp_path):
     binary.write_bytes(b"\xff\n")
     unreadable = run_cli("batch", str(binary), "-o", str(output), data_dir=data_dir)
     assert unreadable.returncode == 2 and "cannot read the jobs" in unreadable.stderr, unreadable.stderr
+    # A run that writes nothing leaves no empty results file behind
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    nothing = run_cli("batch", str(empty), "-o", str(tmp_path / "none.jsonl"), data_dir=data_dir)
+    assert nothing.returncode == 0 and "Nothing to do" in nothing.stderr, nothing.stderr
+    assert not (tmp_path / "none.jsonl").exists()
 
 
 def test_batch_job_samples_with_the_models_defaults_unless_it_sets_temperature():
