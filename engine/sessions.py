@@ -179,12 +179,15 @@ class SessionStore:
                 self.save(Session(id=session_id, title=title))
 
     def delete(self, session_id: str) -> bool:
-        shared = self.shared is not None and self.shared.delete_transcript(session_id)
+        # The file first: the shared tier's catch-up (engine/kv/shared.py), which may be storing a copy
+        # read from it, in this process or another, looks for the file after storing.
         try:
             os.unlink(self.path_for(session_id))
-            return True
+            local = True
         except FileNotFoundError:
-            return shared
+            local = False
+        shared = self.shared is not None and self.shared.delete_transcript(session_id)
+        return local or shared
 
     def all(self) -> list[Session]:
         """Every readable session, most recently used first; unreadable files are skipped."""

@@ -70,8 +70,6 @@ class SharedTier:
         self.sessions_pushed = 0
         self._behind: dict[tuple[str, str], None] = {}  # (fingerprint, session id), oldest first
         self._transcripts_behind: dict[str, Path] = {}  # session id: its local file, oldest first
-        self._catching_up: str | None = None  # the session whose transcript is being stored again from its file
-        self._deleted_meanwhile = False  # ... and this process deleted it (DELETE /v1/agents/{id}) meanwhile
 
     @property
     def up(self) -> bool:
@@ -258,7 +256,6 @@ class SharedTier:
     def delete_transcript(self, session_id: str) -> bool:
         with self._lock:
             self._transcripts_behind.pop(session_id, None)
-            self._deleted_meanwhile |= session_id == self._catching_up
         return bool(self._call("delete", lambda client: client.delete(_transcript_key(session_id)), 0))
 
     def _catch_up_transcripts(self) -> None:
@@ -270,14 +267,12 @@ class SharedTier:
                     return
                 session_id = next(iter(self._transcripts_behind))
                 path = self._transcripts_behind.pop(session_id)
-                self._catching_up, self._deleted_meanwhile = session_id, False
-            try:
-                stored = self._store_from_file(session_id, path)
-            finally:
-                with self._lock:
-                    deleted, self._catching_up = self._deleted_meanwhile, None
-            key = _transcript_key(session_id)
-            if deleted:  # its file was read before it went: the copy just stored must go too
+            stored = self._store_from_file(session_id, path)
+            if stored and not path.exists():
+                # Deleted (by this process or another: `agents rm`) after its file was read. A deletion
+                # removes the file before the shared copy, so either it removed the copy after it was
+                # stored here, or the file was gone when looked at now: the copy just stored goes too.
+                key = _transcript_key(session_id)
                 self._call("delete", lambda client, key=key: client.delete(key), 0)
             elif stored is None:
                 with self._lock:

@@ -180,9 +180,12 @@ def test_a_down_shared_tier_degrades_to_local_tiers_and_catches_up(tmp_path):
             redis_server.stop()
 
 
-def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path):
+@pytest.mark.parametrize("deleter", ["this process", "another process"])
+def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path, deleter):
     """An agent deleted while the shared tier stores again a transcript saved when Redis was down: the copy
-    read from its file just before it went does not bring the agent back on the other instances."""
+    read from its file just before it went does not bring the agent back on the other instances. The
+    deletion comes from this process (DELETE /v1/agents/{id}) or from another on the same data dir
+    (`agent-memory agents rm`, with a shared tier of its own)."""
     from engine.kv.shared import RETRY_S, SharedTier, shared_key
 
     read, removed = threading.Event(), threading.Event()
@@ -207,8 +210,11 @@ def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path):
         time.sleep(RETRY_S + 0.5)
         assert tier.read_transcript("someone else") is None and tier.up  # back: the catch-up thread starts
         assert read.wait(30)
-        assert tier.delete_transcript("gone") is False  # what DELETE /v1/agents/{id} does: the shared copy
-        Path(path).unlink()  # then the file
+        deleting = tier if deleter == "this process" else SharedTier(f"redis://127.0.0.1:{port}/0")
+        Path(path).unlink()  # what a deletion does (engine/sessions.py): the file,
+        deleting.delete_transcript("gone")  # then the shared copy
+        if deleting is not tier:
+            deleting.close()
         removed.set()
         for thread in threading.enumerate():
             if thread.name == "shared-transcripts":
