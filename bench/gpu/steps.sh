@@ -101,8 +101,9 @@ for step in "$@"; do
       "$PY" bench/resume.py --model "$M8B" --lengths "$RL32" --json $RESUME_ARGS
     ;;
   agents)
-    # shellcheck disable=SC2086
-    run_step agents 240 env SEMANTIC_MLX_MODEL_ID="$M8B" "$PY" bench/agents.py --json $AGENT_ARGS
+    # Side by side, with our server's debug log under $OUT/agents and bench/timeline.py of it on stderr
+    run_step agents 240 bash -c "SEMANTIC_MLX_MODEL_ID=$M8B $PY bench/agents.py --json --server-logs $OUT/agents \
+      --server-log-level debug $AGENT_ARGS && $PY bench/timeline.py --json $OUT/agents/agent-memory.log >&2"
     ;;
   agents_keys)
     # Ours alone with padded prefill keys on, then off, each with its debug log and bench/timeline.py
