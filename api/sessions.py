@@ -32,14 +32,15 @@ def unscoped(request, session_id: str) -> str | None:
     return session_id[len(prefix) :] if session_id.startswith(prefix) else None
 
 
-def session_id_from(headers, body: dict) -> str | None:
-    """First found wins: X-Session-ID, x-claude-code-session-id, Anthropic metadata.user_id (its
-    session_id when it is Claude Code's JSON), OpenAI user / safety_identifier. Without one the engine
+def session_id_from(headers, body: dict, anthropic: bool = False) -> str | None:
+    """First found wins: X-Session-ID, x-claude-code-session-id, on Anthropic's API metadata.user_id (its
+    session_id when it is Claude Code's JSON), OpenAI user / safety_identifier. (OpenAI's and Ollama's
+    `metadata` are the client's own free-form labels: they name nothing here.) Without one the engine
     still reuses the longest cached prefix. The id found is checked (checked_session_id): a 400 if bad."""
     for header in ("x-session-id", "x-claude-code-session-id"):
         if value := headers.get(header):
             return checked_session_id(value, header)
-    metadata = body.get("metadata")
+    metadata = body.get("metadata") if anthropic else None
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
         return checked_session_id(_claude_code_session(metadata["user_id"]) or metadata["user_id"], "metadata.user_id")
     for field in ("user", "safety_identifier"):

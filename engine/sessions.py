@@ -154,6 +154,24 @@ class SessionStore:
             self.save(session)
         return session
 
+    def record_conversation(
+        self, session_id: str, system: str | None, messages: list[ChatMessage], context_tokens: int, model: tuple
+    ) -> bool:
+        """Store `messages` (a whole conversation its client keeps, e.g. a Responses chain) as the session's
+        transcript, with its `system` prompt and `model` (id, fingerprint), if they continue the transcript
+        stored (or there is none): whether they did. A transcript of another conversation under the same
+        id (the agent API's turns, another chain of the same `user`) is not replaced. Under the session's
+        turn lock; SessionCorrupt if the stored transcript is unreadable."""
+        with self.turn_lock(session_id).held():
+            session = self.get_or_new(session_id)
+            if session.messages and not _extends(messages, session.messages):
+                return False
+            session.system, session.messages = system, list(messages)
+            session.model_id, session.model_fingerprint = model
+            session.context_tokens = context_tokens
+            self.save(session)
+        return True
+
     def keep_turn(self, session: Session, user_text: str, finished: TurnFinished, model_id: str, fingerprint: str):
         """Record a finished turn with the model that ran it (a stopped one is not kept)."""
         if finished.finish_reason == "cancelled":

@@ -164,7 +164,7 @@ async def create_message(request):
     parsed = parse(MessagesRequest, body)
     engine = server.ready_engine()
     model = await server.model_for(parsed.model)
-    session_id = note_for(request).session_id = scoped(request, session_id_from(request.headers, body))
+    session_id = note_for(request).session_id = scoped(request, session_id_from(request.headers, body, anthropic=True))
     generation = await asyncio.to_thread(
         _request, parsed, body, session_id, request.ctx.tenant, engine, server.settings
     )

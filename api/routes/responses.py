@@ -8,7 +8,8 @@ its conversation under the same agent session, so the chain resumes from its KV 
       └ resp_2 (previous=1)  session "resp_1": [input 1, output 1, input 2] -> output 2   (prefix reused)
 
 An explicit session id (X-Session-ID, `user`, `safety_identifier`) or `prompt_cache_key` names the session
-instead; a response with `store: false` and neither still reuses the longest cached prefix.
+instead; a response with `store: false` and neither still reuses the longest cached prefix. A stored
+chain's conversation is its session's transcript only while it continues the one stored there.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from api.schemas.responses import (
     NamespaceTool,
     ResponsesRequest,
 )
-from api.sessions import checked_session_id, scoped, session_id_from
+from api.sessions import checked_session_id, held_across_processes, scoped, session_id_from
 from api.validation import read_json
 from engine.events import ToolCallDelta, ToolCallStart, TurnChunk, TurnFailed, TurnFinished, TurnStarted, Usage
 from engine.requests import NO_ARGUMENTS, ChatMessage, ToolCall, ToolSpec
@@ -344,18 +345,18 @@ class _Turn:
             await asyncio.to_thread(self._record_session, session_id, whole, context_tokens)
 
     def _record_session(self, session_id: str, conversation: list[ChatMessage], context_tokens: int) -> None:
+        engine = self.server.engine
+        model = (engine.model_id, engine.info.fingerprint)
         sessions = SessionStore.of(self.server.settings)
         try:
-            session = sessions.get_or_new(session_id)
+            recorded = sessions.record_conversation(
+                session_id, self.parsed.instructions, conversation, context_tokens, model
+            )
         except SessionCorrupt as exc:
             log.warning("response %s: its agent transcript was not updated: %s", self.id, exc)
             return
-        engine = self.server.engine
-        session.system = self.parsed.instructions
-        session.messages = conversation
-        session.model_id, session.model_fingerprint = engine.model_id, engine.info.fingerprint
-        session.context_tokens = context_tokens
-        sessions.save(session)
+        if not recorded:
+            log.info("response %s: agent %r holds another conversation; its transcript stays", self.id, session_id)
 
 
 @bp.post("")
@@ -566,6 +567,31 @@ async def get_response(request, response_id: str):
 @bp.delete("/<response_id:str>")
 async def delete_response(request, response_id: str):
     response_id = unquote(response_id)
-    if not await asyncio.to_thread(_store(request).delete, response_id):
+    store = _store(request)
+    try:
+        stored = await asyncio.to_thread(store.get, response_id)
+    except StoredResponseCorrupt:
+        stored = None  # a damaged file is deleted all the same
+    if stored is not None and stored.session_id == scoped(request, response_id):
+        await _forget_agent_it_started(request, stored)
+    if not await asyncio.to_thread(store.delete, response_id):
         raise ApiError(404, f"Response with id '{response_id}' not found.", param="response_id")
     return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def _forget_agent_it_started(request, stored: StoredResponse) -> None:
+    """A response that started a chain named its agent session after itself: the agent (transcript and
+    KV cache) goes with it while it holds that response's turns alone. A chain that went on keeps its
+    agent: its later responses resume there (`DELETE /v1/agents/{id}` removes it)."""
+    server = request.app.ctx.server
+    engine = server.ready_engine()  # before anything is deleted: a 503 here is retried whole
+    sessions = SessionStore.of(server.settings)
+    key = stored.session_id
+    async with server.locks.hold(key), held_across_processes(sessions.turn_lock(key)):
+        try:
+            session = await asyncio.to_thread(sessions.get, key)
+        except SessionCorrupt:
+            return
+        if session is not None and session.messages == stored.conversation:
+            await asyncio.to_thread(sessions.delete, key)
+            await asyncio.to_thread(engine.forget_session, key)

@@ -99,10 +99,12 @@ def test_back_to_back_turns_of_one_role_are_joined():
 
 def test_claude_code_session_id_comes_from_its_json_user_id():
     body = claude_code_request()["body"]
-    assert session_id_from({}, body) == "00000000-0000-4000-8000-000000000001"
-    assert session_id_from({}, {"metadata": {"user_id": "plain-user"}}) == "plain-user"
-    assert session_id_from({}, {"metadata": {"user_id": "{not json"}}) == "{not json"
-    assert session_id_from({"x-session-id": "mine"}, body) == "mine"
+    assert session_id_from({}, body, anthropic=True) == "00000000-0000-4000-8000-000000000001"
+    assert session_id_from({}, {"metadata": {"user_id": "plain-user"}}, anthropic=True) == "plain-user"
+    assert session_id_from({}, {"metadata": {"user_id": "{not json"}}, anthropic=True) == "{not json"
+    assert session_id_from({"x-session-id": "mine"}, body, anthropic=True) == "mine"
+    # OpenAI's and Ollama's metadata are free-form labels of the client's: they name no session
+    assert session_id_from({}, {"metadata": {"user_id": "plain-user"}}) is None
 
 
 def test_access_log_fields_stay_single_words():

@@ -374,3 +374,41 @@ def test_chain_continues_after_a_restart(default_engine, data_dir, tmp_path):
     finally:
         assert second_server.stop() == 0
     assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens  # read back from disk
+
+
+def test_a_response_never_replaces_another_conversations_transcript(client, http):
+    """A Responses turn under an agent's id (X-Session-ID, `user`) keeps the agent's own turns; a chain that
+    continues its own transcript is recorded; OpenAI's free-form metadata names no agent."""
+    agent = "responses-keep-agent"
+    for text in ("Hello agent.", "And again."):
+        assert http.post(f"/v1/agents/{agent}/messages", json={"content": text, "max_tokens": 3}).status_code == 200
+    before = http.get(f"/v1/agents/{agent}").json()["messages"]
+    assert len(before) == 4
+    for extra in ({"extra_headers": {"X-Session-ID": agent}}, {"user": agent}):
+        client.responses.create(model="x", input="Via responses.", max_output_tokens=3, **extra)
+        assert http.get(f"/v1/agents/{agent}").json()["messages"] == before
+
+    # A client that keeps its conversation and names it by `user`: each turn extends the transcript
+    own = "responses-own-conversation"
+    first = client.responses.create(model="x", input="One.", max_output_tokens=3, user=own, store=True)
+    conversation = [{"role": "user", "content": "One."}, {"role": "assistant", "content": first.output_text}]
+    client.responses.create(
+        model="x", input=[*conversation, {"role": "user", "content": "Two."}], max_output_tokens=3, user=own
+    )
+    assert [m["content"] for m in http.get(f"/v1/agents/{own}").json()["messages"]][:3] == [
+        "One.",
+        first.output_text,
+        "Two.",
+    ]
+
+    labelled = client.responses.create(model="x", input="Hi.", max_output_tokens=2, metadata={"user_id": "a-label"})
+    assert http.get("/v1/agents/a-label").status_code == 404
+    assert http.get(f"/v1/agents/{labelled.id}").status_code == 200  # the response's own agent
+
+
+def test_deleting_a_lone_response_deletes_the_agent_it_started(client, http):
+    lone = client.responses.create(model="x", input="My secret is 1234.", max_output_tokens=3)
+    assert http.get(f"/v1/agents/{lone.id}").status_code == 200
+    client.responses.delete(lone.id)
+    assert http.get(f"/v1/agents/{lone.id}").status_code == 404
+    assert all(row["id"] != lone.id for row in http.get("/v1/agents").json()["data"])
