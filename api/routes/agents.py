@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from sanic import Blueprint
 from sanic.response import json as json_response
@@ -23,6 +24,8 @@ from engine.errors import EngineError
 from engine.events import TurnChunk, TurnFailed, TurnFinished, TurnStarted
 from engine.kv.stats import KVOverview
 from engine.sessions import Session, SessionCorrupt, SessionStore
+
+log = logging.getLogger("agent_memory.api")
 
 bp = Blueprint("agents", url_prefix="/v1/agents")
 
@@ -64,7 +67,13 @@ async def read_transcript(store: SessionStore, agent_id: str) -> Session | None:
     try:
         return await asyncio.to_thread(store.get, agent_id)
     except SessionCorrupt as exc:
-        raise ApiError(409, str(exc)) from None
+        # The file's path is the server's business: it goes to the log, not to the client
+        log.warning("agent %r: %s", agent_id, exc)
+        raise ApiError(
+            409,
+            "the agent's stored transcript is damaged and cannot be read (the server's log names its file); "
+            "delete the agent to start it over",
+        ) from None
 
 
 async def kv_overview(engine) -> KVOverview:

@@ -95,7 +95,12 @@ def _stored(store: ResponseStore, response_id: str) -> StoredResponse | None:
     try:
         return store.get(response_id)
     except StoredResponseCorrupt as exc:
-        raise ApiError(409, str(exc)) from None
+        log.warning("response %r: %s", response_id, exc)  # the file's path is for the log, not the client
+        raise ApiError(
+            409,
+            f"stored response {response_id!r} is damaged and cannot be read (the server's log names its file); "
+            "DELETE it to remove it",
+        ) from None
 
 
 # --- request -> engine -------------------------------------------------------------------------------

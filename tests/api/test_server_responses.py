@@ -412,3 +412,17 @@ def test_deleting_a_lone_response_deletes_the_agent_it_started(client, http):
     client.responses.delete(lone.id)
     assert http.get(f"/v1/agents/{lone.id}").status_code == 404
     assert all(row["id"] != lone.id for row in http.get("/v1/agents").json()["data"])
+
+
+def test_a_damaged_stored_file_is_a_409_that_does_not_show_the_servers_paths(client, http, data_dir):
+    response = client.responses.create(model="x", input="Keep me.", max_output_tokens=2)
+    (path,) = [p for p in (data_dir / "responses").rglob("*.json") if response.id in p.read_text()]
+    path.write_text('{"id": "')
+    (agent_path,) = [p for p in (data_dir / "sessions").rglob("*.json") if response.id in p.read_text()]
+    agent_path.write_text("{")
+    for url in (f"/v1/responses/{response.id}", f"/v1/agents/{response.id}"):
+        damaged = http.get(url)
+        assert damaged.status_code == 409 and "damaged" in damaged.json()["error"]["message"], damaged.text
+        assert str(data_dir) not in damaged.text
+    assert http.delete(f"/v1/responses/{response.id}").status_code == 200  # a damaged one can be deleted
+    assert http.delete(f"/v1/agents/{response.id}").status_code == 200
