@@ -10,9 +10,10 @@
 # warm machine names it again; a step that needs more seconds than the deadline leaves is skipped.
 # Settings (environment): WORK (models, data dir, done marks; default /root/bench), TOK (tokenizer folder,
 # default .gpu-tok), SITE (installed wheels, default /root/site), PY (python3), BUILD_ARGS (extra mkmodel.py
-# arguments, e.g. a tiny model), GL (prefill lengths of bench/generate.py), RL and RL32 (history lengths of
-# bench/resume.py), RPL (history lengths of bench/gpu/restore_paths.py), GEN_ARGS, RESUME_ARGS, AGENT_ARGS,
-# ATTN_ARGS (attention_kernels.py: smaller shapes for a dry run), TORCH_ARGS (extra arguments of each bench).
+# arguments, e.g. a tiny model), Q4 (empty: the build step makes no 4-bit copy), GL (prefill lengths of
+# bench/generate.py), RL and RL32 (history lengths of bench/resume.py), RPL (history lengths of
+# bench/gpu/restore_paths.py), GEN_ARGS, RESUME_ARGS, AGENT_ARGS, ATTN_ARGS (attention_kernels.py: smaller
+# shapes for a dry run), TORCH_ARGS (extra arguments of each bench).
 set -u
 deadline=$1
 shift
@@ -23,6 +24,7 @@ TOK=${TOK:-.gpu-tok}
 PY=${PY:-python3}
 M8B=$WORK/m8b
 MQ4=$WORK/m8b-q4
+Q4=${Q4-1}  # empty: build no 4-bit copy (gen_q4 needs it)
 BUILD_ARGS=${BUILD_ARGS:-}
 GL=${GL:-512,4096,16384}
 RL=${RL:-4000,16000}
@@ -80,7 +82,7 @@ for step in "$@"; do
     ;;
   build)
     # shellcheck disable=SC2086  # BUILD_ARGS holds several arguments
-    run_step build 150 "$PY" bench/gpu/mkmodel.py --tok "$TOK" --out "$M8B" --q4-out "$MQ4" $BUILD_ARGS
+    run_step build 150 "$PY" bench/gpu/mkmodel.py --tok "$TOK" --out "$M8B" ${Q4:+--q4-out "$MQ4"} $BUILD_ARGS
     ;;
   gen_bf16)
     # shellcheck disable=SC2086
