@@ -8,6 +8,7 @@ import asyncio
 import httpx
 import pytest
 from rich.text import Text
+from textual.content import Content
 from textual.widgets import DataTable, Input, Label, ListView, Static
 
 from engine.events import TurnFinished
@@ -416,7 +417,12 @@ def test_the_status_line_follows_the_reply_and_counts_in_words(source):
         app = WorkbenchApp(source, initial_agent="tui-status")
         statuses: list[str] = []
         shown = app.set_status
-        app.set_status = lambda text: (statuses.append(text), shown(text))[1]
+
+        def record(markup, **values):
+            statuses.append(Content.from_markup(markup, **values).plain)
+            shown(markup, **values)
+
+        app.set_status = record
         async with app.run_test(size=(100, 30)) as pilot:
             await until(pilot, lambda: app.ready)
             await send(app, pilot, "Say hello.")
@@ -476,7 +482,7 @@ def test_charts_draw_nothing_solid_without_data():
     assert hbar(1.0, 2.0, 10) == "█████" and hbar(0.001, 2.0, 10) == "▏"
     assert columns([], 3) == [] and columns([0.0, 0.0], 2) == ["  ", "  "]
     assert columns([1.0, 0.5, 0.0], 2) == ["█  ", "██ "]
-    assert "no turns" in ttft_chart([], [], 76) and "no turns" in timeline([], 0, 76)
+    assert "no turns" in ttft_chart([], [], 76).plain and "no turns" in timeline([], 0, 76)
     assert "no turns" in ttft_columns([])
 
 
@@ -487,7 +493,7 @@ def test_memory_panels_count_turns_evictions_and_blocks():
         TurnRecord("b", "cold", "recompute", 0.3, 1),  # a swap: a new pool counts from zero
     ]
     assert evictions_per_turn(turns, 2) == [0, 2, 1]
-    chart = ttft_chart(turns, [{"id": "a"}, {"id": "b"}], 76).split("\n")
+    chart = ttft_chart(turns, [{"id": "a"}, {"id": "b"}], 76).plain.split("\n")
     assert "4.0× faster" in chart[1] and "none yet" in chart[3]
     assert Text.from_markup(timeline(turns, 2, 76)).plain.split("\n")[5].split() == ["evicted", "·", "2", "1"]
     # The common scale: the longest chain fits, a cell shows the most telling kind of its blocks

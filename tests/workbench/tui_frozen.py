@@ -94,7 +94,7 @@ class FrozenSource:
     def __init__(self):
         self.started = False
 
-    def start(self) -> dict:
+    def start(self, on_wait=None) -> dict:
         return dict(SUMMARY)
 
     def close(self) -> None:

@@ -14,9 +14,11 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.widgets import Footer, Header, Input, ListView, Markdown, Static
 
 from engine.events import PrefillProgress, TurnChunk, TurnFailed, TurnFinished, TurnStarted
+from engine.session_ids import id_problem
 from engine.sessions import Session
 from workbench.format import turn_footer
 from workbench.tui.dialogs import AskName, Confirm
@@ -27,6 +29,7 @@ from workbench.tui.messages import (
     EngineEvent,
     ModelFailed,
     ModelReady,
+    Problem,
     SwapProgress,
     TranscriptLoaded,
     TurnRecorded,
@@ -91,6 +94,7 @@ class WorkbenchApp(App):
         self.evictions_before = 0  # the hot tier's evictions when the model came up
         self._stream = None
         self._reply: Markdown | None = None
+        self._turn_widgets: list = []  # the running turn's message and reply in the log
         self._pending_text = ""
         self._generating = False  # the running reply's first text has arrived
         self._shown_agent: str | None = None  # whose transcript the log shows
@@ -118,8 +122,11 @@ class WorkbenchApp(App):
     # -- workers (threads) -----------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="model")
     def load_model(self) -> None:
+        def waiting(why: str) -> None:
+            self.post_message(SwapProgress(f"Loading model… {why}; trying again"))
+
         try:
-            summary = self.source.start()
+            summary = self.source.start(waiting)
             self.post_message(ModelReady(summary, self.evictions_now()))
         except Exception as exc:  # noqa: BLE001 - shown in the status line
             self.post_message(ModelFailed(str(exc)))
@@ -133,7 +140,14 @@ class WorkbenchApp(App):
 
     @work(thread=True, exclusive=True, group="agents")
     def refresh_agents(self) -> None:
-        self.post_message(AgentsLoaded(self.source.agents()))
+        self.post_agents()
+
+    def post_agents(self) -> None:
+        """Read the agent list (worker thread) and post it, or post why it cannot be read."""
+        try:
+            self.post_message(AgentsLoaded(self.source.agents()))
+        except Exception as exc:  # noqa: BLE001 - shown: a server gone, a refused API key
+            self.post_message(Problem(Content.from_markup("[red]Cannot list the agents:[/] $error", error=str(exc))))
 
     # -- model and agent list --------------------------------------------------------------------
     def on_model_ready(self, message: ModelReady) -> None:
@@ -143,11 +157,11 @@ class WorkbenchApp(App):
         if isinstance(self.screen, ModelScreen):
             self.screen.show_summary(summary)
         self.sub_title = f"{summary['model_id']} · {summary['backend']} · {summary['context_length']} ctx"
-        self.set_status(f"Ready: {summary['model_id']}. Ctrl+N creates an agent; type to talk.")
+        self.set_status("Ready: $model. Ctrl+N creates an agent; type to talk.", model=summary["model_id"])
         self.refresh_agents()
 
     def on_model_failed(self, message: ModelFailed) -> None:
-        self.set_status(f"[red]Model failed to load:[/] {message.error}")
+        self.set_status("[red]Model failed to load:[/] $error", error=message.error)
 
     def on_agents_loaded(self, message: AgentsLoaded) -> None:
         self.rows = message.rows
@@ -201,19 +215,27 @@ class WorkbenchApp(App):
         if event.item.name and event.item.name != self.agent_id:
             self.select_agent(event.item.name)
 
-    def select_agent(self, agent_id: str) -> None:
+    def select_agent(self, agent_id: str) -> bool:
+        """Show `agent_id`'s transcript. Refused (False) while a reply runs: the reply, its log and the
+        transcript it is kept in belong to the agent shown, until it finishes or is stopped."""
+        if self.reply_running():
+            self.render_agents()  # the list's highlight back on the agent shown
+            return False
         self.agent_id = self._shown_agent = agent_id
         self._session = None
         self.query_one("#log", VerticalScroll).remove_children()
-        self.set_status(f"Opening {agent_id}…")
+        self.set_status("Opening $agent…", agent=agent_id)
         self.load_transcript(agent_id)
+        return True
 
     @work(thread=True, exclusive=True, group="transcript")
     def load_transcript(self, agent_id: str) -> None:
         try:
             self.post_message(TranscriptLoaded(self.source.session(agent_id)))
         except Exception as exc:  # noqa: BLE001 - an unreadable transcript is shown, not fatal
-            self.post_message(SwapProgress(f"[red]Cannot open {agent_id}:[/] {exc}"))
+            self.post_message(
+                Problem(Content.from_markup("[red]Cannot open $agent:[/] $error", agent=agent_id, error=str(exc)))
+            )
 
     async def on_transcript_loaded(self, message: TranscriptLoaded) -> None:
         session = message.session
@@ -223,17 +245,27 @@ class WorkbenchApp(App):
         log = self.query_one("#log", VerticalScroll)
         await log.mount_all([widget for m in session.messages for widget in message_widgets(m.role, m.content)])
         log.scroll_end(animate=False)
-        self.set_status(f"Agent {session.id}: {counted(session.turns, 'turn')}.")
+        self.set_status("Agent $agent: $turns.", agent=session.id, turns=counted(session.turns, "turn"))
 
     @work(thread=True, group="keep")
     def keep_turn(self, session, text: str, finished: TurnFinished) -> None:
-        self.source.keep(session, text, finished)
+        try:
+            self.source.keep(session, text, finished)
+        except Exception as exc:  # noqa: BLE001 - shown: a full disk, a server gone
+            self.post_message(Problem(Content.from_markup("[red]The turn was not kept:[/] $error", error=str(exc))))
+            return
         evictions = self.evictions_now()
         cache = finished.cache
         self.post_message(
             TurnRecorded(TurnRecord(session.id, cache.source, cache.decision, finished.timing.ttft_s, evictions))
         )
-        self.post_message(AgentsLoaded(self.source.agents()))
+        self.post_agents()
+
+    async def kept(self) -> None:
+        """Wait for the last reply's transcript write, which would otherwise bring back an agent deleted,
+        renamed or forked meanwhile (or leave the reply out of a fork's copy)."""
+        for worker in [w for w in self.workers if w.group == "keep"]:
+            await worker.wait()
 
     def on_turn_recorded(self, message: TurnRecorded) -> None:
         self.turns.append(message.turn)
@@ -247,8 +279,11 @@ class WorkbenchApp(App):
         if not self.ready:
             self.set_status("The model is still loading…")
             return
-        if self.handle is not None:
-            self.set_status("A reply is running; Esc stops it.")
+        if self.reply_running():
+            return
+        if any(worker.group == "agent" for worker in self.workers):
+            # A rename, fork or delete under way: the turn would go to an agent about to change
+            self.set_status("The agent is being changed; send again in a moment.")
             return
         if self.agent_id is None:  # no agent yet: this message creates one
             self.agent_id = self._shown_agent = time.strftime("agent-%H%M%S")
@@ -260,7 +295,8 @@ class WorkbenchApp(App):
         log = self.query_one("#log", VerticalScroll)
         reply = message_widgets("assistant", "")
         self._reply = reply[-1]
-        await log.mount_all([*message_widgets("user", text), *reply])
+        self._turn_widgets = [*message_widgets("user", text), *reply]
+        await log.mount_all(self._turn_widgets)
         log.scroll_end(animate=False)
         self._stream = Markdown.get_stream(self._reply)
         self._pending_text = text
@@ -277,7 +313,10 @@ class WorkbenchApp(App):
             cached = event.cache.reused_tokens
             source = f"{cached} cached ({event.cache.source})" if cached else "cold"
             missed = f"; {event.cache.miss_reason}" if event.cache.miss_reason else ""
-            self.set_status(f"Prefilling {event.prompt_tokens - cached} tokens, {source}{missed}…")
+            # The cache's words may come from a server: text, not markup
+            self.set_status(
+                "Prefilling $tokens tokens, $source…", tokens=event.prompt_tokens - cached, source=source + missed
+            )
         elif isinstance(event, PrefillProgress):
             self.set_status(f"Prefilling: {event.done_tokens} of {event.total_tokens} prompt tokens…")
         elif isinstance(event, TurnChunk):
@@ -296,45 +335,85 @@ class WorkbenchApp(App):
             footer = turn_footer(event) + (" [stopped]" if event.finish_reason == "cancelled" else "")
             await log.mount(Static(footer, classes="turn-footer", markup=False))
             log.scroll_end(animate=False)
-            self.set_status(f"Agent {self.agent_id}: {counted(turns, 'turn')}.")
+            self.set_status("Agent $agent: $turns.", agent=self.agent_id, turns=counted(turns, "turn"))
         elif isinstance(event, TurnFailed):
             await self._stream.stop()
             self.handle = None
-            self.set_status(f"[red]Error:[/] {event.message}")
+            # Nothing was stored: the log drops the turn, and the message goes back to be sent again
+            await log.remove_children(self._turn_widgets)
+            prompt = self.query_one("#prompt", Input)
+            if not prompt.value:
+                prompt.value = self._pending_text
+            self.set_status("[red]Error:[/] $error", error=event.message)
 
     def action_stop_reply(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
             self.set_status("Stopping…")
 
-    def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(text)
+    def set_status(self, markup: str | Content, **values) -> None:
+        """Show `markup` in the status line, each `$name` in it replaced by `values[name]` as plain text
+        (agent ids, model ids and errors are not markup)."""
+        self.query_one("#status", Static).update(Content.from_markup(markup, **values))
+
+    def report(self, markup: str | Content, **values) -> None:
+        """A failed call to the source, in the status line and, where another screen hides that, in a
+        notification too. The app keeps running: the next call may succeed."""
+        self.set_status(markup, **values)
+        if len(self.screen_stack) > 1:
+            self.notify(Content.from_markup(markup, **values).plain, severity="error", timeout=10, markup=False)
+
+    def on_problem(self, message: Problem) -> None:
+        self.report(message.text)
+
+    def id_refused(self, agent_id: str) -> bool:
+        """True, with the reason in the status line, for an id that the API and the CLI refuse too."""
+        problem = id_problem(agent_id)
+        if problem is not None:
+            self.set_status("[red]Not a usable agent id:[/] $problem", problem=problem)
+        return problem is not None
+
+    def reply_running(self) -> bool:
+        """True, and said, while a reply runs: agents are not switched, renamed or deleted under it."""
+        if self.handle is not None:
+            self.set_status("A reply is running; Esc stops it.")
+        return self.handle is not None
 
     # -- agent actions ---------------------------------------------------------------------------
     @work
     async def action_new_agent(self) -> None:
+        if self.reply_running():
+            return
         name = await self.push_screen_wait(AskName("New agent name:", time.strftime("agent-%H%M%S")))
-        if name:
+        if not name or self.id_refused(name):
+            return
+        exists = name in self._new_agents or any(row["id"] == name for row in self.rows)
+        if not self.select_agent(name):
+            return
+        if exists:
+            self.notify(f"{name} exists already: opened it.", title="New agent", markup=False)
+        else:
             self._new_agents.append(name)
-            self.select_agent(name)
-            self.render_agents()
+        self.render_agents()
 
-    @work
+    @work(group="agent")
     async def action_rename_agent(self) -> None:
-        if self.agent_id is None or self.handle is not None:
+        if self.agent_id is None or self.reply_running():
             return
-        name = await self.push_screen_wait(AskName(f"Rename {self.agent_id} to:", self.agent_id))
-        if not name or name == self.agent_id:
+        old = self.agent_id
+        name = await self.push_screen_wait(AskName(f"Rename {old} to:", old))
+        if not name or name == old or self.id_refused(name):
             return
+        await self.kept()
         try:
-            await self.run_in_thread(self.source.rename, self.agent_id, name)
-        except (LookupError, ValueError) as exc:
-            self.set_status(f"[red]{exc}[/]")
+            await self.run_in_thread(self.source.rename, old, name)
+        except Exception as exc:  # noqa: BLE001 - shown: an id taken, an unknown agent, no server
+            self.report("[red]Cannot rename $old:[/] $error", old=old, error=str(exc))
             return
         self.select_agent(name)
         self.refresh_agents()
 
-    @work
+    @work(group="agent")
     async def action_fork_agent(self) -> None:
         if self.agent_id is None:
             return
@@ -347,18 +426,17 @@ class WorkbenchApp(App):
         parent = self.agent_id
         taken = {row["id"] for row in self.rows}
         name = await self.push_screen_wait(AskName(f"Fork {parent} as:", free_id(f"{parent}-fork", taken)))
-        if not name:
+        if not name or self.id_refused(name):
             return
-        # The last reply's transcript write first, so that the fork's copy has it
-        for worker in [w for w in self.workers if w.group == "keep"]:
-            await worker.wait()
+        await self.kept()  # so that the fork's copy has the last reply
         try:
             snapshots = await self.run_in_thread(self.source.fork, parent, name)
         except Exception as exc:  # noqa: BLE001 - shown: an id taken, an unknown agent, no server
-            self.notify(f"Cannot fork {parent} as {name}: {exc}", title="Fork", severity="error", timeout=10)
+            message = f"Cannot fork {parent} as {name}: {exc}"
+            self.notify(message, title="Fork", severity="error", timeout=10, markup=False)
             return
         shared = "its KV cache shared" if snapshots else "no KV cache to share yet (its next turn is prefilled)"
-        self.notify(f"Forked {parent} as {name}: transcript copied, {shared}.", title="Fork")
+        self.notify(f"Forked {parent} as {name}: transcript copied, {shared}.", title="Fork", markup=False)
         self.select_agent(name)
         self.refresh_agents()
 
@@ -372,24 +450,29 @@ class WorkbenchApp(App):
         try:
             await self.run_in_thread(self.source.set_pinned, agent_id, pinned)
         except Exception as exc:  # noqa: BLE001 - shown: an agent with nothing stored yet, no server
-            self.notify(f"Cannot pin {agent_id}: {exc}", title="Pin", severity="error", timeout=10)
+            self.notify(f"Cannot pin {agent_id}: {exc}", title="Pin", severity="error", timeout=10, markup=False)
             return
         what = "pinned: its KV cache is evicted last" if pinned else "unpinned"
-        self.notify(f"{agent_id} {what}.", title="Pin")
+        self.notify(f"{agent_id} {what}.", title="Pin", markup=False)
         self.refresh_agents()
 
-    @work
+    @work(group="agent")
     async def action_delete_agent(self) -> None:
-        if self.agent_id is None or self.handle is not None:
+        if self.agent_id is None or self.reply_running():
             return
         agent_id = self.agent_id
         if not await self.push_screen_wait(Confirm(f"Delete agent {agent_id}, its transcript and its caches?")):
             return
-        await self.run_in_thread(self.source.delete, agent_id)
+        await self.kept()
+        try:
+            await self.run_in_thread(self.source.delete, agent_id)
+        except Exception as exc:  # noqa: BLE001 - shown: a server gone, a refused API key
+            self.report("[red]Cannot delete $agent:[/] $error", agent=agent_id, error=str(exc))
+            return
         self._new_agents = [new for new in self._new_agents if new != agent_id]
         self.agent_id = None
         self.query_one("#log", VerticalScroll).remove_children()
-        self.set_status(f"Deleted {agent_id}.")
+        self.set_status("Deleted $agent.", agent=agent_id)
         self.refresh_agents()
 
     def action_inspector(self) -> None:
@@ -402,7 +485,11 @@ class WorkbenchApp(App):
         highlighted one (Enter: Escape goes back to the overview)."""
         if not self.ready:
             return
-        inspection = await self.run_in_thread(self.source.inspect, agent_id)
+        try:
+            inspection = await self.run_in_thread(self.source.inspect, agent_id)
+        except Exception as exc:  # noqa: BLE001 - shown: a server gone
+            self.report("[red]Cannot inspect the memory:[/] $error", error=str(exc))
+            return
         await self.open_screen(InspectorScreen(inspection, for_agent(self.turns, agent_id), self.rows), instead)
 
     async def open_screen(self, screen, instead: bool = True) -> None:
@@ -416,7 +503,11 @@ class WorkbenchApp(App):
     async def action_memory(self) -> None:
         if not self.ready or isinstance(self.screen, OverviewScreen):
             return
-        overview = await self.run_in_thread(self.source.overview)
+        try:
+            overview = await self.run_in_thread(self.source.overview)
+        except Exception as exc:  # noqa: BLE001 - shown: a server gone
+            self.report("[red]Cannot read the memory:[/] $error", error=str(exc))
+            return
         await self.open_screen(OverviewScreen(overview, self.turns, self.evictions_before))
 
     @work(exclusive=True, group="overview")
@@ -424,7 +515,14 @@ class WorkbenchApp(App):
         """Read the memory again for the open overview `screen`."""
         if not self.ready:
             return
-        overview = await self.run_in_thread(self.source.overview)
+        try:
+            overview = await self.run_in_thread(self.source.overview)
+        except Exception as exc:  # noqa: BLE001 - shown once, not at every refresh: a server gone
+            if screen.problem != str(exc):
+                self.report("[red]Cannot read the memory:[/] $error", error=str(exc))
+            screen.problem = str(exc)
+            return
+        screen.problem = None
         if self.screen is screen:
             await screen.show(overview, self.turns)
 
@@ -435,7 +533,7 @@ class WorkbenchApp(App):
         try:
             choices = await self.run_in_thread(self.source.model_choices)
         except Exception as exc:  # noqa: BLE001 - shown; the screen opens without choices
-            self.set_status(f"No models to swap to: {exc}")
+            self.set_status("No models to swap to: $error", error=str(exc))
             choices = []
         await self.open_screen(ModelScreen(self.summary, choices))
 
@@ -468,7 +566,7 @@ class WorkbenchApp(App):
         self.post_message(ModelReady(summary, self.evictions_now()))
 
     def on_swap_progress(self, message: SwapProgress) -> None:
-        self.set_status(message.text)
+        self.set_status(Content(message.text))
         if isinstance(self.screen, ModelScreen):
             self.screen.show_progress(message.text)
 

@@ -21,7 +21,7 @@ class AskName(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.title_text)
+            yield Label(self.title_text, markup=False)  # it may quote an agent id
             yield Input(value=self.value, id="name")
 
     @on(Input.Submitted)
@@ -38,5 +38,5 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question)
+            yield Label(self.question, markup=False)
             yield Label("[b]y[/b] yes   [b]n[/b] no")

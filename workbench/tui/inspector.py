@@ -10,6 +10,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, ProgressBar, Static
 
@@ -85,7 +86,14 @@ class InspectorScreen(Screen):
         with Vertical(id="agent-blocks"):
             name = self.row["id"] if self.row else "-"
             tokens = self.row.get("tokens", 0) if self.row else 0
-            yield Label(f"[b]Agent {name}[/b]  {tokens} tokens, {self.block_tokens} per block")
+            yield Label(
+                Content.from_markup(
+                    "[b]Agent $name[/b]  $tokens tokens, $block_tokens per block",
+                    name=name,
+                    tokens=tokens,
+                    block_tokens=self.block_tokens,
+                )
+            )
             if self.row:
                 yield Static(lineage_lines(self.row, self.rows), id="lineage", markup=False)
                 yield Static(keeping_line(self.row), id="keeping", markup=False)

@@ -1,9 +1,10 @@
-"""The memory overview's panels as Rich markup, pure functions of the pool, the agent rows (each with its
-stored chain) and this run's turns, each fitted to a width in cells."""
+"""The memory overview's panels as markup, pure functions of the pool, the agent rows (each with its
+stored chain) and this run's turns, each fitted to a width in cells. The panels that name agents are
+Content, the names inserted as text: an API client may name an agent "[/]"."""
 
 from __future__ import annotations
 
-from rich.markup import escape
+from textual.content import Content
 
 from engine.kv.stats import StoredBlock
 from workbench.tui.agent_tree import shared_blocks
@@ -63,26 +64,26 @@ def sharing(pool: Pool, rows: list[dict]) -> str:
     )
 
 
-def ttft_chart(turns: list[TurnRecord], rows: list[dict], width: int) -> str:
+def ttft_chart(turns: list[TurnRecord], rows: list[dict], width: int) -> Content:
     """Each agent's mean time to first token this run, cold and resumed, as bars on one scale."""
     per_agent = cold_and_resumed(turns)
     if not per_agent:
-        return "[dim](no turns in this run yet: the chart fills as agents answer)[/dim]"
+        return Content.from_markup("[dim](no turns in this run yet: the chart fills as agents answer)[/dim]")
     names = {row["id"]: origin(row).name for row in rows}
     scale = max(value for pair in per_agent.values() for value in pair if value is not None)
     name_chars = max(8, min(16, width // 5))
     bar = max(8, min(BAR_CHARS, width - name_chars - 27))
-    lines = []
-    for agent_id, (cold, resumed) in per_agent.items():
-        name = escape(short(names.get(agent_id, agent_id), name_chars))
+    lines, agent_names = [], {}
+    for number, (agent_id, (cold, resumed)) in enumerate(per_agent.items()):
+        agent_names[f"name{number}"] = f"{short(names.get(agent_id, agent_id), name_chars):<{name_chars}}"
         for index, (label, value, colour) in enumerate((("cold", cold, "red"), ("resumed", resumed, "green"))):
-            head = f"{name:<{name_chars}} " if index == 0 else " " * (name_chars + 1)
+            head = f"$name{number} " if index == 0 else " " * (name_chars + 1)
             if value is None:
                 lines.append(f"{head}{label:<8}[dim]none yet[/dim]")
                 continue
             faster = f" · {cold / resumed:.1f}× faster" if label == "resumed" and cold and resumed else ""
             lines.append(f"{head}{label:<8}[{colour}]{hbar(value, scale, bar)}[/] {seconds(value)}{faster}")
-    return "\n".join(lines)
+    return Content.from_markup("\n".join(lines), **agent_names)
 
 
 def timeline(turns: list[TurnRecord], evictions_before: int, width: int) -> str:
@@ -108,7 +109,7 @@ def timeline(turns: list[TurnRecord], evictions_before: int, width: int) -> str:
     return "\n".join(lines)
 
 
-def fork_shares(rows: list[dict]) -> str:
+def fork_shares(rows: list[dict]) -> Content:
     """One line per fork whose parent is listed: how many of its stored blocks it shares with the parent."""
     by_id = {row["id"]: row for row in rows}
     lines = []
@@ -117,7 +118,9 @@ def fork_shares(rows: list[dict]) -> str:
         if parent in by_id:
             chain = row.get("chain") or []
             lines.append(
-                f"{escape(origin(row).name)} shares {shared_blocks(chain, parent)} of its {len(chain)} stored blocks "
-                f"with {escape(origin(by_id[parent]).name)}"
+                f"{origin(row).name} shares {shared_blocks(chain, parent)} of its {len(chain)} stored blocks "
+                f"with {origin(by_id[parent]).name}"
             )
-    return "\n".join(lines) or "[dim]No forks yet: F5 forks the selected agent, sharing its KV cache.[/dim]"
+    if not lines:
+        return Content.from_markup("[dim]No forks yet: F5 forks the selected agent, sharing its KV cache.[/dim]")
+    return Content("\n".join(lines))

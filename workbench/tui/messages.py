@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from textual.content import Content
 from textual.message import Message
 
 from engine.events import TurnEvent
@@ -34,7 +35,14 @@ class AgentsLoaded(Message):
 
 @dataclass
 class SwapProgress(Message):
-    text: str
+    text: str  # plain text: it may quote a model id or an error
+
+
+@dataclass
+class Problem(Message):
+    """A call to the source failed (a server gone, a refused API key, a disk error): said, not fatal."""
+
+    text: Content
 
 
 @dataclass

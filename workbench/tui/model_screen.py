@@ -6,6 +6,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, ListItem, ListView, Static
 
@@ -46,13 +47,14 @@ class ModelScreen(Screen):
     @on(ListView.Selected, "#choices")
     def chosen(self, event: ListView.Selected) -> None:
         if event.item.name:
-            self.query_one("#swap-status", Static).update(f"Swapping to {event.item.name}…")
+            self.query_one("#swap-status", Static).update(Content(f"Swapping to {event.item.name}…"))
             self.app.swap_model(event.item.name)
 
     def show_progress(self, text: str) -> None:
-        self.query_one("#swap-status", Static).update(text)
+        """Show `text`, plain: it may quote a model id or an error."""
+        self.query_one("#swap-status", Static).update(Content(text))
 
     def show_summary(self, summary: dict) -> None:
         self.summary = summary
         self.query_one("#model-summary", Static).update(summary_text(summary))
-        self.query_one("#swap-status", Static).update(f"Now serving {summary['model_id']}.")
+        self.query_one("#swap-status", Static).update(Content(f"Now serving {summary['model_id']}."))

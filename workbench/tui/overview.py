@@ -37,6 +37,7 @@ class OverviewScreen(Screen):
         super().__init__()
         self.pool, self.rows, self.block_tokens = overview["pool"], overview["rows"], overview["block_tokens"]
         self.turns, self.evictions_before = turns, evictions_before
+        self.problem: str | None = None  # why the last refresh failed, said once rather than every few seconds
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -57,7 +58,7 @@ class OverviewScreen(Screen):
                 cells = scaled_cells(kinds[row["id"]], per_cell, bool(row.get("pinned")))
                 table.add_row(
                     Text(line.head + short(origin(row).name, NAME_CHARS - len(line.head))),  # a title is not markup
-                    row["tier"],
+                    Text(row["tier"]),  # a string cell would be read as markup
                     f"{row['tokens']:>6}",
                     Text.from_markup(cells or "[dim]-[/dim]"),
                     key=row["id"],

@@ -3,6 +3,7 @@ API, /health and /metrics. The server keeps the transcripts; this side only disp
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import threading
@@ -37,17 +38,32 @@ class RemoteHandle:
             self.response.close()
 
 
+def reaching(method):
+    """`method`, with a lost connection raised as a ConnectionError that names the server: the TUI says it
+    and keeps running (the next call may find the server back)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except httpx.TransportError as exc:
+            raise ConnectionError(f"cannot reach the server at {self.base_url}: {exc}") from exc
+
+    return call
+
+
 class RemoteSource:
     def __init__(self, base_url: str, api_key: str | None = None, admin_key: str | None = None):
         headers = {"x-api-key": api_key} if api_key else {}
+        self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(30, read=None))
         self.admin_key = admin_key
         self.block_tokens = 256
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self, timeout_s: float = 600) -> dict:
-        """Wait until the server is ready; returns its model summary."""
+    def start(self, on_wait: Callable[[str], None] | None = None, timeout_s: float = 600) -> dict:
+        """Wait until the server is ready, telling `on_wait` why at each try; returns its model summary."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -58,9 +74,11 @@ class RemoteSource:
                     return summary
                 detail = response.json().get("error") or response.json().get("status")
             except httpx.HTTPError as exc:
-                detail = f"cannot reach {self.base_url} ({exc})"
+                detail = f"cannot reach the server at {self.base_url} ({exc})"
             if time.monotonic() > deadline:
                 raise ConnectionError(detail)
+            if on_wait is not None:
+                on_wait(detail)
             time.sleep(1)
 
     def close(self) -> None:
@@ -68,32 +86,46 @@ class RemoteSource:
 
     def _get(self, path: str) -> dict:
         response = self.client.get(path)
-        if response.status_code == 401:
-            raise PermissionError("the server wants an API key: pass --api-key")
+        self._check_key(response)
         response.raise_for_status()
         return response.json()
 
+    def _check_key(self, response: httpx.Response) -> None:
+        if response.status_code == 401:
+            if self.api_key:
+                raise PermissionError("the server refused the API key: check --api-key")
+            raise PermissionError("the server wants an API key: pass --api-key")
+
     # -- agents ----------------------------------------------------------------------------------
+    @reaching
     def agents(self) -> list[dict]:
         return self._get("/v1/agents")["data"]
 
+    @reaching
     def session(self, agent_id: str) -> Session:
         response = self.client.get(f"/v1/agents/{quote(agent_id, safe='')}")
         if response.status_code == 404:
             return Session(id=agent_id)
+        self._check_key(response)
         response.raise_for_status()
         detail = response.json()
         messages = [ChatMessage(**m) for m in detail["messages"]]
         return Session(id=agent_id, system=detail.get("system"), messages=messages)
 
+    @reaching
     def delete(self, agent_id: str) -> None:
-        self.client.delete(f"/v1/agents/{quote(agent_id, safe='')}")
+        response = self.client.delete(f"/v1/agents/{quote(agent_id, safe='')}")
+        self._check_key(response)
+        if response.status_code != 404:  # 404: nothing stored yet, nothing to delete
+            response.raise_for_status()
 
+    @reaching
     def rename(self, old_id: str, new_id: str) -> None:
         """POST /v1/agents/{id}/rename: the transcript and the KV cache move to `new_id`. LookupError for an
         unknown agent, ValueError for an id in use (the server writes nothing then)."""
         self._to_new_id(old_id, "rename", new_id)
 
+    @reaching
     def fork(self, agent_id: str, new_id: str) -> int:
         """POST /v1/agents/{id}/fork; how many warm snapshots the fork shares. LookupError for an unknown
         agent, ValueError for an id in use (the server writes nothing then)."""
@@ -101,8 +133,7 @@ class RemoteSource:
 
     def _to_new_id(self, agent_id: str, verb: str, new_id: str) -> dict:
         response = self.client.post(f"/v1/agents/{quote(agent_id, safe='')}/{verb}", json={"new_id": new_id})
-        if response.status_code == 401:
-            raise PermissionError("the server wants an API key: pass --api-key")
+        self._check_key(response)
         if response.status_code == 404:
             raise LookupError(response.json()["error"]["message"])
         if response.status_code in (400, 409):
@@ -110,15 +141,16 @@ class RemoteSource:
         response.raise_for_status()
         return response.json()
 
+    @reaching
     def set_pinned(self, agent_id: str, pinned: bool) -> None:
         """PATCH /v1/agents/{id}: pin the agent's caches or unpin them."""
         response = self.client.patch(f"/v1/agents/{quote(agent_id, safe='')}", json={"pinned": pinned})
-        if response.status_code == 401:
-            raise PermissionError("the server wants an API key: pass --api-key")
+        self._check_key(response)
         if response.status_code in (404, 409):
             raise LookupError(response.json()["error"]["message"])
         response.raise_for_status()
 
+    @reaching
     def inspect(self, agent_id: str | None) -> dict:
         row = None
         if agent_id is not None:
@@ -129,6 +161,7 @@ class RemoteSource:
             row["chain"] = _chain(row["chain"])
         return {"pool": self.pool(), "row": row, "block_tokens": self.block_tokens}
 
+    @reaching
     def overview(self) -> dict:
         """The pool, and every agent's row with its stored chain (one request per agent, the first
         MAX_CHAINS of them; the rest are drawn from their token counts)."""
@@ -139,6 +172,7 @@ class RemoteSource:
             row["chain"] = _chain(found or [])
         return {"pool": self.pool(), "rows": rows, "block_tokens": self.block_tokens}
 
+    @reaching
     def pool(self) -> Pool:
         """The tiers from the server's /metrics (which leaves out the warm tier's path, files and encoding)."""
         metrics = self._metrics()
@@ -170,6 +204,7 @@ class RemoteSource:
         return values
 
     # -- models ----------------------------------------------------------------------------------
+    @reaching
     def model_choices(self) -> list[str]:
         """What the server may swap to (none without its admin key: the TUI then offers no swap)."""
         if not self.admin_key:
@@ -179,6 +214,7 @@ class RemoteSource:
             raise RuntimeError(response.json()["error"]["message"])
         return response.json()["models"]
 
+    @reaching
     def swap(self, model_id: str, progress=None) -> dict:
         if not self.admin_key:
             raise PermissionError("swapping needs the server's admin key: pass --admin-key")

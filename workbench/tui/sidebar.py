@@ -3,7 +3,7 @@ heading, forks under the agent they were forked from, each with its tier, size a
 
 from __future__ import annotations
 
-from rich.markup import escape
+from textual.content import Content
 from textual.widgets import Label, ListItem
 
 from workbench.tui.agent_tree import tree_lines
@@ -30,7 +30,9 @@ def sidebar_items(rows: list[dict]) -> list[ListItem]:
             # On the name's line: the stats line has no room left
             pin = " [yellow]▣ pinned[/]" if row.get("pinned") else ""
             name = shortened(origin(row).name, NAME_CHARS - len(line.head) - (9 if pin else 0))
-            items.append(ListItem(Label(f"{line.head}{escape(name)}{pin}\n{line.tail}{stats}"), name=row["id"]))
+            # The name is text, not markup: an API client may name an agent "[b" or "[/]"
+            label = Content.from_markup(f"$head$name{pin}\n$tail{stats}", head=line.head, name=name, tail=line.tail)
+            items.append(ListItem(Label(label), name=row["id"]))
     return items
 
 

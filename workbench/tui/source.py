@@ -24,8 +24,9 @@ class LocalSource:
         self.engine = engine or Engine(settings)
 
     # -- lifecycle (worker thread) ---------------------------------------------------------------
-    def start(self) -> dict:
-        """Load the model (blocking); returns the model summary for the Model panel."""
+    def start(self, on_wait: Callable[[str], None] | None = None) -> dict:
+        """Load the model (blocking); returns the model summary for the Model panel. (`on_wait` is for a
+        server's source, which tells why it waits; loading here has nothing to tell until it is done.)"""
         if not self.engine.started:
             self.engine.start(wait=False)
         self.engine.wait_ready()
