@@ -32,7 +32,7 @@ def unscoped(request, session_id: str) -> str | None:
     return session_id[len(prefix) :] if session_id.startswith(prefix) else None
 
 
-def session_id_from(headers, body: dict, anthropic: bool = False) -> str | None:
+def session_id_from(headers, body: dict, *, anthropic: bool = False) -> str | None:
     """First found wins: X-Session-ID, x-claude-code-session-id, on Anthropic's API metadata.user_id (its
     session_id when it is Claude Code's JSON), OpenAI user / safety_identifier. (OpenAI's and Ollama's
     `metadata` are the client's own free-form labels: they name nothing here.) Without one the engine

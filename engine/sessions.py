@@ -41,6 +41,9 @@ class Session(BaseModel):
     context_tokens: int = 0
     forked_from: str | None = None  # the session this one was forked from, as it was then
     title: str | None = None  # a readable name, for an agent its client names by an opaque id
+    # The transcript is a conversation its client keeps and sends whole (a Responses chain), which a new
+    # one of the client's may replace; not one whose turns were appended here (agent API, CLI, TUI).
+    kept_by_client: bool = False
 
     @property
     def turns(self) -> int:
@@ -150,24 +153,31 @@ class SessionStore:
             session.messages.extend(
                 [ChatMessage(role="user", content=user_text), ChatMessage(role="assistant", content=reply)]
             )
-            session.context_tokens = context_tokens
+            session.context_tokens, session.kept_by_client = context_tokens, False
             self.save(session)
         return session
 
     def record_conversation(
-        self, session_id: str, system: str | None, messages: list[ChatMessage], context_tokens: int, model: tuple
+        self,
+        session_id: str,
+        system: str | None,
+        messages: list[ChatMessage],
+        context_tokens: int,
+        model_id: str,
+        fingerprint: str,
     ) -> bool:
-        """Store `messages` (a whole conversation its client keeps, e.g. a Responses chain) as the session's
-        transcript, with its `system` prompt and `model` (id, fingerprint), if they continue the transcript
-        stored (or there is none): whether they did. A transcript of another conversation under the same
-        id (the agent API's turns, another chain of the same `user`) is not replaced. Under the session's
-        turn lock; SessionCorrupt if the stored transcript is unreadable."""
+        """Store `messages`, a whole conversation its client keeps (a Responses chain), as the session's
+        transcript, with its `system` prompt and model: whether it was stored. It replaces a transcript
+        kept the same way (the client went back, branched or compacted), and continues one whose turns
+        were appended here; it never replaces those (the agent API's, the CLI's). Under the session's turn
+        lock; SessionCorrupt if the stored transcript is unreadable."""
         with self.turn_lock(session_id).held():
             session = self.get_or_new(session_id)
-            if session.messages and not _extends(messages, session.messages):
+            stored = session.messages
+            if not session.kept_by_client and stored and messages[: len(stored)] != stored:
                 return False
-            session.system, session.messages = system, list(messages)
-            session.model_id, session.model_fingerprint = model
+            session.system, session.messages, session.kept_by_client = system, list(messages), True
+            session.model_id, session.model_fingerprint = model_id, fingerprint
             session.context_tokens = context_tokens
             self.save(session)
         return True
@@ -204,7 +214,7 @@ class SessionStore:
             local = True
         except FileNotFoundError:
             local = False
-        shared = self.shared is not None and self.shared.delete_transcript(session_id)
+        shared = self.shared is not None and self.shared.delete_transcript(session_id, self.path_for(session_id))
         return local or shared
 
     def all(self) -> list[Session]:

@@ -9,7 +9,7 @@ its conversation under the same agent session, so the chain resumes from its KV 
 
 An explicit session id (X-Session-ID, `user`, `safety_identifier`) or `prompt_cache_key` names the session
 instead; a response with `store: false` and neither still reuses the longest cached prefix. A stored
-chain's conversation is its session's transcript only while it continues the one stored there.
+chain's conversation becomes its session's transcript, unless that holds turns of the agent API's.
 """
 
 from __future__ import annotations
@@ -351,17 +351,21 @@ class _Turn:
 
     def _record_session(self, session_id: str, conversation: list[ChatMessage], context_tokens: int) -> None:
         engine = self.server.engine
-        model = (engine.model_id, engine.info.fingerprint)
         sessions = SessionStore.of(self.server.settings)
         try:
             recorded = sessions.record_conversation(
-                session_id, self.parsed.instructions, conversation, context_tokens, model
+                session_id,
+                self.parsed.instructions,
+                conversation,
+                context_tokens,
+                engine.model_id,
+                engine.info.fingerprint,
             )
         except SessionCorrupt as exc:
             log.warning("response %s: its agent transcript was not updated: %s", self.id, exc)
             return
         if not recorded:
-            log.info("response %s: agent %r holds another conversation; its transcript stays", self.id, session_id)
+            log.info("response %s: agent %r holds turns of its own; its transcript stays", self.id, session_id)
 
 
 @bp.post("")

@@ -89,6 +89,10 @@ for step in "$@"; do
     run_step gen_bf16 200 "$PY" bench/generate.py --model "$M8B" --prompt-lengths "$GL" --json $GEN_ARGS
     ;;
   gen_q4)
+    if [ ! -e "$MQ4/config.json" ]; then
+      echo "== skip gen_q4: no 4-bit model at $MQ4 (the build ran with Q4=)" | tee -a "$log"
+      continue
+    fi
     # shellcheck disable=SC2086
     run_step gen_q4 150 "$PY" bench/generate.py --model "$MQ4" --prompt-lengths "$GL" --json $GEN_ARGS
     ;;

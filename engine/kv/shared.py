@@ -253,41 +253,46 @@ class SharedTier:
                     self._transcripts_behind.pop(next(iter(self._transcripts_behind)))
         return written
 
-    def delete_transcript(self, session_id: str) -> bool:
+    def delete_transcript(self, session_id: str, path: Path) -> bool:
+        """Delete the shared copy of the transcript just deleted at `path`. While Redis is down the session
+        is remembered, and once Redis answers again its copy there is deleted (unless the file is back)."""
+        deleted = self._call("delete", lambda client: client.delete(_transcript_key(session_id)), _DOWN)
         with self._lock:
             self._transcripts_behind.pop(session_id, None)
-        return bool(self._call("delete", lambda client: client.delete(_transcript_key(session_id)), 0))
+            if deleted is _DOWN:
+                self._transcripts_behind[session_id] = path
+        return deleted is not _DOWN and bool(deleted)
 
     def _catch_up_transcripts(self) -> None:
-        """Store the transcripts saved while Redis was down, from their files, oldest first; one that Redis
-        holds a newer copy of (saved by another instance) is left as it is there."""
+        """Bring Redis up to date with the files of the transcripts saved or deleted while it was down,
+        oldest first: each is stored as its file is now (unless Redis holds a copy saved later, by another
+        instance), or deleted there when its file is gone."""
         while self.up:
             with self._lock:
                 if not self._transcripts_behind:
                     return
                 session_id = next(iter(self._transcripts_behind))
                 path = self._transcripts_behind.pop(session_id)
-            stored = self._store_from_file(session_id, path)
-            if stored and not path.exists():
-                # Deleted (by this process or another: `agents rm`) after its file was read. A deletion
-                # removes the file before the shared copy, so either it removed the copy after it was
-                # stored here, or the file was gone when looked at now: the copy just stored goes too.
-                key = _transcript_key(session_id)
-                self._call("delete", lambda client, key=key: client.delete(key), 0)
-            elif stored is None:
+            if not self._catch_up(_transcript_key(session_id), path):
                 with self._lock:
                     self._transcripts_behind.setdefault(session_id, path)
                 return
 
-    def _store_from_file(self, session_id: str, path: Path) -> bool | None:
-        """Store the transcript saved at `path` unless Redis holds a newer one: whether it was stored (False
-        also when the file is gone); None when Redis failed."""
+    def _catch_up(self, key: str, path: Path) -> bool:
+        """Store the file at `path` under `key`, or delete `key` when the file is gone; False when Redis
+        failed."""
         try:
             text = path.read_text(encoding="utf-8")
         except OSError:
-            return False  # deleted since
-        key = _transcript_key(session_id)
-        return self._call("write", lambda client: _store_unless_newer(client, key, text), None)
+            return self._call("delete", lambda client: client.delete(key), _DOWN) is not _DOWN
+        stored = self._call("write", lambda client: _store_unless_newer(client, key, text), None)
+        if stored and not path.exists():
+            # Deleted (by this process or another: `agents rm`) after its file was read. A deletion removes
+            # the file before the shared copy, so either it removed the copy after it was stored here, or
+            # the file was gone when looked at now: the copy stored here goes too, unless it was replaced
+            # meanwhile (the agent made again).
+            self._call("delete", lambda client: client.eval(_DELETE_IF_OWNED, 1, key, text), 0)
+        return stored is not None
 
     # -- turn claims (engine/kv/shared_turns.py; any thread) -----------------------------------------------
     def claim(self, key: str, token: str, ttl_ms: int) -> bool | None:

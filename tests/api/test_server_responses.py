@@ -105,6 +105,7 @@ def test_previous_response_chain_resumes_from_its_cache(client, http):
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
+    assert http.get(f"/v1/agents/{first.id}").json()["turns"] == 2  # the chain went on: its agent stays
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model="x", previous_response_id=first.id, input="Hello?")
     assert info.value.code == "previous_response_not_found" and info.value.param == "previous_response_id"
@@ -377,8 +378,9 @@ def test_chain_continues_after_a_restart(default_engine, data_dir, tmp_path):
 
 
 def test_a_response_never_replaces_another_conversations_transcript(client, http):
-    """A Responses turn under an agent's id (X-Session-ID, `user`) keeps the agent's own turns; a chain that
-    continues its own transcript is recorded; OpenAI's free-form metadata names no agent."""
+    """A Responses turn under an agent's id (X-Session-ID, `user`) keeps the agent's own turns; a client's
+    conversation is its transcript, the latest (a branch) replacing the one before; OpenAI's free-form
+    metadata names no agent."""
     agent = "responses-keep-agent"
     for text in ("Hello agent.", "And again."):
         assert http.post(f"/v1/agents/{agent}/messages", json={"content": text, "max_tokens": 3}).status_code == 200
@@ -399,6 +401,13 @@ def test_a_response_never_replaces_another_conversations_transcript(client, http
         "One.",
         first.output_text,
         "Two.",
+    ]
+    # The client went back to its first turn and asked something else: that branch is the transcript now
+    client.responses.create(model="x", previous_response_id=first.id, input="Three.", max_output_tokens=3, user=own)
+    assert [m["content"] for m in http.get(f"/v1/agents/{own}").json()["messages"]][:3] == [
+        "One.",
+        first.output_text,
+        "Three.",
     ]
 
     labelled = client.responses.create(model="x", input="Hi.", max_output_tokens=2, metadata={"user_id": "a-label"})

@@ -187,6 +187,7 @@ def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path, dele
     deletion comes from this process (DELETE /v1/agents/{id}) or from another on the same data dir
     (`agent-memory agents rm`, with a shared tier of its own)."""
     from engine.kv.shared import RETRY_S, SharedTier, shared_key
+    from engine.sessions import SessionStore
 
     read, removed = threading.Event(), threading.Event()
 
@@ -202,7 +203,9 @@ def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path, dele
     port = free_port()
     tier = SharedTier(f"redis://127.0.0.1:{port}/0")  # nothing listens there yet: down
     text = json.dumps({"id": "gone", "updated_at": time.time(), "messages": []})
-    path = HeldPath(tmp_path / "gone.json")
+    root = tmp_path / "sessions"
+    root.mkdir()
+    path = HeldPath(SessionStore(root).path_for("gone"))
     Path(path).write_text(text, encoding="utf-8")
     assert tier.write_transcript("gone", text, path) is False  # remembered, stored again once Redis answers
     redis_server = RedisProcess(port)
@@ -210,20 +213,53 @@ def test_a_transcript_deleted_while_it_is_caught_up_stays_deleted(tmp_path, dele
         time.sleep(RETRY_S + 0.5)
         assert tier.read_transcript("someone else") is None and tier.up  # back: the catch-up thread starts
         assert read.wait(30)
-        deleting = tier if deleter == "this process" else SharedTier(f"redis://127.0.0.1:{port}/0")
-        Path(path).unlink()  # what a deletion does (engine/sessions.py): the file,
-        deleting.delete_transcript("gone")  # then the shared copy
-        if deleting is not tier:
-            deleting.close()
+        other = None if deleter == "this process" else SharedTier(f"redis://127.0.0.1:{port}/0")
+        assert SessionStore(root, other or tier).delete("gone")  # the file, then the shared copy
+        if other is not None:
+            other.close()
         removed.set()
-        for thread in threading.enumerate():
-            if thread.name == "shared-transcripts":
-                thread.join(30)
+        catching_up(tier)
         assert redis_server.client.get(f"am:transcript:{shared_key('gone')}") is None
     finally:
         removed.set()
         tier.close()
         redis_server.stop()
+
+
+def test_a_transcript_deleted_while_redis_does_not_answer_is_deleted_there_once_it_does(tmp_path):
+    """The shared copy of an agent deleted while Redis was unreachable would bring the agent back (a read
+    takes the shared copy when there is no file): it is deleted once Redis answers again."""
+    from engine.kv.shared import RETRY_S, SharedTier, shared_key
+    from engine.sessions import Session, SessionStore
+
+    redis_server = RedisProcess()
+    tier = SharedTier(redis_server.url)
+    store = SessionStore(tmp_path / "sessions", tier)
+    try:
+        store.save(Session(id="paused"))
+        key = f"am:transcript:{shared_key('paused')}"
+        assert redis_server.client.get(key) is not None
+        redis_server.process.send_signal(signal.SIGSTOP)  # alive, not answering: each call times out
+        try:
+            assert store.delete("paused")  # the file; the shared copy cannot be reached
+            assert not tier.up
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        time.sleep(RETRY_S + 0.5)
+        assert tier.read_transcript("someone else") is None and tier.up  # back: the catch-up thread starts
+        catching_up(tier)
+        assert redis_server.client.get(key) is None
+        assert store.get("paused") is None
+    finally:
+        tier.close()
+        redis_server.stop()
+
+
+def catching_up(tier) -> None:
+    """Wait for the shared tier's catch-up thread to end."""
+    for thread in threading.enumerate():
+        if thread.name == "shared-transcripts":
+            thread.join(30)
 
 
 def test_an_agent_runs_one_turn_at_a_time_across_instances(tmp_path, redis_server):

@@ -239,8 +239,8 @@ class WorkbenchApp(App):
 
     async def on_transcript_loaded(self, message: TranscriptLoaded) -> None:
         session = message.session
-        if session.id != self.agent_id:
-            return  # the user moved on to another agent meanwhile
+        if session.id != self.agent_id or self._session is not None:
+            return  # the user moved on to another agent meanwhile, or back to this one and it came already
         self._session = session
         log = self.query_one("#log", VerticalScroll)
         await log.mount_all([widget for m in session.messages for widget in message_widgets(m.role, m.content)])
@@ -285,8 +285,9 @@ class WorkbenchApp(App):
             # A rename, fork or delete under way: the turn would go to an agent about to change
             self.set_status("The agent is being changed; send again in a moment.")
             return
-        if self.agent_id is None:  # no agent yet: this message creates one
-            self.agent_id = self._shown_agent = time.strftime("agent-%H%M%S")
+        if self.agent_id is None:  # no agent yet: this message creates one, under an id no agent has
+            taken = {row["id"] for row in self.rows} | set(self._new_agents)
+            self.agent_id = self._shown_agent = free_id(time.strftime("agent-%H%M%S"), taken)
             self._session = Session(id=self.agent_id)
         if self._session is None:
             self.set_status("Opening the agent; send again in a moment.")
