@@ -245,23 +245,25 @@ class SharedTier:
         """Store the transcript just saved at `path`. While Redis is down the session is remembered, and
         once Redis answers again its file, as it is then, is stored."""
         written = self._call("write", lambda client: client.set(_transcript_key(session_id), text), None) is not None
-        with self._lock:
-            self._transcripts_behind.pop(session_id, None)
-            if not written:
-                self._transcripts_behind[session_id] = path
-                while len(self._transcripts_behind) > BEHIND_REMEMBERED:
-                    self._transcripts_behind.pop(next(iter(self._transcripts_behind)))
+        self._remember_transcript(session_id, path if not written else None)
         return written
 
     def delete_transcript(self, session_id: str, path: Path) -> bool:
         """Delete the shared copy of the transcript just deleted at `path`. While Redis is down the session
         is remembered, and once Redis answers again its copy there is deleted (unless the file is back)."""
         deleted = self._call("delete", lambda client: client.delete(_transcript_key(session_id)), _DOWN)
+        self._remember_transcript(session_id, path if deleted is _DOWN else None)
+        return deleted is not _DOWN and bool(deleted)
+
+    def _remember_transcript(self, session_id: str, path: Path | None) -> None:
+        """The session's transcript file, for the catch-up once Redis answers (None: Redis is up to date
+        with it); the newest BEHIND_REMEMBERED are kept."""
         with self._lock:
             self._transcripts_behind.pop(session_id, None)
-            if deleted is _DOWN:
+            if path is not None:
                 self._transcripts_behind[session_id] = path
-        return deleted is not _DOWN and bool(deleted)
+                while len(self._transcripts_behind) > BEHIND_REMEMBERED:
+                    self._transcripts_behind.pop(next(iter(self._transcripts_behind)))
 
     def _catch_up_transcripts(self) -> None:
         """Bring Redis up to date with the files of the transcripts saved or deleted while it was down,
@@ -273,12 +275,12 @@ class SharedTier:
                     return
                 session_id = next(iter(self._transcripts_behind))
                 path = self._transcripts_behind.pop(session_id)
-            if not self._catch_up(_transcript_key(session_id), path):
+            if not self._catch_up_transcript(_transcript_key(session_id), path):
                 with self._lock:
                     self._transcripts_behind.setdefault(session_id, path)
                 return
 
-    def _catch_up(self, key: str, path: Path) -> bool:
+    def _catch_up_transcript(self, key: str, path: Path) -> bool:
         """Store the file at `path` under `key`, or delete `key` when the file is gone; False when Redis
         failed."""
         try:
