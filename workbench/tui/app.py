@@ -164,6 +164,8 @@ class WorkbenchApp(App):
         self.set_status("[red]Model failed to load:[/] $error", error=message.error)
 
     def on_agents_loaded(self, message: AgentsLoaded) -> None:
+        if self.closing():
+            return
         self.rows = message.rows
         if self.agent_id is None and self.rows:
             self.select_agent(self.rows[0]["id"])
@@ -239,7 +241,7 @@ class WorkbenchApp(App):
 
     async def on_transcript_loaded(self, message: TranscriptLoaded) -> None:
         session = message.session
-        if session.id != self.agent_id or self._session is not None:
+        if session.id != self.agent_id or self._session is not None or self.closing():
             return  # the user moved on to another agent meanwhile, or back to this one and it came already
         self._session = session
         log = self.query_one("#log", VerticalScroll)
@@ -351,6 +353,10 @@ class WorkbenchApp(App):
         if self.handle is not None:
             self.handle.cancel()
             self.set_status("Stopping…")
+
+    def closing(self) -> bool:
+        """The app is shutting down: its widgets are gone, and a worker's late answer has nothing to show."""
+        return not self.query("#log")
 
     def set_status(self, markup: str | Content, **values) -> None:
         """Show `markup` in the status line, each `$name` in it replaced by `values[name]` as plain text
